@@ -1,0 +1,73 @@
+# Two fresh-machine commands: `make demo` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PY_BOOT ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) -m tenant_migration.stack
+STAMP := $(VENV)/.lock-installed
+DEMO_TENANT ?= 3
+PRESET ?= demo
+
+.PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
+        test-integration lint lock clean bench-postgres bench-cassandra airflow-standalone
+
+help:
+	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset"
+	@echo "make test    - set up everything and run the whole test suite"
+	@echo "make stack-up | stack-down | stack-status | stack-reset"
+	@echo "make data PRESET=tiny|demo|bench"
+	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:58080 (admin/admin)"
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+# The venv is rebuilt from the lock whenever the lock changes; uv verifies every hash.
+$(STAMP): requirements.lock
+	@command -v $(PY_BOOT) >/dev/null || { echo "python 3.11 is required ($(PY_BOOT) not found)"; exit 1; }
+	@test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
+	$(VENV)/bin/uv pip sync -q --require-hashes --python $(PY) requirements.lock
+	@echo "$(CURDIR)/include" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/tenant_migration.pth
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+stack-up: system-deps venv
+	$(STACK) up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+stack-status: venv
+	$(STACK) status
+
+stack-reset: venv
+	$(STACK) reset
+
+data: stack-up
+	$(STACK) data $(PRESET)
+
+demo: stack-up
+	$(STACK) data demo
+	$(STACK) demo-reset
+	$(PY) -m tenant_migration.demo --tenant $(DEMO_TENANT)
+
+test: stack-up
+	$(STACK) data tiny
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit tests/dags
+
+lint: venv
+	$(VENV)/bin/ruff check dags include plugins tests bench
+	$(VENV)/bin/mypy include/tenant_migration
+
+lock:
+	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 --generate-hashes -o requirements.lock
+
+airflow-standalone: stack-up
+	$(STACK) run -- $(VENV)/bin/airflow standalone
+
+clean: stack-down
+	rm -rf $(VENV)

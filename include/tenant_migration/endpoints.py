@@ -1,0 +1,195 @@
+"""Where the migration reads and writes: resolved from Airflow connections at run time (never at
+parse time), or from the local stack's connections file in benchmarks and tests.
+
+An ``Endpoints`` carries credentials: it is never logged, pushed to XCom or written to a report.
+``__repr__`` hides passwords for that reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenant_migration.stack import airflow_env as names
+
+if TYPE_CHECKING:
+    import psycopg
+    from cassandra.cluster import Cluster, Session
+
+
+@dataclass(frozen=True)
+class PgEndpoint:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    def __repr__(self) -> str:
+        return f"PgEndpoint({self.user}@{self.host}:{self.port}/{self.dbname})"
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+    def connect(self, autocommit: bool = False, application_name: str = "tenant_migration") -> psycopg.Connection:
+        import psycopg
+
+        try:
+            return psycopg.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                dbname=self.dbname,
+                autocommit=autocommit,
+                connect_timeout=10,
+                application_name=application_name,
+            )
+        except psycopg.OperationalError as exc:
+            # The driver's message can echo connection parameters; keep only its first line.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConnectionError(f"cannot reach PostgreSQL {self.label} as {self.user}: {first}") from None
+
+
+@dataclass(frozen=True)
+class CassandraEndpoint:
+    host: str
+    port: int
+    keyspace: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}/{self.keyspace}"
+
+    @contextmanager
+    def session(self, request_timeout: float = 30.0) -> Iterator[Session]:
+        cluster = self.cluster()
+        try:
+            try:
+                session = cluster.connect()
+            except Exception as exc:  # NoHostAvailable carries per-host errors
+                raise ConnectionError(f"cannot reach Cassandra {self.label}: {exc}") from None
+            session.default_timeout = request_timeout
+            yield session
+        finally:
+            cluster.shutdown()
+
+    def cluster(self) -> Cluster:
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([self.host]), request_timeout=30)
+        return Cluster(
+            contact_points=[self.host],
+            port=self.port,
+            protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=10,
+            control_connection_timeout=10,
+        )
+
+
+@dataclass(frozen=True)
+class AwsEndpoint:
+    region: str
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None
+
+    def __repr__(self) -> str:
+        return f"AwsEndpoint({self.region}, {self.endpoint_url})"
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    replica: PgEndpoint
+    replica_control: PgEndpoint
+    source_operator: PgEndpoint
+    source_primary: PgEndpoint
+    target: PgEndpoint
+    cassandra_source: CassandraEndpoint
+    cassandra_target: CassandraEndpoint
+    aws: AwsEndpoint
+
+    @classmethod
+    def from_conn_dicts(cls, conns: dict[str, dict[str, Any]]) -> Endpoints:
+        def pg(conn_id: str) -> PgEndpoint:
+            c = _get(conns, conn_id)
+            return PgEndpoint(c["host"], int(c.get("port") or 5432), c["login"], c.get("password") or "", c["schema"])
+
+        def cass(conn_id: str) -> CassandraEndpoint:
+            c = _get(conns, conn_id)
+            return CassandraEndpoint(c["host"], int(c.get("port") or 9042), c.get("schema") or "telemetry")
+
+        aws = _get(conns, names.CONN_AWS)
+        extra = aws.get("extra") or {}
+        if isinstance(extra, str):
+            extra = json.loads(extra) if extra else {}
+        return cls(
+            replica=pg(names.CONN_SOURCE_REPLICA),
+            replica_control=pg(names.CONN_REPLICA_CONTROL),
+            source_operator=pg(names.CONN_SOURCE_OPERATOR),
+            source_primary=pg(names.CONN_SOURCE_PRIMARY),
+            target=pg(names.CONN_TARGET),
+            cassandra_source=cass(names.CONN_CASSANDRA_SOURCE),
+            cassandra_target=cass(names.CONN_CASSANDRA_TARGET),
+            aws=AwsEndpoint(
+                region=extra.get("region_name", "us-east-1"),
+                endpoint_url=extra.get("endpoint_url"),
+                access_key=aws.get("login"),
+                secret_key=aws.get("password"),
+            ),
+        )
+
+    @classmethod
+    def from_file(cls, path: Path) -> Endpoints:
+        return cls.from_conn_dicts(json.loads(path.read_text()))
+
+    @classmethod
+    def from_airflow(cls) -> Endpoints:
+        """Resolve every connection through Airflow (env vars, secrets backends, metadata DB)."""
+        from airflow.sdk import BaseHook
+
+        conns: dict[str, dict[str, Any]] = {}
+        for conn_id in (
+            names.CONN_SOURCE_REPLICA,
+            names.CONN_REPLICA_CONTROL,
+            names.CONN_SOURCE_OPERATOR,
+            names.CONN_SOURCE_PRIMARY,
+            names.CONN_TARGET,
+            names.CONN_CASSANDRA_SOURCE,
+            names.CONN_CASSANDRA_TARGET,
+            names.CONN_AWS,
+        ):
+            c = BaseHook.get_connection(conn_id)
+            conns[conn_id] = {
+                "host": c.host,
+                "port": c.port,
+                "login": c.login,
+                "password": c.password,
+                "schema": c.schema,
+                "extra": c.extra_dejson,
+            }
+        return cls.from_conn_dicts(conns)
+
+
+def _get(conns: dict[str, dict[str, Any]], conn_id: str) -> dict[str, Any]:
+    if conn_id not in conns:
+        raise KeyError(f"connection '{conn_id}' is not defined (see README: Connections)")
+    return conns[conn_id]

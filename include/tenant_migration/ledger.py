@@ -1,0 +1,233 @@
+"""The ledger: runs, chunks, gates and events in the ``tm_control`` schema on the target.
+
+Design note: the ledger is the single source of truth for progress. A chunk is ``done`` only when
+its rows and its ledger row were committed in the same target transaction (see
+``postgres.copy``), so a retry, a manual clear or a crash leaves either the complete old or the
+complete new chunk, and a re-run of the same run id redoes exactly the chunks not ``done``.
+A run is bound to a context fingerprint (source, target, tenant map): resuming it against
+anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+_CREATE = (Path(__file__).parent / "sql" / "create_ledger.sql").read_text()
+
+
+class ChunkStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class LedgerError(RuntimeError):
+    """The ledger refuses an operation (a second live run, a foreign context)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str
+    engine: str
+    table_name: str
+    bounds: dict[str, Any]
+
+
+def context_fingerprint(**parts: str) -> str:
+    """A stable digest of what a run is bound to (no secrets go in: labels only)."""
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def ensure_schema(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute(_CREATE)
+
+
+def start_run(conn: psycopg.Connection, run_id: str, tenant_id: int, fingerprint: str, spec: dict[str, Any]) -> bool:
+    """Register ``run_id`` or resume it. Returns True when the run is new.
+
+    Refuses a second live run for the tenant and a resume under a different context.
+    """
+    ensure_schema(conn)
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT tenant_id, context_fingerprint, status FROM tm_control.runs WHERE run_id = %s FOR UPDATE",
+            (run_id,),
+        ).fetchone()
+        if row is not None:
+            if row[0] != tenant_id or row[1] != fingerprint:
+                raise LedgerError(
+                    f"run {run_id} was started for tenant {row[0]} with context {row[1]}; "
+                    f"refusing to resume it for tenant {tenant_id} with context {fingerprint}"
+                )
+            conn.execute(
+                "UPDATE tm_control.runs SET status = 'running', finished_at = NULL WHERE run_id = %s",
+                (run_id,),
+            )
+            return False
+        other = conn.execute(
+            "SELECT run_id FROM tm_control.runs WHERE tenant_id = %s AND status = 'running'", (tenant_id,)
+        ).fetchone()
+        if other is not None:
+            raise LedgerError(
+                f"tenant {tenant_id} already has a live migration run '{other[0]}'; finish or abort it "
+                "(see the runbook: Abort) before starting another"
+            )
+        conn.execute(
+            "INSERT INTO tm_control.runs (run_id, tenant_id, status, context_fingerprint, spec) "
+            "VALUES (%s, %s, 'running', %s, %s)",
+            (run_id, tenant_id, fingerprint, Jsonb(spec)),
+        )
+        return True
+
+
+def finish_run(conn: psycopg.Connection, run_id: str, status: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            "UPDATE tm_control.runs SET status = %s, finished_at = clock_timestamp() WHERE run_id = %s",
+            (status, run_id),
+        )
+
+
+def record_detach(conn: psycopg.Connection, run_id: str, lsn: str, commit_time: Any) -> None:
+    with conn.transaction():
+        conn.execute(
+            "UPDATE tm_control.runs SET detach_lsn = COALESCE(detach_lsn, %s::pg_lsn), "
+            "detach_commit_time = COALESCE(detach_commit_time, %s) WHERE run_id = %s",
+            (lsn, commit_time, run_id),
+        )
+
+
+def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    cur = conn.execute("SELECT * FROM tm_control.runs WHERE run_id = %s", (run_id,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    assert cur.description is not None
+    return dict(zip([d.name for d in cur.description], row, strict=True))
+
+
+def plan_chunks(conn: psycopg.Connection, run_id: str, chunks: list[Chunk]) -> None:
+    """Insert planned chunks; chunks already in the ledger keep their status (stable ids)."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO tm_control.chunks (run_id, chunk_id, engine, table_name, bounds) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_id) DO NOTHING",
+                [(run_id, c.chunk_id, c.engine, c.table_name, Jsonb(c.bounds)) for c in chunks],
+            )
+
+
+def pending_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:
+    rows = conn.execute(
+        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks "
+        "WHERE run_id = %s AND engine = %s AND status <> 'done' ORDER BY chunk_id",
+        (run_id, engine),
+    ).fetchall()
+    return [Chunk(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def chunk_status(conn: psycopg.Connection, run_id: str, chunk_id: str) -> ChunkStatus | None:
+    row = conn.execute(
+        "SELECT status FROM tm_control.chunks WHERE run_id = %s AND chunk_id = %s", (run_id, chunk_id)
+    ).fetchone()
+    return ChunkStatus(row[0]) if row else None
+
+
+def mark_chunk_running(conn: psycopg.Connection, run_id: str, chunk_id: str) -> None:
+    """Count an attempt. Runs in its own transaction so the count survives a failed copy."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE tm_control.chunks SET status = 'running', attempts = attempts + 1, "
+            "started_at = clock_timestamp(), last_error = NULL WHERE run_id = %s AND chunk_id = %s",
+            (run_id, chunk_id),
+        )
+
+
+def mark_chunk_done(
+    conn: psycopg.Connection,
+    run_id: str,
+    chunk_id: str,
+    rows: int,
+    bytes_copied: int,
+    source_checksum: str,
+    target_checksum: str,
+) -> None:
+    """Must run inside the caller's transaction that wrote the chunk's rows."""
+    conn.execute(
+        "UPDATE tm_control.chunks SET status = 'done', rows_copied = %s, bytes_copied = %s, "
+        "source_checksum = %s, target_checksum = %s, finished_at = clock_timestamp() "
+        "WHERE run_id = %s AND chunk_id = %s",
+        (rows, bytes_copied, source_checksum, target_checksum, run_id, chunk_id),
+    )
+
+
+def mark_chunk_failed(conn: psycopg.Connection, run_id: str, chunk_id: str, error: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            "UPDATE tm_control.chunks SET status = 'failed', last_error = %s, finished_at = clock_timestamp() "
+            "WHERE run_id = %s AND chunk_id = %s",
+            (error[:2000], run_id, chunk_id),
+        )
+
+
+def chunk_rows(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
+    cur = conn.execute(
+        "SELECT chunk_id, engine, table_name, status, rows_copied, bytes_copied, source_checksum, "
+        "target_checksum, attempts, EXTRACT(EPOCH FROM finished_at - started_at) AS seconds, last_error "
+        "FROM tm_control.chunks WHERE run_id = %s ORDER BY engine, chunk_id",
+        (run_id,),
+    )
+    assert cur.description is not None
+    names = [d.name for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def record_gate(
+    conn: psycopg.Connection,
+    run_id: str,
+    gate: str,
+    passed: bool,
+    summary: str,
+    evidence: dict[str, Any],
+    report_path: str | None,
+) -> int:
+    """Append a gate evaluation (attempts are numbered; re-running a gate adds a row)."""
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO tm_control.gates (run_id, gate, attempt, passed, summary, evidence, report_path) "
+            "SELECT %s, %s, COALESCE(MAX(attempt), 0) + 1, %s, %s, %s, %s FROM tm_control.gates "
+            "WHERE run_id = %s AND gate = %s RETURNING attempt",
+            (run_id, gate, passed, summary, Jsonb(evidence), report_path, run_id, gate),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def record_event(conn: psycopg.Connection, run_id: str, step: str, kind: str, detail: dict[str, Any] | None = None) -> None:
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO tm_control.events (run_id, step, kind, detail) VALUES (%s, %s, %s, %s)",
+            (run_id, step, kind, Jsonb(detail or {})),
+        )
+
+
+def step_durations(conn: psycopg.Connection, run_id: str) -> list[tuple[str, float]]:
+    """Seconds per step, from the first 'started' to the last 'finished' event of each step."""
+    rows = conn.execute(
+        "SELECT step, EXTRACT(EPOCH FROM MAX(at) FILTER (WHERE kind = 'finished') "
+        "- MIN(at) FILTER (WHERE kind = 'started'))::float8, MIN(event_id) "
+        "FROM tm_control.events WHERE run_id = %s GROUP BY step ORDER BY MIN(event_id)",
+        (run_id,),
+    ).fetchall()
+    return [(r[0], float(r[1]) if r[1] is not None else float("nan")) for r in rows]

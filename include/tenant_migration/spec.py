@@ -1,0 +1,80 @@
+"""The migration request: trigger params validated into a typed, immutable ``MigrationSpec``.
+
+Validation is pure (no database): it rejects malformed params before any task touches a server.
+Whether the tenant exists is checked against the replica by ``preflight``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class InvalidParams(ValueError):
+    """The trigger params cannot describe a migration; the message names the param."""
+
+
+@dataclass(frozen=True)
+class MigrationSpec:
+    tenant_id: int
+    dry_run: bool = False
+    chunk_rows: int = 50_000
+    cassandra_concurrency: int = 64
+    cassandra_days: int = 3
+    dns_zone: str = "iot.example.test."
+    target_endpoint_prefix: str = "vpc"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    raw = params.get(name, default)
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidParams(f"param '{name}' must be an integer, got {raw!r}")
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidParams(f"param '{name}' must be an integer, got {raw!r}") from None
+    if isinstance(raw, float) and raw != value:
+        raise InvalidParams(f"param '{name}' must be an integer, got {raw!r}")
+    if not lo <= value <= hi:
+        raise InvalidParams(f"param '{name}' must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(params: dict[str, Any], name: str, default: bool) -> bool:
+    raw = params.get(name, default)
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in {"true", "false"}:
+        return raw.lower() == "true"
+    raise InvalidParams(f"param '{name}' must be true or false, got {raw!r}")
+
+
+def parse_spec(params: dict[str, Any]) -> MigrationSpec:
+    """Build a ``MigrationSpec`` from trigger params or raise ``InvalidParams``."""
+    known = set(MigrationSpec.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidParams(f"unknown param(s): {', '.join(unknown)}; expected some of {sorted(known)}")
+    if "tenant_id" not in params or params["tenant_id"] in (None, ""):
+        raise InvalidParams("param 'tenant_id' is required")
+    zone = str(params.get("dns_zone", MigrationSpec.dns_zone))
+    if not zone.endswith(".") or ".." in zone or " " in zone:
+        raise InvalidParams(f"param 'dns_zone' must be a fully qualified zone ending in '.', got {zone!r}")
+    prefix = str(params.get("target_endpoint_prefix", MigrationSpec.target_endpoint_prefix))
+    if not _SLUG.match(prefix):
+        raise InvalidParams(f"param 'target_endpoint_prefix' must be a DNS label, got {prefix!r}")
+    return MigrationSpec(
+        tenant_id=_int(params, "tenant_id", 0, 1, 2**62),
+        dry_run=_bool(params, "dry_run", MigrationSpec.dry_run),
+        chunk_rows=_int(params, "chunk_rows", MigrationSpec.chunk_rows, 100, 10_000_000),
+        cassandra_concurrency=_int(params, "cassandra_concurrency", MigrationSpec.cassandra_concurrency, 1, 1024),
+        cassandra_days=_int(params, "cassandra_days", MigrationSpec.cassandra_days, 1, 3650),
+        dns_zone=zone,
+        target_endpoint_prefix=prefix,
+    )

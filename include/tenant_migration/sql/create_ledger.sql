@@ -1,0 +1,59 @@
+-- The migration ledger: progress of every run lives here, on the target, not in XCom.
+-- Idempotent; applied by the first task of every run (ledger.ensure_schema).
+CREATE SCHEMA IF NOT EXISTS tm_control;
+
+CREATE TABLE IF NOT EXISTS tm_control.runs (
+    run_id              text PRIMARY KEY,
+    tenant_id           bigint NOT NULL,
+    status              text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'aborted')),
+    context_fingerprint text NOT NULL,
+    spec                jsonb NOT NULL,
+    detach_lsn          pg_lsn,
+    detach_commit_time  timestamptz,
+    started_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at         timestamptz
+);
+-- At most one live run per tenant: a second trigger for the same tenant fails on this index.
+CREATE UNIQUE INDEX IF NOT EXISTS runs_one_live_per_tenant ON tm_control.runs (tenant_id)
+    WHERE status = 'running';
+
+CREATE TABLE IF NOT EXISTS tm_control.chunks (
+    run_id           text NOT NULL REFERENCES tm_control.runs ON DELETE CASCADE,
+    chunk_id         text NOT NULL,
+    engine           text NOT NULL CHECK (engine IN ('postgres', 'cassandra')),
+    table_name       text NOT NULL,
+    bounds           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    rows_copied      bigint,
+    bytes_copied     bigint,
+    source_checksum  text,
+    target_checksum  text,
+    attempts         integer NOT NULL DEFAULT 0,
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    last_error       text,
+    PRIMARY KEY (run_id, chunk_id)
+);
+
+CREATE TABLE IF NOT EXISTS tm_control.gates (
+    run_id       text NOT NULL REFERENCES tm_control.runs ON DELETE CASCADE,
+    gate         text NOT NULL,
+    attempt      integer NOT NULL,
+    passed       boolean NOT NULL,
+    summary      text NOT NULL,
+    evidence     jsonb NOT NULL,
+    report_path  text,
+    evaluated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (run_id, gate, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS tm_control.events (
+    event_id  bigserial PRIMARY KEY,
+    run_id    text NOT NULL REFERENCES tm_control.runs ON DELETE CASCADE,
+    step      text NOT NULL,
+    kind      text NOT NULL CHECK (kind IN ('started', 'finished', 'failed', 'info')),
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    detail    jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS events_run_idx ON tm_control.events (run_id, event_id);

@@ -1,0 +1,125 @@
+"""Airflow's view of the local stack: generated passwords, ``AIRFLOW_CONN_*`` connections, and the
+environment every Airflow command of the project runs with.
+
+Passwords are made once per stack (``.stack/secrets.json``, mode 0600) and are never printed; the
+connections file is the single JSON source that becomes ``AIRFLOW_CONN_*`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as pysecrets
+from pathlib import Path
+from typing import Any
+
+from tenant_migration.stack.topology import REPO_ROOT, Topology
+
+ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
+
+# Connection ids used by the DAGs. One name per role and server: a task gets exactly the rights
+# its connection's role has.
+CONN_SOURCE_PRIMARY = "tm_source_primary"  # platform_app on the live primary (CDC, fleet)
+CONN_SOURCE_OPERATOR = "tm_source_operator"  # migration_operator on the primary (registrations)
+CONN_SOURCE_REPLICA = "tm_source_replica"  # migration_reader on the standby (read-only copy source)
+CONN_REPLICA_CONTROL = "tm_replica_control"  # migration_operator on the standby (pause/resume replay)
+CONN_TARGET = "tm_target"  # migration_writer on the target
+CONN_CASSANDRA_SOURCE = "tm_cassandra_source"
+CONN_CASSANDRA_TARGET = "tm_cassandra_target"
+CONN_AWS = "tm_aws"
+
+
+def load_secrets(topo: Topology) -> dict[str, str]:
+    """Passwords of the project's database roles, created on first use."""
+    path = topo.state_dir / "secrets.json"
+    if path.exists():
+        data: dict[str, str] = json.loads(path.read_text())
+        if all(role in data for role in ROLES):
+            return data
+    data = {role: pysecrets.token_urlsafe(18) for role in ROLES}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    return data
+
+
+def connections(topo: Topology) -> dict[str, dict[str, Any]]:
+    pw = load_secrets(topo)
+
+    def pg(server_host: str, port: int, role: str) -> dict[str, Any]:
+        return {
+            "conn_type": "postgres",
+            "host": server_host,
+            "port": port,
+            "login": role,
+            "password": pw[role],
+            "schema": topo.pg_dbname,
+        }
+
+    def cassandra(host: str, port: int) -> dict[str, Any]:
+        return {
+            "conn_type": "cassandra",
+            "host": host,
+            "port": port,
+            "schema": "telemetry",
+            "extra": {
+                "load_balancing_policy": "DCAwareRoundRobinPolicy",
+                "load_balancing_policy_args": {"local_dc": "datacenter1"},
+                "protocol_version": 5,
+            },
+        }
+
+    p, s, t = topo.pg_primary, topo.pg_standby, topo.pg_target
+    cs, ct = topo.cassandra_source, topo.cassandra_target
+    return {
+        CONN_SOURCE_PRIMARY: pg(p.host, p.port, "platform_app"),
+        CONN_SOURCE_OPERATOR: pg(p.host, p.port, "migration_operator"),
+        CONN_SOURCE_REPLICA: pg(s.host, s.port, "migration_reader"),
+        CONN_REPLICA_CONTROL: pg(s.host, s.port, "migration_operator"),
+        CONN_TARGET: pg(t.host, t.port, "migration_writer"),
+        CONN_CASSANDRA_SOURCE: cassandra(cs.host, cs.native_port),
+        CONN_CASSANDRA_TARGET: cassandra(ct.host, ct.native_port),
+        CONN_AWS: {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": topo.moto_url, "region_name": "us-east-1"},
+        },
+    }
+
+
+def environment(topo: Topology) -> dict[str, str]:
+    """Environment for every Airflow command of the local stack (``make demo``, tests, standalone)."""
+    home = topo.airflow_home
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(topo.airflow_api_port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{topo.airflow_api_port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{topo.airflow_api_port}",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "GX_ANALYTICS_ENABLED": "false",
+        "TM_STATE_DIR": str(topo.state_dir),
+        "TM_REPORTS_DIR": str(topo.state_dir / "reports"),
+    }
+    for conn_id, conn in connections(topo).items():
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return env
+
+
+def write_files(topo: Topology) -> Path:
+    """Write ``connections.json`` (0600) and return its path."""
+    topo.airflow_home.mkdir(parents=True, exist_ok=True)
+    path = topo.state_dir / "connections.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(connections(topo), fh, indent=2)
+    return path
