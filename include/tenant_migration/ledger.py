@@ -119,13 +119,12 @@ def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
 
 def plan_chunks(conn: psycopg.Connection, run_id: str, chunks: list[Chunk]) -> None:
     """Insert planned chunks; chunks already in the ledger keep their status (stable ids)."""
-    with conn.transaction():
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO tm_control.chunks (run_id, chunk_id, engine, table_name, bounds) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_id) DO NOTHING",
-                [(run_id, c.chunk_id, c.engine, c.table_name, Jsonb(c.bounds)) for c in chunks],
-            )
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO tm_control.chunks (run_id, chunk_id, engine, table_name, bounds) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_id) DO NOTHING",
+            [(run_id, c.chunk_id, c.engine, c.table_name, Jsonb(c.bounds)) for c in chunks],
+        )
 
 
 def pending_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:

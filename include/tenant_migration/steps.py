@@ -237,12 +237,11 @@ def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict
     before = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
     if spec.dry_run:
         return {"skipped": "dry run", "before": before}
-    with ep.target.connect() as tconn:
-        with step(tconn, run_id, "flip_dns") as detail:
-            started = time.monotonic()
-            dns.point_records(r53, zid, plans, to_tenant=True)
-            after = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
-            detail.update({"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)})
+    with ep.target.connect() as tconn, step(tconn, run_id, "flip_dns") as detail:
+        started = time.monotonic()
+        dns.point_records(r53, zid, plans, to_tenant=True)
+        after = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
+        detail.update({"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)})
     return {"before": before, "after": after}
 
 

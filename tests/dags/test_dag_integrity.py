@@ -59,7 +59,7 @@ def test_dag_id_is_file_stem(dagbag, path: Path) -> None:
 
 def test_every_param_is_documented(dagbag) -> None:
     for dag in dagbag.dags.values():
-        for name, param in dag.params.items():
+        for name in dag.params:
             p = dag.params.get_param(name)
             assert p.description, f"{dag.dag_id}: param {name} has no description"
             assert p.schema.get("title"), f"{dag.dag_id}: param {name} has no title"

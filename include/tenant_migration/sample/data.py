@@ -28,8 +28,9 @@ Shape of the data, chosen to exercise the migration rather than to look pretty:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -718,17 +719,41 @@ def valid_until(preset: Preset, seed: int, today: date) -> datetime:
     return first + timedelta(days=min([*retentions, CONNECTION_EVENT_RETENTION_DAYS]))
 
 
-Row = tuple[object, ...]
+@dataclass(frozen=True)
+class Rows:
+    """Rows of one Cassandra table, as columns in the bind order of its INSERT (values, then TTL if
+    any, then writetime). ``starts`` are the offsets where a new partition begins; rows of a partition
+    are contiguous."""
+
+    columns: dict[str, np.ndarray]
+    starts: np.ndarray
+
+    def __len__(self) -> int:
+        first = next(iter(self.columns.values()))
+        return len(first)
+
+    def partitions(self) -> list[tuple[int, int]]:
+        """(start, end) row offsets of each partition."""
+        bounds = [*self.starts.tolist(), len(self)]
+        return list(itertools.pairwise(bounds))
+
+    def tuples(self) -> list[tuple[object, ...]]:
+        """Rows as Python tuples (for comparisons and the driver's public bind path)."""
+        return list(zip(*(c.tolist() for c in self.columns.values()), strict=True))
 
 
 @dataclass(frozen=True)
 class CassandraChunk:
-    """Rows of a slice of the telemetry, each inner list one partition (one UNLOGGED batch or a few)."""
+    """The rows of one slice of the telemetry."""
 
-    datapoints: list[list[Row]]
-    latest_values: list[list[Row]]
-    connection_events: list[list[Row]]
+    datapoints: Rows
+    latest_values: Rows
+    connection_events: Rows
     skipped_expired: int
+
+    def tables(self) -> dict[str, Rows]:
+        return {"datapoints": self.datapoints, "latest_values": self.latest_values,
+                "connection_events": self.connection_events}
 
 
 PROPS_PER_CHUNK = 512
@@ -738,22 +763,24 @@ def cassandra_chunk_count(ds: Dataset) -> int:
     return max(1, math.ceil(len(ds.telemetry.prop_id) / PROPS_PER_CHUNK))
 
 
-def _partition_groups(keys: np.ndarray) -> list[tuple[int, int]]:
-    """(start, end) of each run of equal consecutive keys."""
-    if len(keys) == 0:
-        return []
-    cut = np.nonzero(keys[1:] != keys[:-1])[0] + 1
-    bounds = np.concatenate(([0], cut, [len(keys)])).tolist()
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+def _starts(*keys: np.ndarray) -> np.ndarray:
+    """Offsets where any of the (row-aligned) key columns changes: partition starts."""
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(n, dtype=bool)
+    change[0] = True
+    for k in keys:
+        change[1:] |= k[1:] != k[:-1]
+    return np.nonzero(change)[0]
 
 
 def cassandra_chunk(ds: Dataset, chunk_no: int, today: date, now_s: int | None = None) -> CassandraChunk:
-    """Rows of chunk ``chunk_no`` of the telemetry: datapoints and latest values of a slice of
-    properties, and connection events of the devices that slice starts.
+    """Rows of chunk ``chunk_no``: datapoints and latest values of a slice of ``PROPS_PER_CHUNK``
+    telemetry properties, and connection events of the devices whose first property is in the slice.
 
-    Row tuples follow the bind markers of the statements in ``generate`` (values, then TTL, then
-    writetime). Values depend on ``(seed, chunk_no)`` only, timestamps on ``today`` too, TTLs on the
-    clock (``now_s``).
+    Values depend on ``(seed, chunk_no)`` only, timestamps on ``today`` too, TTLs on the clock
+    (``now_s``): a row whose TTL would be <= 0 is left out and counted in ``skipped_expired``.
     """
     preset, tel = ds.preset, ds.telemetry
     now_s = int(datetime.now(UTC).timestamp()) if now_s is None else now_s
@@ -764,77 +791,71 @@ def cassandra_chunk(ds: Dataset, chunk_no: int, today: date, now_s: int | None =
     n, days, ppd = len(pid), preset.days, preset.points_per_day
     buckets = day_buckets(preset, today)
     day_ms = np.array([_day_ms(d) for d in buckets], dtype=np.int64)
+    dates = np.array([cql_date(d) for d in buckets], dtype=np.int64)
+    shape = (n, days, ppd)
     interval = DAY_MS // ppd
     offsets = np.arange(ppd, dtype=np.int64) * interval
-    ts = day_ms[None, :, None] + offsets[None, None, :] + rng.integers(0, interval // 4, (n, days, ppd))
+    ts = day_ms[None, :, None] + offsets[None, None, :] + rng.integers(0, interval // 4, shape)
     phase = rng.random(n) * 2 * math.pi
     angle = 2 * math.pi * (offsets / DAY_MS)[None, None, :] + phase[:, None, None]
     values = (PROPERTY_BASE[ordinal][:, None, None] + PROPERTY_SWING[ordinal][:, None, None] * np.sin(angle)
-              + PROPERTY_NOISE[ordinal][:, None, None] * rng.normal(0, 1, (n, days, ppd)))
+              + PROPERTY_NOISE[ordinal][:, None, None] * rng.normal(0, 1, shape))
     values = np.where((ordinal == 3)[:, None, None], np.round(values), np.round(values, 3))
-    quality = rng.choice(3, (n, days, ppd), p=[0.95, 0.04, 0.01])
+    quality = rng.choice(3, shape, p=[0.95, 0.04, 0.01]).astype(np.int8)
     ttl = (ts // 1000 + retention_s[:, None, None]) - now_s
-    keep = ttl > 0
-
-    datapoints: list[list[Row]] = []
-    dates = [cql_date(d) for d in buckets]
-    ts_l, val_l, q_l, ttl_l, keep_l = ts.tolist(), values.tolist(), quality.tolist(), ttl.tolist(), keep.tolist()
-    for i, (p, d) in enumerate(zip(pid.tolist(), dev.tolist(), strict=True)):
-        for k in range(days):
-            tsk, vk, qk, ttlk, kk = ts_l[i][k], val_l[i][k], q_l[i][k], ttl_l[i][k], keep_l[i][k]
-            rows = [(d, p, dates[k], t, v, q, tt, t * 1000)
-                    for t, v, q, tt, ok in zip(tsk, vk, qk, ttlk, kk, strict=True) if ok]
-            if rows:
-                datapoints.append(rows)
-    skipped = int(keep.size - keep.sum())
-
-    latest: list[list[Row]] = []
-    for start, end in _partition_groups(dev):
-        latest.append([(d, p, ts_l[i][-1][-1], val_l[i][-1][-1], ts_l[i][-1][-1] * 1000)
-                       for i, d, p in zip(range(start, end), dev[start:end].tolist(), pid[start:end].tolist(),
-                                          strict=True)])
-
+    keep = (ttl > 0).ravel()
+    dev_col = np.broadcast_to(dev[:, None, None], shape).ravel()[keep]
+    pid_col = np.broadcast_to(pid[:, None, None], shape).ravel()[keep]
+    day_col = np.broadcast_to(dates[None, :, None], shape).ravel()[keep]
+    ts_col = ts.ravel()[keep]
+    datapoints = Rows(
+        {"device_id": dev_col, "property_id": pid_col, "day": day_col, "ts": ts_col,
+         "value": values.ravel()[keep], "quality": quality.ravel()[keep], "ttl": ttl.ravel()[keep],
+         "writetime": ts_col * 1000},
+        _starts(dev_col, pid_col, day_col),
+    )
+    latest_ts = ts[:, -1, -1]
+    latest = Rows(
+        {"device_id": dev, "property_id": pid, "ts": latest_ts, "value": values[:, -1, -1],
+         "writetime": latest_ts * 1000},
+        _starts(dev),
+    )
     first_of_device = np.ones(n, dtype=bool)
     if chunk_no > 0 and n:
         first_of_device[0] = tel.prop_device_id[sl.start - 1] != dev[0]
     first_of_device[1:] = dev[1:] != dev[:-1]
-    own_devices = dev[first_of_device]
-    events = _connection_events(ds, chunk_no, own_devices, buckets, now_s)
-    return CassandraChunk(datapoints, latest, events[0], skipped + events[1])
+    events, skipped_events = _connection_events(ds, chunk_no, dev[first_of_device], buckets, now_s)
+    return CassandraChunk(datapoints, latest, events, int(keep.size - keep.sum()) + skipped_events)
 
 
 def _connection_events(ds: Dataset, chunk_no: int, devices: np.ndarray, buckets: tuple[date, ...],
-                       now_s: int) -> tuple[list[list[Row]], int]:
+                       now_s: int) -> tuple[Rows, int]:
     """A few connect/disconnect events per device and day, alternating, from a fixed per-device IP."""
     rng = _rng(ds.seed, 200, chunk_no)
     per_day = ds.preset.events_per_day
     n, days = len(devices), len(buckets)
+    shape = (n, days, per_day)
     interval = DAY_MS // per_day
     day_ms = np.array([_day_ms(d) for d in buckets], dtype=np.int64)
+    dates = np.array([cql_date(d) for d in buckets], dtype=np.int64)
     ts = (day_ms[None, :, None] + (np.arange(per_day, dtype=np.int64) * interval)[None, None, :]
-          + rng.integers(0, interval // 2, (n, days, per_day)))
+          + rng.integers(0, interval // 2, shape))
     ttl = ts // 1000 + CONNECTION_EVENT_RETENTION_DAYS * DAY_S - now_s
     octets = rng.integers(1, 255, (n, 3))
-    ips = [f"10.{a}.{b}.{c}" for a, b, c in octets.tolist()]
-    dates = [cql_date(d) for d in buckets]
-    out: list[list[Row]] = []
-    ts_l, ttl_l = ts.tolist(), ttl.tolist()
-    skipped = 0
-    for i, d in enumerate(devices.tolist()):
-        for k in range(days):
-            rows = [(d, dates[k], t, CONNECTION_EVENTS[j % 2], ips[i], tt, t * 1000)
-                    for j, (t, tt) in enumerate(zip(ts_l[i][k], ttl_l[i][k], strict=True)) if tt > 0]
-            skipped += per_day - len(rows)
-            if rows:
-                out.append(rows)
-    return out, skipped
-
-
-def cassandra_chunks(ds: Dataset, today: date, chunks: Callable[[int], bool] | None = None) -> Iterator[CassandraChunk]:
-    """Every chunk in order (or those ``chunks`` selects, for splitting the work between processes)."""
-    for c in range(cassandra_chunk_count(ds)):
-        if chunks is None or chunks(c):
-            yield cassandra_chunk(ds, c, today)
+    ips = np.array([f"10.{a}.{b}.{c}" for a, b, c in octets.tolist()], dtype=object)
+    event = np.array(CONNECTION_EVENTS, dtype=object)[np.arange(per_day) % len(CONNECTION_EVENTS)]
+    keep = (ttl > 0).ravel()
+    dev_col = np.broadcast_to(devices[:, None, None], shape).ravel()[keep]
+    day_col = np.broadcast_to(dates[None, :, None], shape).ravel()[keep]
+    ts_col = ts.ravel()[keep]
+    rows = Rows(
+        {"device_id": dev_col, "day": day_col, "ts": ts_col,
+         "event": np.broadcast_to(event[None, None, :], shape).ravel()[keep],
+         "remote_ip": np.broadcast_to(ips[:, None, None], shape).ravel()[keep],
+         "ttl": ttl.ravel()[keep], "writetime": ts_col * 1000},
+        _starts(dev_col, day_col),
+    )
+    return rows, int(keep.size - keep.sum())
 
 
 # ------------------------------------------------------------------------------------ predictions

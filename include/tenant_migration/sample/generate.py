@@ -25,12 +25,13 @@ import logging
 import multiprocessing
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
@@ -49,6 +50,7 @@ from tenant_migration.sample.data import (
     TEST_POOL_TENANT_ID,
     Dataset,
     Preset,
+    Rows,
     TenantPlan,
     build_dataset,
     cassandra_chunk,
@@ -81,6 +83,8 @@ __all__ = [
     "apply_pg_schema",
     "apply_roles",
     "apply_schema_to_target",
+    "cassandra_session",
+    "close_session",
     "expected_counts",
     "generate",
     "main",
@@ -97,7 +101,7 @@ ROLES_SQL = SAMPLE_DIR / "sql" / "roles.sql"
 SCHEMA_CQL = SAMPLE_DIR / "cql" / "schema.cql"
 ROLES: tuple[str, ...] = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
 LOCK_KEY = 0x5A4D_1E60
-DEFAULT_CONCURRENCY = 96
+DEFAULT_CONCURRENCY = 128
 CQL_TIMEOUT_S = 120.0
 RETRIES = 5
 
@@ -195,8 +199,10 @@ def apply_pg_schema(conn: psycopg.Connection[Any], *, only_if_missing: bool = Tr
 
 
 def _truncate_pg(conn: psycopg.Connection[Any]) -> None:
+    """Truncate all platform tables together, without CASCADE: a foreign key from outside the platform
+    schema makes this fail loudly rather than silently emptying someone else's table."""
     tables = sql.SQL(", ").join(sql.Identifier("platform", t) for t in PG_TABLES)
-    conn.execute(sql.SQL("TRUNCATE {} CASCADE").format(tables))
+    conn.execute(sql.SQL("TRUNCATE {}").format(tables))
 
 
 def _load_pg(conn: psycopg.Connection[Any], ds: Dataset) -> dict[str, int]:
@@ -265,13 +271,21 @@ def _cassandra_session(host: str, port: int) -> Any:
 
     profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([host]), request_timeout=CQL_TIMEOUT_S)
     cluster = Cluster(
-        contact_points=[host], port=port, execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=30
+        contact_points=[host],
+        port=port,
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=30,
     )
     return cluster.connect()
 
 
 def _close(session: Any) -> None:
     session.cluster.shutdown()
+
+
+cassandra_session = _cassandra_session
+close_session = _close
 
 
 def _cql_statements(text: str) -> list[str]:
@@ -310,15 +324,56 @@ def _send(session: Any, batches: list[Any], concurrency: int) -> None:
         pending = [b for b, _ in failed]
 
 
-def _batches(prepared: Any, partitions: Iterable[list[tuple[object, ...]]]) -> list[Any]:
+WIRE_FORMATS: dict[str, str] = {
+    "device_id": ">i8",
+    "property_id": ">i8",
+    "day": ">u4",
+    "ts": ">i8",
+    "value": ">f8",
+    "quality": "i1",
+    "ttl": ">i4",
+    "writetime": ">i8",
+    "event": "text",
+    "remote_ip": "text",
+}
+
+
+def serialize_column(name: str, values: np.ndarray) -> list[bytes]:
+    """Native-protocol encoding of one column, vectorised: what the driver's bind() would produce
+    value by value (big-endian fixed width; date offset by 2**31 already; text as UTF-8)."""
+    fmt = WIRE_FORMATS[name]
+    if fmt == "text":
+        return [v.encode() for v in values.tolist()]
+    buf = np.ascontiguousarray(values).astype(fmt).tobytes()
+    width = np.dtype(fmt).itemsize
+    return [buf[i:i + width] for i in range(0, len(buf), width)]
+
+
+def _batches(prepared: Any, rows: Rows) -> list[Any]:
+    """Single-partition UNLOGGED batches of at most MAX_BATCH_ROWS rows.
+
+    Values are serialised in bulk and handed to the batch as already-encoded parameters, skipping the
+    driver's per-row bind() (about 6x less client CPU, which matters on a 2-core machine shared with
+    Cassandra). When the driver lacks that internal method, the public bind path is used.
+    """
     from cassandra.query import BatchStatement, BatchType
 
+    fast = hasattr(BatchStatement, "_add_statement_and_params")
+    if fast:
+        encoded = list(zip(*(serialize_column(n, c) for n, c in rows.columns.items()), strict=True))
+    else:
+        encoded = rows.tuples()
     out = []
-    for rows in partitions:
-        for start in range(0, len(rows), MAX_BATCH_ROWS):
+    for start, end in rows.partitions():
+        for lo in range(start, end, MAX_BATCH_ROWS):
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-            for row in rows[start:start + MAX_BATCH_ROWS]:
-                batch.add(prepared, row)
+            if fast:
+                add = batch._add_statement_and_params
+                for params in encoded[lo:min(end, lo + MAX_BATCH_ROWS)]:
+                    add(True, prepared.query_id, params)
+            else:
+                for params in encoded[lo:min(end, lo + MAX_BATCH_ROWS)]:
+                    batch.add(prepared, params)
             out.append(batch)
     return out
 
@@ -338,12 +393,12 @@ def _write_cassandra_part(
         skipped = 0
         for c in range(part, cassandra_chunk_count(ds), parts):
             chunk = cassandra_chunk(ds, c, today)
-            batches = _batches(dp, chunk.datapoints) + _batches(lv, chunk.latest_values)
-            batches += _batches(ce, chunk.connection_events)
+            statements = {"datapoints": dp, "latest_values": lv, "connection_events": ce}
+            batches: list[Any] = []
+            for table, rows in chunk.tables().items():
+                batches += _batches(statements[table], rows)
+                counts[table] += len(rows)
             _send(session, batches, concurrency)
-            counts["datapoints"] += sum(map(len, chunk.datapoints))
-            counts["latest_values"] += sum(map(len, chunk.latest_values))
-            counts["connection_events"] += sum(map(len, chunk.connection_events))
             skipped += chunk.skipped_expired
         return counts, skipped
     finally:
@@ -379,9 +434,9 @@ def _cassandra_spot_check(session: Any, ds: Dataset, buckets: Sequence[date]) ->
         ("latest_values", "SELECT count(*) FROM telemetry.latest_values WHERE device_id = %s", (device,), len(props)),
         ("datapoints",
          "SELECT count(*) FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s",
-         (device, int(props[0]), _Date(last)), ds.preset.points_per_day),
+         (device, int(props[0]), _date_value(last)), ds.preset.points_per_day),
         ("connection_events", "SELECT count(*) FROM telemetry.connection_events WHERE device_id = %s AND day = %s",
-         (device, _Date(last)), ds.preset.events_per_day),
+         (device, _date_value(last)), ds.preset.events_per_day),
     )
     for table, query, params, expected in checks:
         found = session.execute(query, params, timeout=CQL_TIMEOUT_S).one()[0]
@@ -390,7 +445,8 @@ def _cassandra_spot_check(session: Any, ds: Dataset, buckets: Sequence[date]) ->
     return None
 
 
-def _Date(raw: int) -> Any:  # noqa: N802
+def _date_value(raw: int) -> Any:
+    """A driver Date from the raw (offset) encoding, for query parameters."""
     from cassandra.util import Date
 
     return Date(raw - 2**31)
@@ -460,8 +516,8 @@ def generate(
         try:
             apply_cql_schema(session)
             run = _latest_run(conn)
-            reason = "forced" if force else _why_not_reusable(conn, session, run, p, seed)
-            if reason is None and run is not None:
+            why = "forced" if force else _why_not_reusable(conn, session, run, p, seed)
+            if why is None and run is not None:
                 log.info("reusing run %s (%s seed %s of %s)", run["run_id"], p.name, seed, run["generated_on"])
                 return GenerationResult(
                     preset=p.name,
@@ -476,6 +532,7 @@ def generate(
                     skipped_expired=run["skipped_expired"],
                     day_buckets=tuple(run["day_buckets"]),
                 )
+            reason = why or "regenerating"
             log.info("generating %s seed %s: %s", p.name, seed, reason)
             buckets = day_buckets(p, today)
             run_id = conn.execute(

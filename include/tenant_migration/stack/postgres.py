@@ -508,6 +508,7 @@ def _start(topo: Topology, role: Role) -> float:
     attempts = 0
     while True:
         attempts += 1
+        log_offset = log.stat().st_size if log.exists() else 0
         try:
             _run(
                 topo,
@@ -518,7 +519,9 @@ def _start(topo: Topology, role: Role) -> float:
         except StackError as exc:
             # After a kill -9 of the postmaster its children need a moment to notice and detach
             # from the old shared memory; the new postmaster refuses to start until they have.
-            recent = tail(log, 15)
+            with log.open("rb") as fh:  # only what this attempt wrote, not an old failure
+                fh.seek(log_offset)
+                recent = fh.read().decode(errors="replace")
             transient = ("pre-existing shared memory block", 'lock file "postmaster.pid" already exists')
             if any(t in recent for t in transient) and attempts < 10:
                 time.sleep(1)

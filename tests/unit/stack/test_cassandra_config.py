@@ -5,12 +5,12 @@ Two clusters share one machine only if every per-node value really differs; thes
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 import yaml
-
 from tenant_migration.stack import cassandra
 from tenant_migration.stack.topology import CassandraNode, Topology
 
@@ -34,7 +34,7 @@ def test_yaml_gives_each_node_its_own_address_and_cluster(topo: Topology) -> Non
     source, target = rendered
     assert source["cluster_name"] == "platform-shared"
     assert target["cluster_name"] == "tenant-vpc"
-    for conf, node in zip(rendered, topo.cassandra_nodes):
+    for conf, node in zip(rendered, topo.cassandra_nodes, strict=True):
         assert conf["listen_address"] == conf["rpc_address"] == node.host
         assert conf["native_transport_port"] == node.native_port
         assert conf["storage_port"] == node.storage_port
@@ -61,7 +61,7 @@ def test_jvm_command_has_java17_flags_and_jamm_agent(topo: Topology) -> None:
     cmd = _command(topo, topo.cassandra_source)
     lib = cassandra.lib_dir(topo)
     assert f"-javaagent:{lib / 'jamm-0.4.0.jar'}" in cmd
-    pairs = {(a, b) for a, b in zip(cmd, cmd[1:])}
+    pairs = set(itertools.pairwise(cmd))
     assert ("--add-opens", "java.base/java.nio=ALL-UNNAMED") in pairs
     assert ("--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED") in pairs
     assert ("--add-exports", "java.management/com.sun.jmx.remote.security=ALL-UNNAMED") in pairs

@@ -36,3 +36,8 @@ GRANT SELECT, UPDATE (registrations_enabled, registrations_suspended_until, susp
 -- The platform's own application (and the device fleet simulator).
 GRANT USAGE ON SCHEMA platform TO platform_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA platform TO platform_app;
+
+-- Detaches and reattaches the replica: pause and resume WAL replay on the standby (granted on the
+-- primary; the grant reaches the standby through replication). Nothing else.
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_pause() TO migration_operator;
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_resume() TO migration_operator;

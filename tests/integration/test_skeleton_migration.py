@@ -1,0 +1,246 @@
+"""The walking skeleton's steps, without Airflow, against the real servers at tiny scale:
+preflight refusals, replica detach, PostgreSQL and Cassandra copies, the count gate, the DNS flip."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from tenant_migration import ledger, replica, steps
+from tenant_migration.cutover import dns
+from tenant_migration.endpoints import Endpoints
+from tenant_migration.sample import data
+from tenant_migration.spec import MigrationSpec
+from tenant_migration.tenant_map import load_tenant_map
+from tenant_migration.validation.counts import GateFailed
+
+from ..conftest import admin
+
+pytestmark = pytest.mark.integration
+
+TMAP = load_tenant_map()
+TENANT = 2  # a small, non-empty tenant of the tiny preset
+
+
+def _run_id() -> str:
+    return f"it/{uuid.uuid4().hex[:10]}"
+
+
+def _tenant_counts(conn: psycopg.Connection, tenant_id: int) -> dict[str, int]:
+    out = {}
+    for table in TMAP.load_order():
+        q = psycopg.sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(TMAP.qualified(table), TMAP.tenant_predicate(table))
+        out[table] = conn.execute(q, {"tenant_id": tenant_id}).fetchone()[0]
+    return out
+
+
+def _migrate(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict:
+    pre = steps.preflight(ep, spec, run_id)
+    steps.detach_replica(ep, spec, run_id)
+    try:
+        pg = steps.copy_postgres(ep, spec, run_id)
+        cql = steps.copy_cassandra(ep, spec, run_id)
+        gate = steps.gate_counts(ep, spec, run_id)
+        flip = steps.flip_dns(ep, spec, run_id, pre["slug"])
+    finally:
+        steps.reattach_replica(ep, spec, run_id)
+    steps.report(ep, spec, run_id, flip)
+    return {"pre": pre, "pg": pg, "cql": cql, "gate": gate, "flip": flip}
+
+
+@pytest.fixture
+def clean_target(topo, tiny_dataset, endpoints: Endpoints):
+    from tenant_migration.sample import platform
+
+    platform.demo_reset(topo)
+    yield
+    with admin(topo, "standby") as s:
+        if s.execute("SELECT pg_get_wal_replay_pause_state() <> 'not paused'").fetchone()[0]:
+            s.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_unknown_tenant_is_refused_before_anything_is_written(endpoints, clean_target, target_admin, reports) -> None:
+    run_id = _run_id()
+    with pytest.raises(steps.PreflightError, match="tenant 999999 does not exist"):
+        steps.preflight(endpoints, MigrationSpec(tenant_id=999999), run_id)
+    assert target_admin.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+
+
+def test_schema_drift_on_the_target_is_refused_naming_table_and_column(endpoints, clean_target, target_admin, reports) -> None:
+    run_id = _run_id()
+    target_admin.execute("ALTER TABLE platform.rules ADD COLUMN drifted integer")
+    try:
+        with pytest.raises(steps.PreflightError, match=r"platform\.rules\.drifted: only on the target"):
+            steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), run_id)
+    finally:
+        target_admin.execute("ALTER TABLE platform.rules DROP COLUMN drifted")
+    assert target_admin.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    assert _tenant_counts(target_admin, TENANT)["rules"] == 0
+
+
+def test_replica_detach_freezes_the_replica_and_reattach_resumes(endpoints, clean_target, primary_admin) -> None:
+    with endpoints.replica_control.connect(autocommit=True) as rc, endpoints.replica.connect(autocommit=True) as r:
+        point = replica.detach(rc)
+        again = replica.detach(rc)
+        assert again.already_paused and again.lsn == point.lsn
+        primary_admin.execute("UPDATE platform.tenants SET name = name || '' WHERE tenant_id = %s", (TENANT,))
+        primary_admin.execute("CREATE TABLE IF NOT EXISTS public.detach_probe (v int)")
+        time.sleep(1.0)
+        assert r.execute("SELECT to_regclass('public.detach_probe')").fetchone() == (None,)
+        replica.reattach(rc)
+        replica.reattach(rc)
+        deadline = time.monotonic() + 30
+        while r.execute("SELECT to_regclass('public.detach_probe')").fetchone() == (None,):
+            assert time.monotonic() < deadline, "replay did not resume"
+            time.sleep(0.1)
+    primary_admin.execute("DROP TABLE public.detach_probe")
+
+
+def test_reader_role_cannot_pause_replay_or_write(endpoints, clean_target) -> None:
+    with endpoints.replica.connect(autocommit=True) as r, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        r.execute("SELECT pg_wal_replay_pause()")
+    with endpoints.target.connect(autocommit=True) as t, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        t.execute("CREATE ROLE sneaky")
+
+
+def test_skeleton_migrates_one_tenant_exactly(topo, endpoints, clean_target, target_admin, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = _run_id()
+    result = _migrate(endpoints, spec, run_id)
+
+    with admin(topo, "standby") as s:
+        source_counts = _tenant_counts(s, TENANT)
+    target_counts = _tenant_counts(target_admin, TENANT)
+    assert target_counts == source_counts
+    assert source_counts["rule_actions"] > 0 and source_counts["devices"] > 0
+    # Nothing of another tenant reached the target.
+    assert target_admin.execute("SELECT count(*) FROM platform.devices WHERE tenant_id <> %s", (TENANT,)).fetchone() == (0,)
+    assert target_admin.execute("SELECT count(*) FROM platform.users WHERE tenant_id <> %s", (TENANT,)).fetchone() == (0,)
+    assert target_admin.execute("SELECT count(*) FROM platform.tenants").fetchone() == (1,)
+    total_target = sum(target_admin.execute(
+        psycopg.sql.SQL("SELECT count(*) FROM {}").format(TMAP.qualified(t))).fetchone()[0] for t in TMAP.load_order())
+    assert total_target == sum(source_counts.values())
+    # The gate saw equal counts for both stores and the ledger holds the evidence.
+    assert result["gate"]["passed"]
+    assert result["cql"]["datapoints"]["rows"] > 0
+    with open(result["gate"]["evidence"]) as fh:
+        evidence = json.load(fh)
+    assert {c["store"] for c in evidence["comparisons"]} == {"postgres", "cassandra"}
+    # DNS points at the tenant's dedicated endpoints, before pointed at the shared platform.
+    for name, chain in result["flip"]["after"].items():
+        assert ".vpc-" in chain[1]
+        assert ".shared." in result["flip"]["before"][name][1]
+    with endpoints.target.connect() as t:
+        assert ledger.run_row(t, run_id)["status"] == "succeeded"
+
+
+def test_run_twice_gives_the_same_result(endpoints, clean_target, target_admin, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    _migrate(endpoints, spec, _run_id())
+    first = {t: steps_checksum(target_admin, t) for t in TMAP.load_order()}
+    _migrate(endpoints, spec, _run_id())
+    second = {t: steps_checksum(target_admin, t) for t in TMAP.load_order()}
+    assert first == second
+
+
+def steps_checksum(conn: psycopg.Connection, table: str) -> tuple[int, str]:
+    from tenant_migration.postgres.copy import table_checksum
+
+    return table_checksum(conn, TMAP, table, TENANT)
+
+
+def test_cassandra_copy_keeps_writetime_and_ttl(endpoints, clean_target, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    _migrate(endpoints, spec, _run_id())
+    today = datetime.now(UTC).date()
+    q = ("SELECT ts, value, WRITETIME(value), TTL(value) FROM telemetry.datapoints "
+         "WHERE device_id = %s AND property_id = %s AND day = %s")
+    with endpoints.cassandra_source.session() as src, endpoints.cassandra_target.session() as dst:
+        found = 0
+        for dev, prop in _tenant_property_pairs(endpoints):
+            s_rows = sorted(src.execute(q, (dev, prop, today)))
+            if not s_rows:
+                continue
+            d_rows = sorted(dst.execute(q, (dev, prop, today)))
+            assert [r[:3] for r in d_rows] == [r[:3] for r in s_rows]
+            for a, b in zip(s_rows, d_rows, strict=True):
+                assert a[3] is not None and b[3] is not None
+                assert abs(a[3] - b[3]) <= 120, "remaining TTL not carried"
+            found += 1
+            if found >= 5:
+                break
+        assert found > 0, "the tenant has no datapoints today"
+
+
+def _tenant_property_pairs(endpoints: Endpoints) -> list[tuple[int, int]]:
+    with endpoints.replica.connect(autocommit=True) as r:
+        return r.execute(
+            "SELECT p.device_id, p.property_id FROM platform.properties p JOIN platform.devices d USING (device_id) "
+            "WHERE d.tenant_id = %s ORDER BY 1, 2", (TENANT,)).fetchall()
+
+
+def test_a_newer_value_written_on_the_target_survives_a_recopy(endpoints, clean_target, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    _migrate(endpoints, spec, _run_id())
+    dev, prop = _tenant_property_pairs(endpoints)[0]
+    with endpoints.cassandra_target.session() as dst:
+        dst.execute("INSERT INTO telemetry.latest_values (device_id, property_id, ts, value) VALUES (%s, %s, %s, %s) "
+                    "USING TIMESTAMP %s", (dev, prop, datetime.now(UTC), 4242.0, int(time.time() * 1e6) + 10_000_000))
+    _migrate(endpoints, spec, _run_id())
+    with endpoints.cassandra_target.session() as dst:
+        row = dst.execute("SELECT value FROM telemetry.latest_values WHERE device_id = %s AND property_id = %s",
+                          (dev, prop)).one()
+    assert row.value == 4242.0
+
+
+def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_target, target_admin, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = _run_id()
+    steps.preflight(endpoints, spec, run_id)
+    steps.detach_replica(endpoints, spec, run_id)
+    try:
+        steps.copy_postgres(endpoints, spec, run_id)
+        steps.copy_cassandra(endpoints, spec, run_id)
+        target_admin.execute(
+            "DELETE FROM platform.rules WHERE rule_id = (SELECT r.rule_id FROM platform.rules r LIMIT 1)")
+        with pytest.raises(GateFailed, match=r"postgres rules: source (\d+) != target (\d+)") as exc:
+            steps.gate_counts(endpoints, spec, run_id)
+    finally:
+        steps.reattach_replica(endpoints, spec, run_id)
+    row = target_admin.execute(
+        "SELECT passed, evidence, report_path FROM tm_control.gates WHERE run_id = %s ORDER BY attempt DESC LIMIT 1",
+        (run_id,)).fetchone()
+    assert row[0] is False
+    bad = [c for c in row[1]["comparisons"] if not c["equal"]]
+    assert [(c["store"], c["table"]) for c in bad] == [("postgres", "rules")]
+    assert bad[0]["source"] == bad[0]["target"] + 1
+    assert str(row[2]) in str(exc.value)
+
+
+def test_second_live_run_for_the_same_tenant_is_refused(endpoints, clean_target, reports) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    steps.preflight(endpoints, spec, _run_id())
+    with pytest.raises(ledger.LedgerError, match="already has a live migration run"):
+        steps.preflight(endpoints, spec, _run_id())
+
+
+def test_empty_tenant_migrates_to_nothing_but_its_own_rows(endpoints, clean_target, target_admin, reports) -> None:
+    spec = MigrationSpec(tenant_id=data.EMPTY_TENANT_ID)
+    _migrate(endpoints, spec, _run_id())
+    counts = _tenant_counts(target_admin, data.EMPTY_TENANT_ID)
+    assert counts["tenants"] == 1 and counts["devices"] == 0
+
+
+def test_dns_flip_is_visible_through_the_moto_server(endpoints, clean_target, reports) -> None:
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, MigrationSpec.dns_zone)
+    slug = data.TENANT_SLUGS[TENANT - 1]
+    plans = dns.tenant_records(MigrationSpec.dns_zone, slug)
+    assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.2"
+    dns.point_records(r53, zid, plans, to_tenant=True)
+    assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.3"

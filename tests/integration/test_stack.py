@@ -1,0 +1,116 @@
+"""The local stack itself: every server up, run unprivileged, the standby streaming, `up` idempotent,
+and docker-compose.yaml describing the same topology."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tenant_migration.stack import airflow_env, cassandra, moto, postgres
+from tenant_migration.stack.topology import REPO_ROOT, Topology, default_topology
+
+from ..conftest import admin
+
+pytestmark = pytest.mark.integration
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def test_every_server_is_up(topo: Topology) -> None:
+    rows = postgres.status(topo) + cassandra.status(topo) + moto.status(topo)
+    assert [r.name for r in rows if not r.running] == []
+    assert len(rows) == 6
+
+
+def test_servers_run_as_an_unprivileged_user(topo: Topology) -> None:
+    pids = []
+    for server in topo.pg_servers:
+        pidfile = postgres.data_dir(topo, server) / "postmaster.pid"
+        pids.append(int(pidfile.read_text().split()[0]))
+    for node in topo.cassandra_nodes:
+        pids.append(int((topo.state_dir / "cassandra" / node.name / "cassandra.pid").read_text().split()[0]))
+    assert all(_uid_of(pid) != 0 for pid in pids)
+
+
+def test_standby_streams_from_the_primary(topo: Topology) -> None:
+    with admin(topo, "primary") as p, admin(topo, "standby") as s:
+        assert s.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        assert s.execute("SELECT status FROM pg_stat_wal_receiver").fetchone() == ("streaming",)
+        assert p.execute("SHOW wal_level").fetchone() == ("logical",)
+        p.execute("CREATE TABLE IF NOT EXISTS public.stack_probe (v text)")
+        token = f"probe-{time.time_ns()}"
+        p.execute("INSERT INTO public.stack_probe VALUES (%s)", (token,))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if s.execute("SELECT 1 FROM public.stack_probe WHERE v = %s", (token,)).fetchone():
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("a row written on the primary never reached the standby")
+        p.execute("DROP TABLE public.stack_probe")
+
+
+def test_up_on_a_running_stack_changes_nothing(topo: Topology) -> None:
+    records = postgres.up(topo)
+    assert {r.action for r in records} == {"already running"}
+    before = {r.name: r.detail for r in cassandra.status(topo)}
+    cassandra.up(topo)
+    assert {r.name: r.detail for r in cassandra.status(topo)} == before
+
+
+def test_connection_passwords_are_not_in_the_repository(topo: Topology) -> None:
+    secrets = airflow_env.load_secrets(topo)
+    tracked = [p for p in REPO_ROOT.rglob("*") if p.is_file() and ".stack" not in p.parts
+               and ".venv" not in p.parts and ".git" not in p.parts and p.suffix in {".py", ".yaml", ".sql", ".md", ".json"}]
+    for path in tracked:
+        text = path.read_text(errors="ignore")
+        for pw in secrets.values():
+            assert pw not in text, f"{path} holds a stack password"
+
+
+def test_compose_has_the_same_topology() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    topo = default_topology()
+    expected_ports = {
+        "pg-primary": f"{topo.pg_primary.host}:{topo.pg_primary.port}:5432",
+        "pg-standby": f"{topo.pg_standby.host}:{topo.pg_standby.port}:5432",
+        "pg-target": f"{topo.pg_target.host}:{topo.pg_target.port}:5432",
+        "cassandra-source": f"{topo.cassandra_source.host}:{topo.cassandra_source.native_port}:9042",
+        "cassandra-target": f"{topo.cassandra_target.host}:{topo.cassandra_target.native_port}:9042",
+        "moto": f"{topo.moto_host}:{topo.moto_port}:5000",
+    }
+    for name, port in expected_ports.items():
+        assert name in services, f"docker-compose.yaml lacks {name}"
+        assert port in services[name].get("ports", []), f"{name}: expected port mapping {port}"
+    assert "wal_level=logical" in services["pg-primary"]["command"]
+    assert services["cassandra-source"]["environment"]["CASSANDRA_CLUSTER_NAME"] == topo.cassandra_source.cluster_name
+    assert services["cassandra-target"]["environment"]["CASSANDRA_CLUSTER_NAME"] == topo.cassandra_target.cluster_name
+    for svc in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "redis", "airflow-db"):
+        assert svc in services
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert services["airflow-scheduler"]["image"].startswith("apache/airflow:3.")
+    local = airflow_env.connections(topo)
+    host_of = {topo.pg_primary.port: "pg-primary", topo.pg_standby.port: "pg-standby", topo.pg_target.port: "pg-target"}
+    for conn_id, conn in local.items():
+        key = f"AIRFLOW_CONN_{conn_id.upper()}"
+        assert key in env, f"docker-compose.yaml lacks {key}"
+        composed = yaml.safe_load(env[key])
+        assert composed["conn_type"] == conn["conn_type"]
+        if conn["conn_type"] == "postgres":
+            assert composed["host"] == host_of[conn["port"]]
+            assert composed["login"] == conn["login"]
+            assert composed["schema"] == conn["schema"]
+        if conn["conn_type"] == "cassandra":
+            assert composed["schema"] == conn["schema"]
+    for mount in ("./dags:", "./plugins:", "./include:"):
+        assert any(v.startswith(mount) for v in services["airflow-scheduler"]["volumes"])

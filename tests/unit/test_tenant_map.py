@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tenant_migration.tenant_map import SAMPLE_MAP, TenantMapError, load_tenant_map, parse_tenant_map
+
+
+@pytest.fixture
+def doc() -> dict:
+    return yaml.safe_load(SAMPLE_MAP.read_text())
+
+
+def test_sample_map_load_order_puts_parents_first() -> None:
+    tmap = load_tenant_map()
+    order = tmap.load_order()
+    assert order[0] == "tenants"
+    for name, spec in tmap.tables.items():
+        if spec.via is not None:
+            assert order.index(spec.via.table) < order.index(name), name
+    assert set(order) == set(tmap.tables)
+
+
+def test_three_hop_table_filters_through_every_hop() -> None:
+    tmap = load_tenant_map()
+    assert [h.table for h in tmap.path("rule_actions")] == ["rules", "properties", "devices"]
+    text = tmap.select_tenant_rows("rule_actions", ["rule_id"]).as_string(None)
+    for table in ("rules", "properties", "devices"):
+        assert f'"platform"."{table}"' in text
+    assert text.count("%(tenant_id)s") == 1
+    assert '"tenant_id" = %(tenant_id)s' in text
+
+
+def test_identifiers_are_quoted_by_the_driver(doc: dict) -> None:
+    doc["postgres"]["tables"]['we"ird'] = {"key": ["id"], "tenant_column": "tenant_id"}
+    tmap = parse_tenant_map(doc)
+    assert '"we""ird"' in tmap.select_tenant_rows('we"ird', ["id"]).as_string(None)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        pytest.param(lambda d: d["postgres"]["tables"]["rules"].update(tenant_column="tenant_id"),
+                     "exactly one", id="both column and hop"),
+        pytest.param(lambda d: d["postgres"]["tables"]["rules"]["via"].update(table="nowhere"),
+                     "not tenant-scoped", id="hop to unknown table"),
+        pytest.param(lambda d: d["postgres"]["tables"]["devices"].update(
+            via={"column": "x", "table": "rule_actions", "parent_column": "rule_id"}, tenant_column=None)
+            or d["postgres"]["tables"]["devices"].pop("tenant_column"), "cycle", id="cycle"),
+        pytest.param(lambda d: d["postgres"]["tables"]["users"].pop("key"), "missing 'key'", id="no key"),
+        pytest.param(lambda d: d["postgres"].pop("tenant_root"), "tenant_root", id="no root"),
+    ],
+)
+def test_malformed_maps_are_refused(doc: dict, mutate, message: str) -> None:
+    broken = copy.deepcopy(doc)
+    mutate(broken)
+    with pytest.raises(TenantMapError, match=message):
+        parse_tenant_map(broken)
