@@ -10,9 +10,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import admin
 
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.stack import airflow_env, postgres
+from tenant_migration.stack import airflow_env
 from tenant_migration.stack.common import port_open
 from tenant_migration.stack.topology import Topology, default_topology
 
@@ -52,12 +53,6 @@ def tiny_dataset(topo: Topology) -> dict:
     if not meta.exists() or json.loads(meta.read_text()).get("preset") != "tiny":
         platform.load_data(topo, "tiny", 7)
     return json.loads(meta.read_text())
-
-
-def admin(topo: Topology, server: str) -> psycopg.Connection:
-    """A superuser connection for test setup and for breaking data on purpose."""
-    srv = {"primary": topo.pg_primary, "standby": topo.pg_standby, "target": topo.pg_target}[server]
-    return psycopg.connect(postgres.superuser_dsn(topo, srv, topo.pg_dbname), autocommit=True)
 
 
 @pytest.fixture

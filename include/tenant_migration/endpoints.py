@@ -68,22 +68,21 @@ class CassandraEndpoint:
 
     @contextmanager
     def session(self, request_timeout: float = 30.0) -> Iterator[Session]:
-        cluster = self.cluster()
+        cluster = self.cluster(request_timeout)
         try:
             try:
                 session = cluster.connect()
             except Exception as exc:  # NoHostAvailable carries per-host errors
                 raise ConnectionError(f"cannot reach Cassandra {self.label}: {exc}") from None
-            session.default_timeout = request_timeout
             yield session
         finally:
             cluster.shutdown()
 
-    def cluster(self) -> Cluster:
+    def cluster(self, request_timeout: float = 30.0) -> Cluster:
         from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import WhiteListRoundRobinPolicy
 
-        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([self.host]), request_timeout=30)
+        profile = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([self.host]), request_timeout=request_timeout)
         return Cluster(
             contact_points=[self.host],
             port=self.port,

@@ -23,7 +23,7 @@ class MigrationSpec:
     dry_run: bool = False
     chunk_rows: int = 50_000
     cassandra_concurrency: int = 64
-    cassandra_days: int = 3
+    cassandra_days: int = 4
     dns_zone: str = "iot.example.test."
     target_endpoint_prefix: str = "vpc"
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from helpers import admin, ledger_runs
 
 from tenant_migration.cutover import dns
 from tenant_migration.sample import data
 from tenant_migration.spec import MigrationSpec
-
-from ..conftest import admin
 
 pytestmark = pytest.mark.e2e
 
@@ -56,17 +55,14 @@ def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None
 
 def test_dag_refuses_an_unknown_tenant_and_writes_nothing(dag, topo, reports) -> None:
     with admin(topo, "target") as t:
-        before = t.execute("SELECT count(*) FROM tm_control.runs").fetchone()[0] if t.execute(
-            "SELECT to_regclass('tm_control.runs')").fetchone()[0] else 0
+        before = ledger_runs(t)
     dagrun = dag.test(run_conf={"tenant_id": 987654})
     states = _states(dagrun)
     assert str(dagrun.state) == "failed"
     assert states["preflight"] == "failed"
     assert states["copy_postgres"] in {"upstream_failed", "None"}
     with admin(topo, "target") as t:
-        after = t.execute("SELECT count(*) FROM tm_control.runs").fetchone()[0] if t.execute(
-            "SELECT to_regclass('tm_control.runs')").fetchone()[0] else 0
-        assert after == before
+        assert ledger_runs(t) == before
         assert t.execute("SELECT count(*) FROM platform.tenants").fetchone() == (0,)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from helpers import admin, ledger_runs
 
 from tenant_migration import ledger, replica, steps
 from tenant_migration.cutover import dns
@@ -18,8 +19,6 @@ from tenant_migration.sample import data
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import load_tenant_map
 from tenant_migration.validation.counts import GateFailed
-
-from ..conftest import admin
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +67,7 @@ def test_unknown_tenant_is_refused_before_anything_is_written(endpoints, clean_t
     run_id = _run_id()
     with pytest.raises(steps.PreflightError, match="tenant 999999 does not exist"):
         steps.preflight(endpoints, MigrationSpec(tenant_id=999999), run_id)
-    assert target_admin.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    assert ledger_runs(target_admin, run_id) == 0
 
 
 def test_schema_drift_on_the_target_is_refused_naming_table_and_column(endpoints, clean_target, target_admin, reports) -> None:
@@ -79,7 +78,7 @@ def test_schema_drift_on_the_target_is_refused_naming_table_and_column(endpoints
             steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), run_id)
     finally:
         target_admin.execute("ALTER TABLE platform.rules DROP COLUMN drifted")
-    assert target_admin.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() == (0,)
+    assert ledger_runs(target_admin, run_id) == 0
     assert _tenant_counts(target_admin, TENANT)["rules"] == 0
 
 
@@ -157,16 +156,16 @@ def steps_checksum(conn: psycopg.Connection, table: str) -> tuple[int, str]:
 def test_cassandra_copy_keeps_writetime_and_ttl(endpoints, clean_target, reports) -> None:
     spec = MigrationSpec(tenant_id=TENANT)
     _migrate(endpoints, spec, _run_id())
-    today = datetime.now(UTC).date()
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     q = ("SELECT ts, value, WRITETIME(value), TTL(value) FROM telemetry.datapoints "
          "WHERE device_id = %s AND property_id = %s AND day = %s")
     with endpoints.cassandra_source.session() as src, endpoints.cassandra_target.session() as dst:
         found = 0
         for dev, prop in _tenant_property_pairs(endpoints):
-            s_rows = sorted(src.execute(q, (dev, prop, today)))
+            s_rows = sorted(src.execute(q, (dev, prop, yesterday)))
             if not s_rows:
                 continue
-            d_rows = sorted(dst.execute(q, (dev, prop, today)))
+            d_rows = sorted(dst.execute(q, (dev, prop, yesterday)))
             assert [r[:3] for r in d_rows] == [r[:3] for r in s_rows]
             for a, b in zip(s_rows, d_rows, strict=True):
                 assert a[3] is not None and b[3] is not None
@@ -174,7 +173,7 @@ def test_cassandra_copy_keeps_writetime_and_ttl(endpoints, clean_target, reports
             found += 1
             if found >= 5:
                 break
-        assert found > 0, "the tenant has no datapoints today"
+        assert found > 0, "the tenant has no datapoints yesterday"
 
 
 def _tenant_property_pairs(endpoints: Endpoints) -> list[tuple[int, int]]:
@@ -187,8 +186,11 @@ def _tenant_property_pairs(endpoints: Endpoints) -> list[tuple[int, int]]:
 def test_a_newer_value_written_on_the_target_survives_a_recopy(endpoints, clean_target, reports) -> None:
     spec = MigrationSpec(tenant_id=TENANT)
     _migrate(endpoints, spec, _run_id())
-    dev, prop = _tenant_property_pairs(endpoints)[0]
     with endpoints.cassandra_target.session() as dst:
+        dev, prop = next(
+            (d, p) for d, p in _tenant_property_pairs(endpoints)
+            if dst.execute("SELECT value FROM telemetry.latest_values WHERE device_id = %s AND property_id = %s",
+                           (d, p)).one() is not None)
         dst.execute("INSERT INTO telemetry.latest_values (device_id, property_id, ts, value) VALUES (%s, %s, %s, %s) "
                     "USING TIMESTAMP %s", (dev, prop, datetime.now(UTC), 4242.0, int(time.time() * 1e6) + 10_000_000))
     _migrate(endpoints, spec, _run_id())
@@ -207,8 +209,9 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         steps.copy_postgres(endpoints, spec, run_id)
         steps.copy_cassandra(endpoints, spec, run_id)
         target_admin.execute(
-            "DELETE FROM platform.rules WHERE rule_id = (SELECT r.rule_id FROM platform.rules r LIMIT 1)")
-        with pytest.raises(GateFailed, match=r"postgres rules: source (\d+) != target (\d+)") as exc:
+            "DELETE FROM platform.rule_actions WHERE (rule_id, action_no) = "
+            "(SELECT rule_id, action_no FROM platform.rule_actions LIMIT 1)")
+        with pytest.raises(GateFailed, match=r"postgres rule_actions: source (\d+) != target (\d+)") as exc:
             steps.gate_counts(endpoints, spec, run_id)
     finally:
         steps.reattach_replica(endpoints, spec, run_id)
@@ -217,7 +220,7 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         (run_id,)).fetchone()
     assert row[0] is False
     bad = [c for c in row[1]["comparisons"] if not c["equal"]]
-    assert [(c["store"], c["table"]) for c in bad] == [("postgres", "rules")]
+    assert [(c["store"], c["table"]) for c in bad] == [("postgres", "rule_actions")]
     assert bad[0]["source"] == bad[0]["target"] + 1
     assert str(row[2]) in str(exc.value)
 

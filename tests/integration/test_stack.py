@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import admin
 
 from tenant_migration.stack import airflow_env, cassandra, moto, postgres
 from tenant_migration.stack.topology import REPO_ROOT, Topology, default_topology
-
-from ..conftest import admin
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,15 @@ def test_every_server_is_up(topo: Topology) -> None:
 
 def test_servers_run_as_an_unprivileged_user(topo: Topology) -> None:
     pids = []
-    for server in topo.pg_servers:
-        pidfile = postgres.data_dir(topo, server) / "postmaster.pid"
-        pids.append(int(pidfile.read_text().split()[0]))
+    for role in postgres.ROLES:
+        pid = postgres.postmaster_pid(postgres.data_dir(topo, role))
+        assert pid is not None, role
+        pids.append(pid)
     for node in topo.cassandra_nodes:
-        pids.append(int((topo.state_dir / "cassandra" / node.name / "cassandra.pid").read_text().split()[0]))
+        pid = cassandra.node_pid(cassandra.node_paths(topo, node))
+        assert pid is not None, node.name
+        pids.append(pid)
+    assert len(pids) == 5
     assert all(_uid_of(pid) != 0 for pid in pids)
 
 

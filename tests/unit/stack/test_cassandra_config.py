@@ -11,6 +11,7 @@ from xml.etree import ElementTree
 
 import pytest
 import yaml
+
 from tenant_migration.stack import cassandra
 from tenant_migration.stack.topology import CassandraNode, Topology
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
 from tenant_migration.stack import postgres as pg
 from tenant_migration.stack.common import StackError
 from tenant_migration.stack.topology import Topology

@@ -1,0 +1,23 @@
+"""Helpers shared by integration and e2e tests (importable: tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from tenant_migration.stack import postgres
+from tenant_migration.stack.topology import Topology
+
+
+def admin(topo: Topology, server: str) -> psycopg.Connection:
+    """A superuser connection for test setup and for breaking data on purpose."""
+    srv = {"primary": topo.pg_primary, "standby": topo.pg_standby, "target": topo.pg_target}[server]
+    return psycopg.connect(postgres.superuser_dsn(topo, srv, topo.pg_dbname), autocommit=True)
+
+
+def ledger_runs(conn: psycopg.Connection, run_id: str | None = None) -> int:
+    """Runs registered in the target's ledger (0 when the ledger was never created)."""
+    if not conn.execute("SELECT to_regclass('tm_control.runs')").fetchone()[0]:
+        return 0
+    if run_id is None:
+        return int(conn.execute("SELECT count(*) FROM tm_control.runs").fetchone()[0])
+    return int(conn.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone()[0])
