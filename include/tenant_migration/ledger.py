@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -161,13 +162,14 @@ def mark_chunk_done(
     bytes_copied: int,
     source_checksum: str,
     target_checksum: str,
+    partitions: int | None = None,
 ) -> None:
     """Must run inside the caller's transaction that wrote the chunk's rows."""
     conn.execute(
         "UPDATE tm_control.chunks SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-        "source_checksum = %s, target_checksum = %s, finished_at = clock_timestamp() "
+        "source_checksum = %s, target_checksum = %s, partitions = %s, finished_at = clock_timestamp() "
         "WHERE run_id = %s AND chunk_id = %s",
-        (rows, bytes_copied, source_checksum, target_checksum, run_id, chunk_id),
+        (rows, bytes_copied, source_checksum, target_checksum, partitions, run_id, chunk_id),
     )
 
 
@@ -182,7 +184,7 @@ def mark_chunk_failed(conn: psycopg.Connection, run_id: str, chunk_id: str, erro
 
 def chunk_rows(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
     cur = conn.execute(
-        "SELECT chunk_id, engine, table_name, status, rows_copied, bytes_copied, source_checksum, "
+        "SELECT chunk_id, engine, table_name, status, rows_copied, partitions, bytes_copied, source_checksum, "
         "target_checksum, attempts, EXTRACT(EPOCH FROM finished_at - started_at) AS seconds, last_error "
         "FROM tm_control.chunks WHERE run_id = %s ORDER BY engine, chunk_id",
         (run_id,),
@@ -213,11 +215,20 @@ def record_gate(
     return int(row[0])
 
 
-def record_event(conn: psycopg.Connection, run_id: str, step: str, kind: str, detail: dict[str, Any] | None = None) -> None:
+def record_event(
+    conn: psycopg.Connection,
+    run_id: str,
+    step: str,
+    kind: str,
+    detail: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append an event; ``at`` backdates it (the preflight starts before the ledger exists)."""
     with conn.transaction():
         conn.execute(
-            "INSERT INTO tm_control.events (run_id, step, kind, detail) VALUES (%s, %s, %s, %s)",
-            (run_id, step, kind, Jsonb(detail or {})),
+            "INSERT INTO tm_control.events (run_id, step, kind, detail, at) "
+            "VALUES (%s, %s, %s, %s, COALESCE(%s, clock_timestamp()))",
+            (run_id, step, kind, Jsonb(detail or {}), at),
         )
 
 

@@ -75,6 +75,7 @@ def fingerprint(ep: Endpoints, tmap: TenantMap, tenant_id: int) -> str:
 def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Check every precondition, then register the run. Nothing is written before all checks pass."""
     tmap = tmap or load_tenant_map()
+    began = datetime.now(UTC)
     problems: list[str] = []
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
         slug = tenant_slug(rconn, tmap, spec.tenant_id)
@@ -109,7 +110,8 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         if spec.dry_run:
             return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True}
         new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id), spec.to_dict())
-        ledger.record_event(tconn, run_id, "preflight", "info", {"slug": slug, "new_run": new})
+        ledger.record_event(tconn, run_id, "preflight", "started", at=began)
+        ledger.record_event(tconn, run_id, "preflight", "finished", {"slug": slug, "new_run": new})
     return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False}
 
 
@@ -178,8 +180,9 @@ def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
                         ledger.mark_chunk_failed(tconn, run_id, chunk.chunk_id, f"{type(exc).__name__}: {exc}")
                         raise
                     with tconn.transaction():
-                        ledger.mark_chunk_done(tconn, run_id, chunk.chunk_id, stats.rows, 0, "", "")
-                    out[chunk.table_name] = {"partitions": stats.partitions, "rows": stats.rows,
+                        ledger.mark_chunk_done(tconn, run_id, chunk.chunk_id, stats.rows, 0, "", "",
+                                               partitions=stats.nonempty)
+                    out[chunk.table_name] = {"partitions": stats.nonempty, "probed": stats.partitions, "rows": stats.rows,
                                              "seconds": round(stats.seconds, 3)}
             detail["tables"] = out
     return out
@@ -260,7 +263,8 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         ledger.finish_run(tconn, run_id, "failed" if not_done else "succeeded")
     lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}", "", "Rows and partitions per table:"]
     for c in chunks:
-        lines.append(f"  {c['engine']:<10} {c['table_name']:<22} {c['rows_copied'] or 0:>10} rows  "
+        parts = f"{c['partitions']:>9} partitions" if c["partitions"] is not None else " " * 20
+        lines.append(f"  {c['engine']:<10} {c['table_name']:<22} {c['rows_copied'] or 0:>10} rows {parts}  "
                      f"{c['status']:<8} attempts {c['attempts']}")
     lines += ["", "Time per step:"]
     lines += [f"  {name:<18} {secs:8.2f} s" for name, secs in steps]

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from helpers import admin
 
 from tenant_migration.stack import airflow_env, cassandra, moto, postgres
-from tenant_migration.stack.topology import REPO_ROOT, Topology, default_topology
+from tenant_migration.stack.topology import REPO_ROOT, Topology
 
 pytestmark = pytest.mark.integration
 
@@ -77,43 +76,3 @@ def test_connection_passwords_are_not_in_the_repository(topo: Topology) -> None:
         text = path.read_text(errors="ignore")
         for pw in secrets.values():
             assert pw not in text, f"{path} holds a stack password"
-
-
-def test_compose_has_the_same_topology() -> None:
-    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())
-    services = compose["services"]
-    topo = default_topology()
-    expected_ports = {
-        "pg-primary": f"{topo.pg_primary.host}:{topo.pg_primary.port}:5432",
-        "pg-standby": f"{topo.pg_standby.host}:{topo.pg_standby.port}:5432",
-        "pg-target": f"{topo.pg_target.host}:{topo.pg_target.port}:5432",
-        "cassandra-source": f"{topo.cassandra_source.host}:{topo.cassandra_source.native_port}:9042",
-        "cassandra-target": f"{topo.cassandra_target.host}:{topo.cassandra_target.native_port}:9042",
-        "moto": f"{topo.moto_host}:{topo.moto_port}:5000",
-    }
-    for name, port in expected_ports.items():
-        assert name in services, f"docker-compose.yaml lacks {name}"
-        assert port in services[name].get("ports", []), f"{name}: expected port mapping {port}"
-    assert "wal_level=logical" in services["pg-primary"]["command"]
-    assert services["cassandra-source"]["environment"]["CASSANDRA_CLUSTER_NAME"] == topo.cassandra_source.cluster_name
-    assert services["cassandra-target"]["environment"]["CASSANDRA_CLUSTER_NAME"] == topo.cassandra_target.cluster_name
-    for svc in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "redis", "airflow-db"):
-        assert svc in services
-    env = services["airflow-scheduler"]["environment"]
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert services["airflow-scheduler"]["image"].startswith("apache/airflow:3.")
-    local = airflow_env.connections(topo)
-    host_of = {topo.pg_primary.port: "pg-primary", topo.pg_standby.port: "pg-standby", topo.pg_target.port: "pg-target"}
-    for conn_id, conn in local.items():
-        key = f"AIRFLOW_CONN_{conn_id.upper()}"
-        assert key in env, f"docker-compose.yaml lacks {key}"
-        composed = yaml.safe_load(env[key])
-        assert composed["conn_type"] == conn["conn_type"]
-        if conn["conn_type"] == "postgres":
-            assert composed["host"] == host_of[conn["port"]]
-            assert composed["login"] == conn["login"]
-            assert composed["schema"] == conn["schema"]
-        if conn["conn_type"] == "cassandra":
-            assert composed["schema"] == conn["schema"]
-    for mount in ("./dags:", "./plugins:", "./include:"):
-        assert any(v.startswith(mount) for v in services["airflow-scheduler"]["volumes"])

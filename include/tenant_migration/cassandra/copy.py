@@ -39,10 +39,11 @@ class TableShape:
 @dataclass(frozen=True)
 class CopyStats:
     table: str
-    partitions: int
+    partitions: int  # planned (probed) partition keys
     rows: int
     cells: int
     seconds: float
+    nonempty: int = 0  # partitions that held at least one live row
 
 
 def table_shape(session: Session, keyspace: str, table: str) -> TableShape:
@@ -126,22 +127,25 @@ class PartitionCopier:
         from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 
         started = time.monotonic()
-        nparts = nrows = ncells = 0
+        nparts = nrows = ncells = nonempty = 0
         buf: list[tuple[Any, ...]] = []
 
         def flush() -> None:
-            nonlocal nrows, ncells
+            nonlocal nrows, ncells, nonempty
             reads = execute_concurrent_with_args(
                 self.source, self._select, buf, concurrency=self.concurrency, raise_on_first_error=True
             )
             writes: list[tuple[Any, tuple[Any, ...]]] = []
             for ok, result in reads:
                 assert ok
+                had_rows = False
                 for row in result:
+                    had_rows = True
                     nrows += 1
                     for stmt, params in self._writes_for_row(row):
                         ncells += len(params) - len(self.shape.primary_key) - 2
                         writes.append((stmt, params))
+                nonempty += had_rows
             if writes:
                 execute_concurrent(self.target, writes, concurrency=self.concurrency, raise_on_first_error=True)
             buf.clear()
@@ -153,7 +157,7 @@ class PartitionCopier:
                 flush()
         if buf:
             flush()
-        return CopyStats(self.shape.table, nparts, nrows, ncells, time.monotonic() - started)
+        return CopyStats(self.shape.table, nparts, nrows, ncells, time.monotonic() - started, nonempty)
 
     def count(self, partitions: Iterable[tuple[Any, ...]], on_target: bool) -> int:
         from cassandra.concurrent import execute_concurrent_with_args

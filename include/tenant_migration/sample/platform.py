@@ -34,7 +34,7 @@ def _slugs(topo: Topology) -> list[str]:
 def bootstrap(topo: Topology) -> None:
     """Schemas and least-privilege roles on the primary (reaching the standby) and the target,
     keyspaces on both Cassandra nodes, the DNS zone and RDS instances in moto. Idempotent."""
-    secrets = airflow_env.load_secrets(topo)
+    secrets = airflow_env.role_passwords(topo)
     for server in (topo.pg_primary, topo.pg_target):
         generate.apply_roles(postgres.superuser_dsn(topo, server, topo.pg_dbname), secrets)
     for node in topo.cassandra_nodes:
@@ -67,7 +67,7 @@ def load_data(topo: Topology, preset: str, seed: int) -> None:
         )
         # Roles grant on the tables: re-apply after the target's schema was re-created.
         generate.apply_roles(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname),
-                             airflow_env.load_secrets(topo))
+                             airflow_env.role_passwords(topo))
     seed_aws(topo, reset=not result.reused)
     wait_standby_caught_up(topo)
     (topo.state_dir / "dataset.json").write_text(json.dumps({"preset": preset, "seed": seed}))

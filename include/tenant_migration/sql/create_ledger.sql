@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS tm_control.chunks (
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'running', 'done', 'failed')),
     rows_copied      bigint,
+    partitions       bigint,
     bytes_copied     bigint,
     source_checksum  text,
     target_checksum  text,
@@ -57,3 +58,6 @@ CREATE TABLE IF NOT EXISTS tm_control.events (
     detail    jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX IF NOT EXISTS events_run_idx ON tm_control.events (run_id, event_id);
+
+-- Columns added after the first release: ledgers created earlier gain them in place.
+ALTER TABLE tm_control.chunks ADD COLUMN IF NOT EXISTS partitions bigint;

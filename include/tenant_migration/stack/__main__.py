@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             if not command:
                 parser.error("run needs a command")
             env = {**os.environ, **airflow_env.environment(topo)}
+            # Airflow spawns `airflow ...` subprocesses (standalone, task runners): the venv first.
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
             os.execvpe(command[0], command, env)
     except StackError as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 from tenant_migration.stack.topology import REPO_ROOT, Topology
 
 ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
+AIRFLOW_ADMIN = "airflow_admin"  # the UI/REST user of the local Airflow (simple auth manager)
 
 # Connection ids used by the DAGs. One name per role and server: a task gets exactly the rights
 # its connection's role has.
@@ -34,14 +35,20 @@ def load_secrets(topo: Topology) -> dict[str, str]:
     path = topo.state_dir / "secrets.json"
     if path.exists():
         data: dict[str, str] = json.loads(path.read_text())
-        if all(role in data for role in ROLES):
+        if all(role in data for role in (*ROLES, AIRFLOW_ADMIN)):
             return data
-    data = {role: pysecrets.token_urlsafe(18) for role in ROLES}
+    data = {role: pysecrets.token_urlsafe(18) for role in (*ROLES, AIRFLOW_ADMIN)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh)
     return data
+
+
+def role_passwords(topo: Topology) -> dict[str, str]:
+    """Passwords of the database roles only."""
+    secrets = load_secrets(topo)
+    return {role: secrets[role] for role in ROLES}
 
 
 def connections(topo: Topology) -> dict[str, dict[str, Any]]:
@@ -104,6 +111,7 @@ def environment(topo: Topology) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{topo.airflow_api_port}/execution/",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{topo.airflow_api_port}",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "GX_ANALYTICS_ENABLED": "false",
@@ -116,8 +124,12 @@ def environment(topo: Topology) -> dict[str, str]:
 
 
 def write_files(topo: Topology) -> Path:
-    """Write ``connections.json`` (0600) and return its path."""
+    """Write ``connections.json`` and the Airflow UI password file (both 0600); return the first."""
     topo.airflow_home.mkdir(parents=True, exist_ok=True)
+    users = topo.airflow_home / "simple_auth_manager_passwords.json"
+    fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"admin": load_secrets(topo)[AIRFLOW_ADMIN]}, fh)
     path = topo.state_dir / "connections.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -4,7 +4,8 @@ connections, the docker-compose check and the tests."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -49,7 +50,7 @@ class Topology:
     # Roles. The superuser is for the stack itself; the migration uses least-privilege roles
     # created by the schema (see sample/sql/roles.sql).
     pg_superuser: str = "stack_admin"
-    pg_superpassword: str = "stack-admin-local"
+    pg_superpassword: str = field(default="", repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -77,6 +78,40 @@ class Topology:
         return self.state_dir / "airflow"
 
 
+def admin_password(state_dir: Path) -> str:
+    """The stack superuser's password: random per stack, kept in ``admin_password`` (0600)."""
+    path = state_dir / "admin_password"
+    if path.exists():
+        return path.read_text().strip()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password)
+    return password
+
+
+def slotted_topology(state_dir: Path, slot: int) -> Topology:
+    """Slot 0 is the default stack; slot N shifts every port and the Cassandra addresses so that
+    several stacks (a developer's and a CI clone's, say) can run side by side on one machine."""
+    if not 0 <= slot <= 9:
+        raise ValueError(f"TM_STACK_SLOT must be 0..9, got {slot}")
+    base = Topology(state_dir=state_dir)
+    shift = 100 * slot
+    return replace(
+        base,
+        pg_primary=replace(base.pg_primary, port=base.pg_primary.port + shift),
+        pg_standby=replace(base.pg_standby, port=base.pg_standby.port + shift),
+        pg_target=replace(base.pg_target, port=base.pg_target.port + shift),
+        cassandra_source=replace(base.cassandra_source, host=f"127.0.{slot}.2", jmx_port=base.cassandra_source.jmx_port + 1000 * slot),
+        cassandra_target=replace(base.cassandra_target, host=f"127.0.{slot}.3", jmx_port=base.cassandra_target.jmx_port + 1000 * slot),
+        moto_port=base.moto_port + shift,
+        airflow_api_port=base.airflow_api_port + shift,
+        pg_superpassword=admin_password(state_dir),
+    )
+
+
 def default_topology() -> Topology:
+    """The stack of this checkout: ``TM_STATE_DIR`` (default ``.stack/``), ``TM_STACK_SLOT`` (default 0)."""
     state = Path(os.environ.get("TM_STATE_DIR", REPO_ROOT / ".stack")).resolve()
-    return Topology(state_dir=state)
+    return slotted_topology(state, int(os.environ.get("TM_STACK_SLOT", "0")))
