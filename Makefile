@@ -16,7 +16,8 @@ help:
 	@echo "make test    - set up everything and run the whole test suite"
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
 	@echo "make data PRESET=tiny|demo|bench"
-	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:58080 (admin/admin)"
+	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:58080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
+	@echo "make bench-postgres | bench-cassandra - benchmarks against a raw ceiling"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -65,6 +66,14 @@ lint: venv
 
 lock:
 	$(VENV)/bin/uv pip compile requirements.txt --python-version 3.11 --generate-hashes -o requirements.lock
+
+# Benchmarks print ratios against a raw ceiling measured in the same run; the ratio is the last line.
+bench-postgres: stack-up
+	$(PY) bench/bench_catchup.py
+	$(PY) bench/bench_postgres.py
+
+bench-cassandra: stack-up
+	$(PY) bench/bench_cassandra.py
 
 airflow-standalone: stack-up
 	$(STACK) run -- $(VENV)/bin/airflow standalone

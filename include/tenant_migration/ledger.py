@@ -5,7 +5,9 @@ its rows and its ledger row were committed in the same target transaction (see
 ``postgres.copy``), so a retry, a manual clear or a crash leaves either the complete old or the
 complete new chunk, and a re-run of the same run id redoes exactly the chunks not ``done``.
 A run is bound to a context fingerprint (source, target, tenant map): resuming it against
-anything else is refused.
+anything else is refused. Once the replica is detached, the run is also bound to that snapshot
+(its detach LSN): a chunk copied from another snapshot would mix two points in time, so a resume
+against a replica that has moved on is refused too (``record_detach``, ``check_snapshot``).
 """
 
 from __future__ import annotations
@@ -101,11 +103,41 @@ def finish_run(conn: psycopg.Connection, run_id: str, status: str) -> None:
 
 
 def record_detach(conn: psycopg.Connection, run_id: str, lsn: str, commit_time: Any) -> None:
+    """Bind the run to the replica's snapshot. Detaching again at the same LSN is a no-op; at
+    another LSN it is refused, because chunks already copied came from the first snapshot."""
     with conn.transaction():
+        row = conn.execute(
+            "SELECT detach_lsn::text, detach_lsn = %s::pg_lsn FROM tm_control.runs WHERE run_id = %s FOR UPDATE",
+            (lsn, run_id),
+        ).fetchone()
+        if row is not None and row[0] is not None and not row[1]:
+            raise LedgerError(
+                f"run {run_id} copies from the replica snapshot at LSN {row[0]}; the replica is now at {lsn}. "
+                "Refusing to mix snapshots: start a new run (the old one can be aborted)."
+            )
         conn.execute(
             "UPDATE tm_control.runs SET detach_lsn = COALESCE(detach_lsn, %s::pg_lsn), "
             "detach_commit_time = COALESCE(detach_commit_time, %s) WHERE run_id = %s",
             (lsn, commit_time, run_id),
+        )
+
+
+def check_snapshot(conn: psycopg.Connection, run_id: str, replica_lsn: str | None) -> None:
+    """Refuse to copy for ``run_id`` from a replica that is not at the run's detach LSN.
+
+    ``replica_lsn`` is the replica's current replay LSN (None when it is not a paused standby).
+    A run that was never detached (benchmarks, tests of the copier alone) is not bound.
+    """
+    row = conn.execute(
+        "SELECT detach_lsn::text, detach_lsn = %s::pg_lsn FROM tm_control.runs WHERE run_id = %s",
+        (replica_lsn, run_id),
+    ).fetchone()
+    if row is None:
+        raise LedgerError(f"run {run_id} is not registered in the ledger (start_run first)")
+    if row[0] is not None and not row[1]:
+        raise LedgerError(
+            f"run {run_id} was planned on the replica snapshot at LSN {row[0]}, but the replica is "
+            f"{'not detached' if replica_lsn is None else 'at ' + replica_lsn}; refusing to copy from another snapshot"
         )
 
 
@@ -126,6 +158,27 @@ def plan_chunks(conn: psycopg.Connection, run_id: str, chunks: list[Chunk]) -> N
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_id) DO NOTHING",
             [(run_id, c.chunk_id, c.engine, c.table_name, Jsonb(c.bounds)) for c in chunks],
         )
+
+
+def run_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:
+    """Every planned chunk of ``run_id`` for ``engine`` (done or not), by id."""
+    rows = conn.execute(
+        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks "
+        "WHERE run_id = %s AND engine = %s ORDER BY chunk_id",
+        (run_id, engine),
+    ).fetchall()
+    return [Chunk(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def get_chunk(conn: psycopg.Connection, run_id: str, chunk_id: str) -> Chunk:
+    """One planned chunk; KeyError when the run has no such chunk (planned ids only)."""
+    row = conn.execute(
+        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks WHERE run_id = %s AND chunk_id = %s",
+        (run_id, chunk_id),
+    ).fetchone()
+    if row is None:
+        raise KeyError(f"run {run_id} has no planned chunk {chunk_id}")
+    return Chunk(row[0], row[1], row[2], row[3])
 
 
 def pending_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:

@@ -31,7 +31,7 @@ def _permanent_types() -> tuple[type[BaseException], ...]:
 @contextmanager
 def fail_fast() -> Iterator[None]:
     """Turn a permanent library error into ``AirflowFailException`` (no retry)."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     try:
         yield

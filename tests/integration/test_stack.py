@@ -52,7 +52,9 @@ def test_standby_streams_from_the_primary(topo: Topology) -> None:
         p.execute("INSERT INTO public.stack_probe VALUES (%s)", (token,))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if s.execute("SELECT 1 FROM public.stack_probe WHERE v = %s", (token,)).fetchone():
+            # The table itself may not be replayed yet: ask the catalog first.
+            if s.execute("SELECT to_regclass('public.stack_probe')").fetchone()[0] and s.execute(
+                    "SELECT 1 FROM public.stack_probe WHERE v = %s", (token,)).fetchone():
                 break
             time.sleep(0.1)
         else:

@@ -1,26 +1,57 @@
 """Copying a tenant's Cassandra partitions, cell by cell, with their WRITETIME and remaining TTL.
 
-Design note: Cassandra resolves conflicts last-write-wins by write timestamp. Every cell is
-written on the target ``USING TIMESTAMP <source writetime> AND TTL <remaining ttl>``, so a re-copy
-is idempotent and never overwrites a newer value written directly on the target, and an expired
-cell is never resurrected (it is not read). The tenant's partitions are computed from relational
-metadata (``plan_partitions``): no scan of the shared cluster.
+Design note. Cassandra resolves conflicts last-write-wins by write timestamp. Every cell is written
+on the target ``USING TIMESTAMP <source writetime> AND TTL <remaining ttl>``: a retry, a re-run or a
+re-copy after the DNS flip is idempotent and never overwrites a newer value written directly on the
+target (its timestamp is higher), and an expired cell is never resurrected (it is not returned by
+the read, and a cell whose TTL runs out between read and write is dropped).
+
+The engine is a pipeline in one thread plus the driver's I/O thread:
+
+* reads: multi-partition ``IN`` queries (see ``plan``), at most ``read_concurrency`` in flight, each
+  paged (``fetch_size`` + paging state, so a large partition never sits in memory whole); a page that
+  fails with a timeout/unavailable/overloaded error is retried from its own paging state with
+  exponential backoff and jitter;
+* writes: prepared INSERTs (optionally grouped into single-partition UNLOGGED batches) sent with
+  ``execute_async`` under a semaphore of ``concurrency`` permits: the reader blocks when the target
+  falls behind (backpressure); failed writes are retried with backoff while holding their permit;
+* a token bucket charged with rows read caps the run's rows/s on the shared source.
+
+Several processes (``CopyOptions.processes``) split the ledger's pending chunks between them: one
+CPython process tops out at a few thousand to ~10 k writes/s, far below what the servers take.
+
+The pre-ledger API (``PartitionCopier``, ``plan_partitions``, ``retention_days``, ``table_shape``,
+``CopyStats``) is kept for ``steps.py`` until it is rewired to ``copy_pending``.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import random
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
+from tenant_migration import ledger
+from tenant_migration.cassandra.plan import ENGINE, ReadGroup, copy_order, read_groups
+from tenant_migration.cassandra.ratelimit import TokenBucket
 from tenant_migration.tenant_map import CassandraTableSpec, TenantMap
 
 if TYPE_CHECKING:
+    import psycopg
     from cassandra.cluster import Session
+
+    from tenant_migration.endpoints import Endpoints
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------- table shape
 
 
 @dataclass(frozen=True)
@@ -35,15 +66,9 @@ class TableShape:
     def primary_key(self) -> tuple[str, ...]:
         return self.partition_key + self.clustering_key
 
-
-@dataclass(frozen=True)
-class CopyStats:
-    table: str
-    partitions: int  # planned (probed) partition keys
-    rows: int
-    cells: int
-    seconds: float
-    nonempty: int = 0  # partitions that held at least one live row
+    @property
+    def qualified(self) -> str:
+        return f"{cql_ident(self.keyspace)}.{cql_ident(self.table)}"
 
 
 def table_shape(session: Session, keyspace: str, table: str) -> TableShape:
@@ -52,6 +77,481 @@ def table_shape(session: Session, keyspace: str, table: str) -> TableShape:
     ck = tuple(c.name for c in meta.clustering_key)
     regular = tuple(name for name in meta.columns if name not in pk and name not in ck)
     return TableShape(keyspace, table, pk, ck, regular)
+
+
+def cql_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_cql_ident = cql_ident  # pre-ledger name
+
+
+# ----------------------------------------------------------------------------------- options, stats
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """Tuning of one copier process. ``rows_per_second`` is for the whole run (split between
+    processes); ``batch_rows`` > 1 groups a partition's rows into UNLOGGED batches."""
+
+    concurrency: int = 64
+    read_concurrency: int = 16
+    fetch_size: int = 2000
+    batch_rows: int = 1
+    rows_per_second: float | None = None
+    processes: int = 1
+    max_attempts: int = 8
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    in_limit: int = 64
+
+
+@dataclass
+class CopyStats:
+    table: str
+    partitions: int  # planned partition keys
+    rows: int
+    cells: int
+    seconds: float
+    nonempty: int = 0  # partitions that held at least one live row
+    writes: int = 0  # requests sent to the target (a batch counts once)
+    skipped_expired: int = 0  # cells whose TTL ran out between read and write
+    skipped_older: int = 0  # cells older than ``min_writetime`` (catch-up passes)
+    retries: int = 0
+    throttled_seconds: float = 0.0
+
+    def add(self, other: CopyStats) -> None:
+        for name in ("partitions", "rows", "cells", "nonempty", "writes", "skipped_expired", "skipped_older",
+                     "retries"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
+        self.throttled_seconds += other.throttled_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------- retries
+
+
+def _retryable() -> tuple[type[BaseException], ...]:
+    from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+    from cassandra.protocol import OverloadedErrorMessage
+
+    return (ReadTimeout, WriteTimeout, OperationTimedOut, Unavailable, OverloadedErrorMessage)
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: spreads retries of many requests that failed together."""
+    return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+class RetryExhausted(RuntimeError):
+    """A request kept failing with retryable errors."""
+
+
+# ----------------------------------------------------------------------------------- reader
+
+
+def _tuple_profile(session: Session) -> Any:
+    """The session's default profile with plain tuples for rows (named tuples cost CPU per row)."""
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT
+    from cassandra.query import tuple_factory
+
+    return session.execution_profile_clone_update(EXEC_PROFILE_DEFAULT, row_factory=tuple_factory)
+
+
+def iter_pages(
+    session: Session,
+    stmt: Any,
+    groups: Iterable[ReadGroup],
+    *,
+    read_concurrency: int,
+    fetch_size: int,
+    opts: CopyOptions,
+    limiter: TokenBucket | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Pages of rows of every group's partitions, pages in no particular order.
+
+    At most ``read_concurrency`` requests are in flight; a page is requested again from its paging
+    state when it fails with a retryable error.
+    """
+    retryable = _retryable()
+    profile = _tuple_profile(session)
+    pending: deque[tuple[Any, tuple[Any, ...], Any, int]] = deque()
+    source = iter(groups)
+
+    def submit(params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
+        bound = stmt.bind(params)
+        bound.fetch_size = fetch_size
+        fut = session.execute_async(bound, execution_profile=profile, paging_state=paging_state)
+        pending.append((fut, params, paging_state, attempt))
+
+    def refill() -> None:
+        while len(pending) < read_concurrency:
+            group = next(source, None)
+            if group is None:
+                return
+            submit(group.values, None, 0)
+
+    refill()
+    while pending:
+        fut, params, paging_state, attempt = pending.popleft()
+        try:
+            rs = fut.result()
+        except retryable as exc:
+            if attempt + 1 >= opts.max_attempts:
+                raise RetryExhausted(f"read failed {attempt + 1} times: {type(exc).__name__}: {exc}") from exc
+            if on_retry is not None:
+                on_retry()
+            time.sleep(backoff_delay(attempt, opts.backoff_base, opts.backoff_max))
+            submit(params, paging_state, attempt + 1)
+            continue
+        rows = rs.current_rows
+        if rs.paging_state is not None:
+            submit(params, rs.paging_state, 0)
+        refill()
+        if limiter is not None:
+            limiter.acquire(len(rows))
+        yield rows
+
+
+# ----------------------------------------------------------------------------------- writer
+
+
+class Writer:
+    """Asynchronous writes with bounded in-flight requests and retries (see the module note)."""
+
+    def __init__(self, session: Session, opts: CopyOptions) -> None:
+        self.session = session
+        self.opts = opts
+        self._permits = threading.Semaphore(opts.concurrency)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._retry: deque[tuple[float, Any, Any, int]] = deque()
+        self._errors: list[BaseException] = []
+        self._retryable = _retryable()
+        self.sent = 0
+        self.retries = 0
+
+    def submit(self, stmt: Any, params: Any = None) -> None:
+        self._resubmit_due()
+        if self._errors:
+            raise self._errors[0]
+        self._permits.acquire()
+        with self._lock:
+            self._in_flight += 1
+        self._send(stmt, params, 0)
+
+    def _send(self, stmt: Any, params: Any, attempt: int) -> None:
+        self.sent += 1
+        fut = self.session.execute_async(stmt, params)
+        fut.add_callbacks(self._ok, self._err, errback_args=(stmt, params, attempt))
+
+    def _ok(self, _rows: Any) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+        self._permits.release()
+
+    def _err(self, exc: BaseException, stmt: Any, params: Any, attempt: int) -> None:
+        # Runs on the driver's I/O thread: never sleep here; park the write for the caller thread.
+        if isinstance(exc, self._retryable) and attempt + 1 < self.opts.max_attempts:
+            due = time.monotonic() + backoff_delay(attempt, self.opts.backoff_base, self.opts.backoff_max)
+            with self._lock:
+                self._retry.append((due, stmt, params, attempt + 1))
+                self._idle.notify_all()
+            return
+        with self._lock:
+            self._errors.append(exc if attempt == 0 else
+                                RetryExhausted(f"write failed {attempt + 1} times: {type(exc).__name__}: {exc}"))
+        self._release()
+
+    def _resubmit_due(self) -> None:
+        if not self._retry:
+            return
+        now = time.monotonic()
+        due: list[tuple[float, Any, Any, int]] = []
+        with self._lock:
+            keep: deque[tuple[float, Any, Any, int]] = deque()
+            for item in self._retry:
+                (due if item[0] <= now else keep).append(item)
+            self._retry = keep
+        for _, stmt, params, attempt in due:
+            self.retries += 1
+            self._send(stmt, params, attempt)
+
+    def drain(self) -> None:
+        """Wait until every write is acknowledged (retrying as needed); raise the first failure."""
+        while True:
+            self._resubmit_due()
+            with self._lock:
+                if self._in_flight == 0:
+                    break
+                self._idle.wait(timeout=0.05)
+        if self._errors:
+            raise self._errors[0]
+
+
+# ----------------------------------------------------------------------------------- copier
+
+
+class ChunkCopier:
+    """Copies the partitions of one table's chunks from ``source`` to ``target``."""
+
+    def __init__(self, source: Session, target: Session, shape: TableShape, day_column: str | None,
+                 opts: CopyOptions | None = None, limiter: TokenBucket | None = None) -> None:
+        self.source = source
+        self.target = target
+        self.shape = shape
+        self.day_column = day_column
+        self.opts = opts or CopyOptions()
+        self.limiter = limiter
+        where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
+        meta_cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)}), TTL({cql_ident(c)})" for c in shape.regular)
+        key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
+        self.select = source.prepare(f"SELECT {key_cols}, {meta_cols} FROM {shape.qualified} WHERE {where}")
+        self._inserts: dict[tuple[str, ...], Any] = {}
+        self._all_insert = self._insert_for(shape.regular)
+
+    def _insert_for(self, cols: tuple[str, ...]) -> Any:
+        stmt = self._inserts.get(cols)
+        if stmt is None:
+            all_cols = self.shape.primary_key + cols
+            stmt = self.target.prepare(
+                f"INSERT INTO {self.shape.qualified} ({', '.join(cql_ident(c) for c in all_cols)}) "
+                f"VALUES ({', '.join('?' for _ in all_cols)}) USING TIMESTAMP ? AND TTL ?"
+            )
+            self._inserts[cols] = stmt
+        return stmt
+
+    def copy_groups(self, groups: Sequence[ReadGroup], min_writetime: int | None = None) -> CopyStats:
+        """Copy every live cell of the groups' partitions; cells with a writetime below
+        ``min_writetime`` are skipped (they were copied by an earlier pass)."""
+        from cassandra.query import BatchStatement, BatchType
+
+        started = time.monotonic()
+        stats = CopyStats(self.shape.table, sum(_group_size(g) for g in groups), 0, 0, 0.0)
+        writer = Writer(self.target, self.opts)
+        nkey, npk = len(self.shape.primary_key), len(self.shape.partition_key)
+        regular = self.shape.regular
+        nreg = len(regular)
+        all_insert = self._all_insert
+        batch_rows = self.opts.batch_rows
+        seen: set[tuple[Any, ...]] = set()
+        floor = min_writetime if min_writetime is not None else -(1 << 63)
+
+        def on_retry() -> None:
+            stats.retries += 1
+
+        def flush(batch: list[tuple[Any, Any]]) -> None:
+            if len(batch) == 1:
+                writer.submit(*batch[0])
+            else:
+                b = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for stmt, params in batch:
+                    b.add(stmt, params)
+                writer.submit(b)
+            stats.writes += 1
+
+        throttled0 = self.limiter.waited if self.limiter else 0.0
+        for page in iter_pages(self.source, self.select, groups, read_concurrency=self.opts.read_concurrency,
+                               fetch_size=self.opts.fetch_size, opts=self.opts, limiter=self.limiter,
+                               on_retry=on_retry):
+            read_at = time.monotonic()
+            batch: list[tuple[Any, Any]] = []
+            batch_pk: tuple[Any, ...] | None = None
+            for row in page:
+                stats.rows += 1
+                pk = row[:npk]
+                if pk not in seen:
+                    seen.add(pk)
+                key = row[:nkey]
+                # Remaining TTL shrinks while the row is in flight: never let a cell outlive its source.
+                elapsed = int(time.monotonic() - read_at)
+                wt0, ttl0 = row[nkey + 1], row[nkey + 2]
+                uniform = all(row[nkey + 3 * i + 1] == wt0 and row[nkey + 3 * i + 2] == ttl0 for i in range(1, nreg))
+                writes: list[tuple[Any, Any]] = []
+                if uniform and wt0 is not None:
+                    if wt0 < floor:
+                        stats.skipped_older += nreg
+                    else:
+                        ttl = 0 if ttl0 is None else ttl0 - elapsed
+                        if ttl0 is not None and ttl <= 0:
+                            stats.skipped_expired += nreg
+                        else:
+                            writes.append((all_insert, (*key, *row[nkey::3], wt0, ttl)))
+                            stats.cells += nreg
+                else:
+                    groups_by: dict[tuple[int, int], list[int]] = {}
+                    for i in range(nreg):
+                        wt, ttl_i = row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
+                        if wt is None:  # no live cell in this column
+                            continue
+                        if wt < floor:
+                            stats.skipped_older += 1
+                            continue
+                        ttl = 0 if ttl_i is None else ttl_i - elapsed
+                        if ttl_i is not None and ttl <= 0:
+                            stats.skipped_expired += 1
+                            continue
+                        groups_by.setdefault((wt, ttl), []).append(i)
+                    for (wt, ttl), idx in groups_by.items():
+                        cols = tuple(regular[i] for i in idx)
+                        writes.append((self._insert_for(cols), (*key, *(row[nkey + 3 * i] for i in idx), wt, ttl)))
+                        stats.cells += len(idx)
+                if not writes:
+                    continue
+                if batch_rows <= 1:
+                    for w in writes:
+                        writer.submit(*w)
+                        stats.writes += 1
+                    continue
+                if batch and (pk != batch_pk or len(batch) + len(writes) > batch_rows):
+                    flush(batch)
+                    batch = []
+                batch_pk = pk
+                batch.extend(writes)
+            if batch:
+                flush(batch)
+        writer.drain()
+        stats.retries += writer.retries
+        stats.nonempty = len(seen)
+        stats.throttled_seconds = (self.limiter.waited if self.limiter else 0.0) - throttled0
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def copy_chunk(self, bounds: dict[str, Any], days: Sequence[date] | None = None,
+                   min_writetime: int | None = None) -> CopyStats:
+        groups = read_groups(bounds, self.shape.partition_key, self.day_column, self.opts.in_limit, days)
+        return self.copy_groups(groups, min_writetime)
+
+
+def _group_size(group: ReadGroup) -> int:
+    n = 1
+    for values in group.values:
+        n *= len(values)
+    return n
+
+
+# ----------------------------------------------------------------------------------- ledger runner
+
+
+@dataclass
+class CopyReport:
+    """What ``copy_pending`` did: per-table totals and chunks copied, skipped (already done) or failed."""
+
+    tables: dict[str, CopyStats] = field(default_factory=dict)
+    chunks_done: list[str] = field(default_factory=list)
+    chunks_failed: dict[str, str] = field(default_factory=dict)
+    processes: int = 1
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.tables.values())
+
+    def merge(self, other: CopyReport) -> None:
+        for name, st in other.tables.items():
+            if name in self.tables:
+                self.tables[name].add(st)
+            else:
+                self.tables[name] = st
+        self.chunks_done += other.chunks_done
+        self.chunks_failed.update(other.chunks_failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tables": {k: v.to_dict() for k, v in self.tables.items()}, "chunks_done": len(self.chunks_done),
+                "chunks_failed": self.chunks_failed, "processes": self.processes, "seconds": round(self.seconds, 3),
+                "rows": self.rows}
+
+
+def copy_chunks(ep: Endpoints, run_id: str, tmap: TenantMap, chunks: Sequence[ledger.Chunk],
+                opts: CopyOptions, rate_share: int = 1) -> CopyReport:
+    """Copy ``chunks`` in order in this process, marking each in the ledger. A chunk is marked
+    ``running`` before and ``done`` after all of its writes were acknowledged; a crash in between
+    leaves it not done, and the re-copy is idempotent (last-write-wins on writetime)."""
+    report = CopyReport()
+    rate = opts.rows_per_second / rate_share if opts.rows_per_second else None
+    limiter = TokenBucket(rate)
+    copiers: dict[str, ChunkCopier] = {}
+    with ep.target.connect(application_name="tenant_migration_cql") as tconn, \
+            ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+        for chunk in chunks:
+            if ledger.chunk_status(tconn, run_id, chunk.chunk_id) == ledger.ChunkStatus.DONE:
+                continue
+            ledger.mark_chunk_running(tconn, run_id, chunk.chunk_id)
+            try:
+                copier = copiers.get(chunk.table_name)
+                if copier is None:
+                    spec = tmap.cassandra_tables[chunk.table_name]
+                    shape = table_shape(src, tmap.keyspace, chunk.table_name)
+                    copier = copiers[chunk.table_name] = ChunkCopier(src, dst, shape, spec.day_column, opts, limiter)
+                stats = copier.copy_chunk(chunk.bounds)
+            except Exception as exc:
+                ledger.mark_chunk_failed(tconn, run_id, chunk.chunk_id, f"{type(exc).__name__}: {exc}")
+                report.chunks_failed[chunk.chunk_id] = f"{type(exc).__name__}: {exc}"[:500]
+                raise
+            with tconn.transaction():
+                ledger.mark_chunk_done(tconn, run_id, chunk.chunk_id, stats.rows, 0, "", "", partitions=stats.nonempty)
+            report.chunks_done.append(chunk.chunk_id)
+            if chunk.table_name in report.tables:
+                report.tables[chunk.table_name].add(stats)
+            else:
+                report.tables[chunk.table_name] = stats
+    return report
+
+
+def _worker(args: tuple[Endpoints, str, TenantMap, list[ledger.Chunk], CopyOptions, int]) -> CopyReport:
+    ep, run_id, tmap, chunks, opts, share = args
+    return copy_chunks(ep, run_id, tmap, chunks, opts, share)
+
+
+def copy_pending(ep: Endpoints, run_id: str, tmap: TenantMap, opts: CopyOptions | None = None,
+                 tconn: psycopg.Connection | None = None) -> CopyReport:
+    """Copy every Cassandra chunk of ``run_id`` not yet ``done``, newest window first.
+
+    With ``opts.processes > 1`` the chunks are dealt round-robin to that many spawned processes
+    (each with its own driver sessions and ledger connection), so recent windows still go first in
+    every process. Raises after all processes stopped if any chunk failed; the ledger names it.
+    """
+    opts = opts or CopyOptions()
+    started = time.monotonic()
+    if tconn is None:
+        with ep.target.connect() as conn:
+            pending = ledger.pending_chunks(conn, run_id, ENGINE)
+    else:
+        pending = ledger.pending_chunks(tconn, run_id, ENGINE)
+    chunks = copy_order(pending)
+    nproc = max(1, min(opts.processes, len(chunks)))
+    if nproc == 1:
+        report = copy_chunks(ep, run_id, tmap, chunks, opts)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        shares = [chunks[i::nproc] for i in range(nproc)]
+        report = CopyReport()
+        errors: list[str] = []
+        with ctx.Pool(nproc) as pool:
+            results = [pool.apply_async(_worker, ((ep, run_id, tmap, s, opts, nproc),)) for s in shares]
+            for r in results:
+                try:
+                    report.merge(r.get())
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+        if errors:
+            raise RuntimeError(f"cassandra copy failed in {len(errors)} process(es): {errors[0]}")
+    report.processes = nproc
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ----------------------------------------------------------------------------------- pre-ledger API
 
 
 def retention_days(today: date, days: int) -> list[date]:
@@ -63,109 +563,38 @@ def plan_partitions(
     replica: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec, tenant_id: int, days: Sequence[date]
 ) -> list[tuple[Any, ...]]:
     """Partition keys of the tenant in ``spec``'s table, from the replica's relational rows."""
-    from psycopg import sql
+    from tenant_migration.cassandra.plan import tenant_bases
 
-    cols = list(spec.partitions_from_columns)
-    query = tmap.select_tenant_rows(spec.partitions_from_table, cols) + sql.SQL(" ORDER BY 1, 2" if len(cols) > 1 else " ORDER BY 1")
-    bases = [tuple(r) for r in replica.execute(query, {"tenant_id": tenant_id}).fetchall()]
+    bases = tenant_bases(replica, tmap, spec, tenant_id)
     if spec.day_column is None:
         return bases
-    # Newest day first across all devices: the most recent data is usable on the target soonest.
     return [base + (day,) for day in days for base in bases]
 
 
-def _cql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 class PartitionCopier:
-    """Copies whole partitions of one table from ``source`` to ``target`` sessions."""
+    """Pre-ledger wrapper: copies explicit partition keys (in partition-key order) with the new engine."""
 
     def __init__(self, source: Session, target: Session, shape: TableShape, concurrency: int = 64) -> None:
         self.source = source
         self.target = target
         self.shape = shape
         self.concurrency = concurrency
-        ks_t = f"{_cql_ident(shape.keyspace)}.{_cql_ident(shape.table)}"
-        where = " AND ".join(f"{_cql_ident(c)} = ?" for c in shape.partition_key)
-        meta_cols = ", ".join(
-            f"{_cql_ident(c)}, WRITETIME({_cql_ident(c)}), TTL({_cql_ident(c)})" for c in shape.regular
-        )
-        key_cols = ", ".join(_cql_ident(c) for c in shape.primary_key)
-        self._select = source.prepare(f"SELECT {key_cols}, {meta_cols} FROM {ks_t} WHERE {where}")
-        self._select.fetch_size = 5000
-        self._count = target.prepare(f"SELECT count(*) FROM {ks_t} WHERE {where}")
-        self._count_src = source.prepare(f"SELECT count(*) FROM {ks_t} WHERE {where}")
-        self._ks_t = ks_t
-        self._inserts: dict[tuple[str, ...], Any] = {}
-
-    def _insert_for(self, cols: tuple[str, ...]) -> Any:
-        stmt = self._inserts.get(cols)
-        if stmt is None:
-            all_cols = self.shape.primary_key + cols
-            stmt = self.target.prepare(
-                f"INSERT INTO {self._ks_t} ({', '.join(_cql_ident(c) for c in all_cols)}) "
-                f"VALUES ({', '.join('?' for _ in all_cols)}) USING TIMESTAMP ? AND TTL ?"
-            )
-            self._inserts[cols] = stmt
-        return stmt
-
-    def _writes_for_row(self, row: Sequence[Any]) -> Iterator[tuple[Any, tuple[Any, ...]]]:
-        nkey = len(self.shape.primary_key)
-        key = tuple(row[:nkey])
-        groups: dict[tuple[int, int], list[tuple[str, Any]]] = {}
-        for i, col in enumerate(self.shape.regular):
-            value, wt, ttl = row[nkey + 3 * i], row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
-            if wt is None:  # no live cell for this column
-                continue
-            groups.setdefault((wt, ttl or 0), []).append((col, value))
-        for (wt, ttl), cells in groups.items():
-            cols = tuple(c for c, _ in cells)
-            yield self._insert_for(cols), key + tuple(v for _, v in cells) + (wt, ttl)
+        self._engine = ChunkCopier(source, target, shape, None, CopyOptions(concurrency=concurrency))
+        where = " AND ".join(f"{cql_ident(c)} = ?" for c in shape.partition_key)
+        self._count = target.prepare(f"SELECT count(*) FROM {shape.qualified} WHERE {where}")
+        self._count_src = source.prepare(f"SELECT count(*) FROM {shape.qualified} WHERE {where}")
 
     def copy(self, partitions: Iterable[tuple[Any, ...]], batch: int = 512) -> CopyStats:
-        from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
-
-        started = time.monotonic()
-        nparts = nrows = ncells = nonempty = 0
-        buf: list[tuple[Any, ...]] = []
-
-        def flush() -> None:
-            nonlocal nrows, ncells, nonempty
-            reads = execute_concurrent_with_args(
-                self.source, self._select, buf, concurrency=self.concurrency, raise_on_first_error=True
-            )
-            writes: list[tuple[Any, tuple[Any, ...]]] = []
-            for ok, result in reads:
-                assert ok
-                had_rows = False
-                for row in result:
-                    had_rows = True
-                    nrows += 1
-                    for stmt, params in self._writes_for_row(row):
-                        ncells += len(params) - len(self.shape.primary_key) - 2
-                        writes.append((stmt, params))
-                nonempty += had_rows
-            if writes:
-                execute_concurrent(self.target, writes, concurrency=self.concurrency, raise_on_first_error=True)
-            buf.clear()
-
-        for pk in partitions:
-            buf.append(pk)
-            nparts += 1
-            if len(buf) >= batch:
-                flush()
-        if buf:
-            flush()
-        return CopyStats(self.shape.table, nparts, nrows, ncells, time.monotonic() - started, nonempty)
+        groups = [ReadGroup(tuple([v] for v in pk)) for pk in partitions]
+        return self._engine.copy_groups(groups)
 
     def count(self, partitions: Iterable[tuple[Any, ...]], on_target: bool) -> int:
         from cassandra.concurrent import execute_concurrent_with_args
 
         session, stmt = (self.target, self._count) if on_target else (self.source, self._count_src)
         total = 0
-        parts = list(partitions)
-        for ok, result in execute_concurrent_with_args(session, stmt, parts, concurrency=self.concurrency):
-            assert ok
+        for ok, result in execute_concurrent_with_args(session, stmt, list(partitions), concurrency=self.concurrency):
+            if not ok:
+                raise result
             total += int(result.one()[0])
         return total

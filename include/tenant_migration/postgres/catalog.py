@@ -1,14 +1,36 @@
-"""What the live catalogs say: columns and types of the tenant-scoped tables on both sides.
+"""What the live catalogs say: columns, keys and foreign keys of the platform's tables.
 
-The copy streams binary COPY, which needs identical column lists and types on source and target;
-``schema_drift`` names every difference before anything is written.
+The tenant map is a claim about the platform; the catalog is the truth. Before anything is copied,
+``check_tenant_map`` compares the two and names every disagreement (a table that points at tenant
+data but is missing from the map, a hop that is not a real foreign key, a key that is not unique,
+column or type drift between source and target). The copy streams binary COPY, which needs
+identical column lists and types on both sides; ``schema_drift`` is the part of that check that
+looks at the target.
+
+``load_order`` derives the copy order from every real foreign key among tenant-scoped tables
+(device_registrations -> users, not only the map's hop to devices), so a parent is loaded before
+any child that references it, whatever path the map uses to reach the tenant.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+
 import psycopg
 
-from tenant_migration.tenant_map import TenantMap
+from tenant_migration.tenant_map import TenantMap, TenantMapError
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """One FK constraint, columns in constraint order."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
 
 
 def columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, str]]:
@@ -21,6 +43,59 @@ def columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str
         (schema, table),
     ).fetchall()
     return [(r[0], r[1]) for r in rows]
+
+
+def tables(conn: psycopg.Connection, schema: str) -> list[str]:
+    """Ordinary and partitioned tables of ``schema`` (partitions themselves excluded)."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def foreign_keys(conn: psycopg.Connection, schema: str) -> list[ForeignKey]:
+    """Every FK whose referencing table lives in ``schema`` (references to other schemas included,
+    named ``other_schema.table``)."""
+    rows = conn.execute(
+        """
+        SELECT con.conname, c.relname,
+               array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
+                     JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i),
+               CASE WHEN rn.nspname = %(schema)s THEN rc.relname ELSE rn.nspname || '.' || rc.relname END,
+               array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
+                     JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i)
+        FROM pg_constraint con
+        JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_class rc ON rc.oid = con.confrelid JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+        WHERE con.contype = 'f' AND n.nspname = %(schema)s
+        ORDER BY c.relname, con.conname
+        """,
+        {"schema": schema},
+    ).fetchall()
+    return [ForeignKey(r[0], r[1], tuple(r[2]), r[3], tuple(r[4])) for r in rows]
+
+
+def unique_keys(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, ...]]:
+    """Column lists of the primary key and every unique, non-partial, plain-column index whose
+    columns are all NOT NULL: the keys a chunk range can be defined on."""
+    rows = conn.execute(
+        """
+        SELECT array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o),
+               bool_and(a2.attnotnull)
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a2 ON a2.attrelid = i.indrelid AND a2.attnum = ANY (i.indkey::int2[])
+        WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL
+          AND i.indexprs IS NULL AND i.indisvalid
+        GROUP BY i.indexrelid, i.indisprimary, i.indkey
+        ORDER BY i.indisprimary DESC, i.indexrelid
+        """,
+        (schema, table),
+    ).fetchall()
+    return [tuple(r[0]) for r in rows if r[1]]
 
 
 def schema_drift(source: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap) -> list[str]:
@@ -47,3 +122,92 @@ def schema_drift(source: psycopg.Connection, target: psycopg.Connection, tmap: T
         if [c for c, _ in src if c in dst_types] != [c for c, _ in dst if c in src_types]:
             problems.append(f"{tmap.schema}.{table}: column order differs between source and target")
     return problems
+
+
+def check_tenant_map(source: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap) -> list[str]:
+    """Every disagreement between the tenant map and the live catalogs, one readable line each
+    naming table and column. Raises nothing: the caller (preflight) decides, after collecting all.
+
+    Checked on the source: every table with a FK into a tenant-scoped table is in the map
+    (tenant-scoped or shared), else its rows would silently stay behind; every hop is a real FK
+    (else the semi-join filter means nothing); every tenant column exists; every key is the
+    primary key or a NOT NULL unique key (chunk ranges need a total order without duplicates).
+    Then ``schema_drift`` between source and target.
+    """
+    s = tmap.schema
+    problems: list[str] = []
+    present = set(tables(source, s))
+    fks = foreign_keys(source, s)
+    scoped = set(tmap.tables)
+    known = scoped | set(tmap.shared_tables)
+
+    for table in sorted(present - known):
+        for fk in fks:
+            if fk.table == table and fk.ref_table in scoped:
+                problems.append(
+                    f"{s}.{table}.{','.join(fk.columns)}: references tenant-scoped {s}.{fk.ref_table} "
+                    f"(FK {fk.name}) but {s}.{table} is missing from the tenant map (neither tenant-scoped nor shared)"
+                )
+    for table in tmap.shared_tables:
+        if table not in present:
+            problems.append(f"{s}.{table}: shared table missing on the source")
+
+    for name in sorted(scoped):
+        spec = tmap.tables[name]
+        if name not in present:
+            problems.append(f"{s}.{name}: tenant-scoped table missing on the source")
+            continue
+        cols = dict(columns(source, s, name))
+        if spec.tenant_column is not None and spec.tenant_column not in cols:
+            problems.append(f"{s}.{name}.{spec.tenant_column}: tenant column does not exist on the source")
+        for col in spec.key:
+            if col not in cols:
+                problems.append(f"{s}.{name}.{col}: key column does not exist on the source")
+        if all(c in cols for c in spec.key) and not any(set(k) == set(spec.key) for k in unique_keys(source, s, name)):
+            problems.append(
+                f"{s}.{name}.{','.join(spec.key)}: key is not the primary key or a NOT NULL unique key on the source"
+            )
+        hop = spec.via
+        if hop is not None:
+            real = any(
+                fk.table == name and fk.ref_table == hop.table
+                and (hop.column, hop.parent_column) in zip(fk.columns, fk.ref_columns, strict=True)
+                and len(fk.columns) == 1
+                for fk in fks
+            )
+            if not real:
+                problems.append(
+                    f"{s}.{name}.{hop.column}: the map's hop to {s}.{hop.table}.{hop.parent_column} "
+                    "is not a foreign key in the source catalog"
+                )
+    problems += schema_drift(source, target, tmap)
+    return problems
+
+
+def load_order(conn: psycopg.Connection, tmap: TenantMap) -> list[str]:
+    """Tenant-scoped tables, parents first, from the map's hops AND every real FK among them.
+
+    Stable: tables that become ready together are sorted by name. Self-references are ignored
+    (a chunk holds both ends, and FKs are not checked during apply). A cycle raises
+    TenantMapError naming it: such a schema needs a decision the map cannot express.
+    """
+    graph: dict[str, set[str]] = {name: set() for name in tmap.tables}
+    for spec in tmap.tables.values():
+        if spec.via is not None:
+            graph[spec.name].add(spec.via.table)
+        elif spec.name != tmap.root_table:
+            graph[spec.name].add(tmap.root_table)
+    for fk in foreign_keys(conn, tmap.schema):
+        if fk.table in graph and fk.ref_table in graph and fk.ref_table != fk.table:
+            graph[fk.table].add(fk.ref_table)
+    sorter = TopologicalSorter(graph)
+    try:
+        sorter.prepare()
+    except CycleError as exc:
+        raise TenantMapError(f"foreign keys among tenant-scoped tables form a cycle: {exc.args[1]}") from exc
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order.extend(ready)
+        sorter.done(*ready)
+    return order

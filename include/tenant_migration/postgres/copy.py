@@ -1,8 +1,26 @@
 """Copying one chunk of a tenant's rows from the detached replica to the target.
 
-Invariant: the chunk's target rows are deleted, re-loaded and the chunk marked ``done`` in ONE
-target transaction. A crash or kill at any point rolls back to the complete old chunk; a commit
-gives the complete new one. A retry therefore never doubles or loses rows.
+Invariant (ADR 3): the chunk's target rows (its key range AND the tenant predicate, evaluated on
+the target) are deleted, re-loaded and the chunk marked ``done`` in ONE target transaction. A
+crash or kill at any point rolls back to the complete old chunk; a commit gives the complete new
+one. A retry therefore never doubles or loses rows.
+
+Fast path, and why it looks like this: pushing COPY bytes through a Python loop costs ~1.4x the
+raw ``psql | psql`` pipe (FIELD_NOTES), so Python stays out of the byte path. Per chunk:
+
+* a source ``psql`` runs ``COPY (chunk rows) TO STDOUT (FORMAT binary)`` inside a repeatable-read
+  transaction that imports a snapshot exported by our own replica connection, so the bytes and
+  the source checksum we compute meanwhile on that connection see exactly the same rows;
+* its stdout is the stdin of a target ``psql`` whose script arrives on a separate pipe:
+  ``BEGIN; SET LOCAL session_replication_role = replica; lock the ledger row; DELETE the chunk;
+  \\copy ... from pstdin`` first, then -- only once the source finished cleanly and its checksum is
+  known -- ``SELECT tm_control.complete_chunk(...)`` (compares both checksums, raises on any
+  difference, marks done) and ``COMMIT``. If we die before writing that epilogue, the script pipe
+  reaches EOF, psql exits without COMMIT and the server rolls the chunk back: there is no implicit
+  commit anywhere (no ``psql -1``).
+
+Passwords reach psql through ``PGPASSWORD`` in its environment, never argv; identifiers are
+quoted with ``psycopg.sql`` and literals rendered by the driver (``ClientCursor.mogrify``).
 
 The apply runs with ``session_replication_role = replica``: the platform's triggers do not fire
 (``updated_at`` keeps the source's value; the registration check does not refuse copied rows) and
@@ -11,15 +29,27 @@ foreign keys are not checked row by row (the post-copy gate checks orphans inste
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 
 from tenant_migration import ledger
+from tenant_migration.endpoints import PgEndpoint
 from tenant_migration.postgres.catalog import columns
+from tenant_migration.postgres.planner import ENGINE, chunk_predicate, plan_postgres, range_predicate
 from tenant_migration.tenant_map import TenantMap
+
+PG_BIN_DEFAULT = Path("/usr/lib/postgresql/15/bin")
 
 
 @dataclass(frozen=True)
@@ -27,7 +57,7 @@ class ChunkResult:
     chunk_id: str
     table: str
     rows: int
-    bytes: int
+    bytes: int | None
     seconds: float
     source_checksum: str
     target_checksum: str
@@ -35,29 +65,378 @@ class ChunkResult:
 
 
 class ChecksumMismatch(RuntimeError):
-    """Source and target disagree on a chunk after the copy."""
+    """Source and target disagree on a chunk after the copy (the chunk was rolled back)."""
 
 
-def checksum_query(tmap: TenantMap, table: str, cols: list[str]) -> sql.Composed:
-    """Row count and an order-independent checksum of the tenant's rows of ``table``.
+class ChunkCopyError(RuntimeError):
+    """A chunk could not be copied (the chunk was rolled back; the ledger says why)."""
 
-    Each row's text form is hashed (md5, first 60 bits) and the hashes summed: equal multisets of
-    rows give equal sums whatever the physical order.
+
+class ChunkNotReady(RuntimeError):
+    """A chunk's tenant predicate reaches the tenant through tables whose chunks are not done yet:
+    on the target it would select nothing. Copy the parent tables first (retry later)."""
+
+
+# ------------------------------------------------------------------------------------ checksums
+
+
+def row_hash(cols: Sequence[str], alias: str = "t", text_cols: frozenset[str] = frozenset()) -> sql.Composed:
+    """A 64-bit hash of one row, built from each column's own hash support.
+
+    ``hash_record_extended`` (PostgreSQL 14+) hashes the typed values directly, with no text
+    rendering: measured 6x cheaper than md5 of the row's text (0.63 s vs 3.8 s for 1.2 M
+    ``properties`` rows), which matters because the checksum runs on both sides of every chunk.
+    Hash functions are stable across versions and platforms (hash partitioning depends on it).
+    Columns whose type has no hash support (json, point, ...) go in ``text_cols`` and are hashed
+    through their text form.
     """
-    row_expr = sql.SQL("ROW({})::text").format(
-        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols)
-    )
+    parts = []
+    for c in cols:
+        ref = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c))
+        parts.append(sql.SQL("{}::text").format(ref) if c in text_cols else ref)
+    return sql.SQL("hash_record_extended(ROW({}), 0)").format(sql.SQL(", ").join(parts))
+
+
+def unhashable_columns(conn: psycopg.Connection, schema: str, table: str, cols: Sequence[str]) -> frozenset[str]:
+    """Columns whose type has no extended hash function (asked of the server, per column, on a
+    NULL of the column's own type: the type cache raises before any row is read)."""
+    out = set()
+    for c in cols:
+        probe = sql.SQL("SELECT hash_record_extended(ROW((SELECT t.{} FROM {} AS t LIMIT 0)), 0)").format(
+            sql.Identifier(c), sql.Identifier(schema, table))
+        try:
+            with conn.transaction():
+                conn.execute(probe)
+        except psycopg.errors.UndefinedFunction:
+            out.add(c)
+    return frozenset(out)
+
+
+def checksum_query(
+    tmap: TenantMap,
+    table: str,
+    cols: list[str],
+    bounds: dict[str, Any] | None = None,
+    text_cols: frozenset[str] = frozenset(),
+) -> sql.Composed:
+    """Row count and an order-independent checksum (``count:sum``) of the tenant's rows of
+    ``table``, restricted to a chunk's key range when ``bounds`` is given.
+
+    Per-row hashes are summed (as numeric: no overflow), so equal multisets of rows give equal
+    sums whatever the physical order. One ``%(tenant_id)s`` placeholder.
+    """
+    pred = chunk_predicate(tmap, table, bounds) if bounds is not None else tmap.tenant_predicate(table)
     return sql.SQL(
-        "SELECT count(*), COALESCE(sum(('x' || substr(md5({}), 1, 15))::bit(60)::bigint), 0)::text "
-        "FROM {} AS t WHERE {}"
-    ).format(row_expr, tmap.qualified(table), tmap.tenant_predicate(table))
+        "SELECT count(*), count(*)::text || ':' || COALESCE(sum({}::numeric), 0)::text FROM {} AS t WHERE {}"
+    ).format(row_hash(cols, "t", text_cols), tmap.qualified(table), pred)
 
 
 def table_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tenant_id: int) -> tuple[int, str]:
     cols = [c for c, _ in columns(conn, tmap.schema, table)]
-    row = conn.execute(checksum_query(tmap, table, cols), {"tenant_id": tenant_id}).fetchone()
+    text_cols = unhashable_columns(conn, tmap.schema, table, cols)
+    row = conn.execute(checksum_query(tmap, table, cols, None, text_cols), {"tenant_id": tenant_id}).fetchone()
     assert row is not None
-    return int(row[0]), f"{row[0]}:{row[1]}"
+    return int(row[0]), str(row[1])
+
+
+def chunk_checksum(
+    conn: psycopg.Connection, tmap: TenantMap, chunk: ledger.Chunk, tenant_id: int
+) -> tuple[int, str]:
+    """Count and checksum of one chunk's rows as ``conn`` sees them (source or target)."""
+    cols = [c for c, _ in columns(conn, tmap.schema, chunk.table_name)]
+    text_cols = unhashable_columns(conn, tmap.schema, chunk.table_name, cols)
+    q = checksum_query(tmap, chunk.table_name, cols, chunk.bounds, text_cols)
+    row = conn.execute(q, {"tenant_id": tenant_id}).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+# ------------------------------------------------------------------------------------ psql plumbing
+
+
+def psql_binary() -> str:
+    """``$TM_PG_BIN/psql``, Debian's PostgreSQL 15 psql (no wrapper start-up cost), or ``psql``."""
+    for folder in (os.environ.get("TM_PG_BIN"), str(PG_BIN_DEFAULT)):
+        if folder and (Path(folder) / "psql").exists():
+            return str(Path(folder) / "psql")
+    found = shutil.which("psql")
+    if not found:
+        raise ChunkCopyError("psql not found (install postgresql-client or set TM_PG_BIN)")
+    return found
+
+
+def libpq_env(ep: PgEndpoint, application_name: str) -> dict[str, str]:
+    """The environment of one psql: our endpoint only (inherited PG* variables dropped), the
+    password in PGPASSWORD so that it never appears in a process listing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(
+        PGHOST=ep.host, PGPORT=str(ep.port), PGUSER=ep.user, PGPASSWORD=ep.password, PGDATABASE=ep.dbname,
+        PGAPPNAME=application_name, PGCONNECT_TIMEOUT="10", PGCLIENTENCODING="UTF8",
+    )
+    return env
+
+
+def _render(conn: psycopg.Connection, query: sql.Composable, params: dict[str, Any] | None = None) -> str:
+    """SQL text with identifiers quoted and parameters rendered as literals by the driver."""
+    text = psycopg.ClientCursor(conn).mogrify(query, params) if params else query.as_string(conn)
+    if "\n" in text:
+        text = " ".join(text.splitlines())
+    return text
+
+
+def _stderr_text(fh: IO[bytes]) -> str:
+    fh.seek(0)
+    return fh.read().decode(errors="replace").strip()
+
+
+# ------------------------------------------------------------------------------------ copier
+
+
+class ChunkCopier:
+    """Copies planned chunks of one run from the replica to the target.
+
+    Holds three connections: the target (ledger), the replica in autocommit (catalog, snapshot
+    checks) and the replica in repeatable read (exports each chunk's snapshot and computes the
+    source checksum in it). Use as a context manager.
+    """
+
+    def __init__(
+        self,
+        replica_ep: PgEndpoint,
+        target_ep: PgEndpoint,
+        tmap: TenantMap,
+        run_id: str,
+        tenant_id: int,
+        on_spawn: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.replica_ep = replica_ep
+        self.target_ep = target_ep
+        self.tmap = tmap
+        self.run_id = run_id
+        self.tenant_id = tenant_id
+        self.on_spawn = on_spawn  # test hook: (source pid, target pid) once both psql run
+        self.psql = psql_binary()
+        self._columns: dict[str, list[str]] = {}
+        self._text_cols: dict[str, frozenset[str]] = {}
+
+    def __enter__(self) -> ChunkCopier:
+        self.target = self.target_ep.connect(application_name="tm_copy_ledger")
+        self.replica = self.replica_ep.connect(autocommit=True, application_name="tm_copy_catalog")
+        self.snap = self.replica_ep.connect(application_name="tm_copy_snapshot")
+        self.snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        self.snap.read_only = True
+        ledger.check_snapshot(self.target, self.run_id, self.replica_lsn())
+        self.target.commit()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for conn in (self.snap, self.replica, self.target):
+            conn.close()
+
+    def replica_lsn(self) -> str | None:
+        """Replay LSN of a paused standby (the detached replica), else None."""
+        row = self.replica.execute(
+            "SELECT CASE WHEN pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused' "
+            "THEN pg_last_wal_replay_lsn()::text END"
+        ).fetchone()
+        return row[0] if row else None
+
+    def cols(self, table: str) -> list[str]:
+        if table not in self._columns:
+            self._columns[table] = [c for c, _ in columns(self.replica, self.tmap.schema, table)]
+            self._text_cols[table] = unhashable_columns(self.replica, self.tmap.schema, table, self._columns[table])
+        return self._columns[table]
+
+    def _check_ready(self, chunk: ledger.Chunk) -> None:
+        parents = [hop.table for hop in self.tmap.path(chunk.table_name)]
+        if not parents:
+            return
+        row = self.target.execute(
+            "SELECT string_agg(chunk_id, ', ' ORDER BY chunk_id) FROM tm_control.chunks "
+            "WHERE run_id = %s AND engine = %s AND table_name = ANY(%s) AND status <> 'done'",
+            (self.run_id, ENGINE, parents),
+        ).fetchone()
+        self.target.commit()
+        if row and row[0]:
+            raise ChunkNotReady(
+                f"{chunk.chunk_id}: the tenant predicate of {chunk.table_name} goes through {', '.join(parents)}, "
+                f"whose chunks {row[0]} are not done yet"
+            )
+
+    def copy(self, chunk: ledger.Chunk) -> ChunkResult:
+        """Copy one chunk (skipped when the ledger already says done)."""
+        if ledger.chunk_status(self.target, self.run_id, chunk.chunk_id) == ledger.ChunkStatus.DONE:
+            self.target.commit()
+            return ChunkResult(chunk.chunk_id, chunk.table_name, 0, 0, 0.0, "", "", skipped=True)
+        self._check_ready(chunk)
+        ledger.check_snapshot(self.target, self.run_id, self.replica_lsn())
+        self.target.commit()
+        ledger.mark_chunk_running(self.target, self.run_id, chunk.chunk_id)
+        started = time.monotonic()
+        try:
+            result = self._copy(chunk)
+        except Exception as exc:
+            self.target.rollback()
+            ledger.mark_chunk_failed(self.target, self.run_id, chunk.chunk_id, f"{type(exc).__name__}: {exc}")
+            raise
+        return ChunkResult(chunk.chunk_id, chunk.table_name, result[0], result[1],
+                           time.monotonic() - started, result[2], result[2])
+
+    def _copy(self, chunk: ledger.Chunk) -> tuple[int, int | None, str]:
+        tm, table, params = self.tmap, chunk.table_name, {"tenant_id": self.tenant_id}
+        cols = self.cols(table)
+        col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        snapshot_row = self.snap.execute("SELECT pg_export_snapshot()").fetchone()
+        assert snapshot_row is not None
+        select = sql.SQL("SELECT {} FROM {} AS t WHERE {}").format(
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols),
+            tm.qualified(table), chunk_predicate(tm, table, chunk.bounds),
+        )
+        source_cmd = [
+            self.psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            "-c", _render(self.snap, sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_row[0]))),
+            "-c", _render(self.snap, sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(select), params),
+            "-c", "COMMIT",
+        ]
+        prelude = "\n".join([
+            r"\set ON_ERROR_STOP 1",
+            "BEGIN;",
+            "SET LOCAL session_replication_role = replica;",
+            _render(self.target, sql.SQL(
+                "SELECT 1 FROM tm_control.chunks WHERE run_id = {} AND chunk_id = {} FOR UPDATE NOWAIT;"
+            ).format(sql.Literal(self.run_id), sql.Literal(chunk.chunk_id))),
+            _render(self.target, sql.SQL("DELETE FROM {} AS t WHERE {};").format(
+                tm.qualified(table), chunk_predicate(tm, table, chunk.bounds)), params),
+            _render(self.target, sql.SQL(r"\copy {} ({}) from pstdin with (format binary)").format(
+                tm.qualified(table), col_list)),
+            "",
+        ])
+        script_r, script_w = os.pipe()
+        with tempfile.TemporaryFile() as src_err, tempfile.TemporaryFile() as dst_err:
+            source = subprocess.Popen(source_cmd, stdout=subprocess.PIPE, stderr=src_err, stdin=subprocess.DEVNULL,
+                                      env=libpq_env(self.replica_ep, "tm_copy_source"))
+            try:
+                target = subprocess.Popen(
+                    [self.psql, "-X", "-q", "-f", f"/dev/fd/{script_r}"],
+                    stdin=source.stdout, stdout=subprocess.DEVNULL, stderr=dst_err, pass_fds=(script_r,),
+                    env=libpq_env(self.target_ep, "tm_copy_target"),
+                )
+            except BaseException:
+                source.kill()
+                raise
+            finally:
+                os.close(script_r)
+                assert source.stdout is not None
+                source.stdout.close()
+            script = os.fdopen(script_w, "w")
+            try:
+                if self.on_spawn is not None:
+                    self.on_spawn(source.pid, target.pid)
+                script.write(prelude)
+                script.flush()
+                src_rows, src_sum, nbytes = self._source_checksum(chunk, cols)
+                if source.wait() != 0:
+                    raise ChunkCopyError(f"{table} chunk {chunk.chunk_id}: source COPY failed: {_stderr_text(src_err)}")
+                target_sum = sql.SQL(
+                    "SELECT tm_control.complete_chunk({run}, {chunk}, {table}, {rows}, {sum}, c.n, c.s, {bytes}) "
+                    "FROM ({q}) AS c (n, s);"
+                ).format(
+                    run=sql.Literal(self.run_id), chunk=sql.Literal(chunk.chunk_id),
+                    table=sql.Literal(f"{tm.schema}.{table}"), rows=sql.Literal(src_rows), sum=sql.Literal(src_sum),
+                    bytes=sql.Literal(nbytes), q=checksum_query(tm, table, cols, chunk.bounds, self._text_cols[table]),
+                )
+                script.write(_render(self.target, target_sum, params) + "\nCOMMIT;\n")
+                script.close()
+                rc = target.wait()
+            except BaseException:
+                for proc in (source, target):
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                raise
+            finally:
+                if not script.closed:
+                    script.close()
+                self.snap.rollback()
+            if rc != 0:
+                err = _stderr_text(dst_err)
+                if "checksum mismatch" in err:
+                    raise ChecksumMismatch(err.split("ERROR:", 1)[-1].strip().splitlines()[0])
+                raise ChunkCopyError(f"{table} chunk {chunk.chunk_id}: target apply failed: {err}")
+        return src_rows, nbytes, src_sum
+
+    def _source_checksum(self, chunk: ledger.Chunk, cols: list[str]) -> tuple[int, str, int | None]:
+        """Count and checksum of the chunk, read in the snapshot the source psql imports.
+
+        Bytes are not measured (None): the bytes never pass through Python, and summing
+        ``pg_column_size`` would add ~40 % to the checksum's cost for a number nobody gates on.
+        """
+        q = checksum_query(self.tmap, chunk.table_name, cols, chunk.bounds, self._text_cols[chunk.table_name])
+        row = self.snap.execute(q, {"tenant_id": self.tenant_id}).fetchone()
+        assert row is not None
+        return int(row[0]), str(row[1]), None
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+
+def copy_chunk(
+    replica_ep: PgEndpoint, target_ep: PgEndpoint, tmap: TenantMap, run_id: str, tenant_id: int, chunk_id: str
+) -> ChunkResult:
+    """Copy ONE planned chunk by id (one mapped DAG task per chunk). Safe to retry or clear."""
+    with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id) as copier:
+        chunk = ledger.get_chunk(copier.target, run_id, chunk_id)
+        copier.target.commit()
+        return copier.copy(chunk)
+
+
+def copy_pending_chunks(
+    replica_ep: PgEndpoint,
+    target_ep: PgEndpoint,
+    tmap: TenantMap,
+    run_id: str,
+    tenant_id: int,
+    chunk_rows: int | None = None,
+    on_spawn: Callable[[int, int], None] | None = None,
+) -> list[ChunkResult]:
+    """Plan the run if it has no plan yet (``chunk_rows``), then copy every chunk not done, in
+    load order. Stops at the first failure (the ledger holds the error; a re-run resumes)."""
+    from tenant_migration.postgres.planner import DEFAULT_CHUNK_ROWS
+
+    with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id, on_spawn) as copier:
+        chunks = plan_postgres(copier.replica, copier.target, tmap, run_id, tenant_id,
+                               chunk_rows or DEFAULT_CHUNK_ROWS)
+        copier.target.commit()
+        return [copier.copy(chunk) for chunk in chunks]
+
+
+@dataclass(frozen=True)
+class ChunkMismatchReport:
+    chunk_id: str
+    table: str
+    source: tuple[int, str]
+    target: tuple[int, str]
+
+    def __str__(self) -> str:
+        return (f"{self.table} chunk {self.chunk_id}: source {self.source[0]} rows checksum {self.source[1]}, "
+                f"target {self.target[0]} rows checksum {self.target[1]}")
+
+
+def verify_chunks(
+    replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap, run_id: str, tenant_id: int
+) -> list[ChunkMismatchReport]:
+    """Recompute count and checksum of every planned chunk on both sides (a post-copy gate):
+    every chunk whose target no longer matches the replica, named by table and chunk."""
+    out: list[ChunkMismatchReport] = []
+    for chunk in ledger.run_chunks(target, run_id, ENGINE):
+        src = chunk_checksum(replica, tmap, chunk, tenant_id)
+        dst = chunk_checksum(target, tmap, chunk, tenant_id)
+        if src != dst:
+            out.append(ChunkMismatchReport(chunk.chunk_id, f"{tmap.schema}.{chunk.table_name}", src, dst))
+    return out
 
 
 def copy_table(
@@ -69,7 +448,8 @@ def copy_table(
     run_id: str,
     chunk_id: str,
 ) -> ChunkResult:
-    """Replace the tenant's rows of ``table`` on the target with the replica's, as one chunk."""
+    """The walking skeleton's whole-table chunk through psycopg's copy() (Python in the byte
+    path). Kept until steps.copy_postgres moves to ``copy_pending_chunks``/``copy_chunk``."""
     if ledger.chunk_status(target, run_id, chunk_id) == ledger.ChunkStatus.DONE:
         return ChunkResult(chunk_id, table, 0, 0, 0.0, "", "", skipped=True)
     started = time.monotonic()
@@ -105,3 +485,21 @@ def copy_table(
         ledger.mark_chunk_failed(target, run_id, chunk_id, f"{type(exc).__name__}: {exc}")
         raise
     return ChunkResult(chunk_id, table, src_rows, nbytes, time.monotonic() - started, src_sum, dst_sum)
+
+
+__all__ = [
+    "ChecksumMismatch",
+    "ChunkCopier",
+    "ChunkCopyError",
+    "ChunkMismatchReport",
+    "ChunkNotReady",
+    "ChunkResult",
+    "checksum_query",
+    "chunk_checksum",
+    "copy_chunk",
+    "copy_pending_chunks",
+    "copy_table",
+    "range_predicate",
+    "table_checksum",
+    "verify_chunks",
+]

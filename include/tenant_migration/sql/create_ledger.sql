@@ -61,3 +61,32 @@ CREATE INDEX IF NOT EXISTS events_run_idx ON tm_control.events (run_id, event_id
 
 -- Columns added after the first release: ledgers created earlier gain them in place.
 ALTER TABLE tm_control.chunks ADD COLUMN IF NOT EXISTS partitions bigint;
+
+-- Closes a PostgreSQL chunk inside the transaction that deleted and re-loaded its rows: compares the
+-- replica's count and checksum with the target's (computed by the caller in the same statement),
+-- raises on any difference (the whole chunk transaction rolls back), else marks the chunk done.
+-- Being the last statement before COMMIT, it is what makes "rows and done mark in one transaction"
+-- true even when the bytes travel through psql and never through Python.
+CREATE OR REPLACE FUNCTION tm_control.complete_chunk(
+    p_run_id text, p_chunk_id text, p_table text,
+    p_source_rows bigint, p_source_checksum text,
+    p_target_rows bigint, p_target_checksum text,
+    p_bytes bigint
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_source_rows IS DISTINCT FROM p_target_rows OR p_source_checksum IS DISTINCT FROM p_target_checksum THEN
+        RAISE EXCEPTION 'checksum mismatch in % chunk %: source % rows checksum %, target % rows checksum %',
+            p_table, p_chunk_id, p_source_rows, p_source_checksum, p_target_rows, p_target_checksum
+            USING ERRCODE = 'TM001';
+    END IF;
+    UPDATE tm_control.chunks
+       SET status = 'done', rows_copied = p_target_rows, bytes_copied = p_bytes,
+           source_checksum = p_source_checksum, target_checksum = p_target_checksum,
+           finished_at = clock_timestamp(), last_error = NULL
+     WHERE run_id = p_run_id AND chunk_id = p_chunk_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % has no planned chunk %', p_run_id, p_chunk_id USING ERRCODE = 'TM002';
+    END IF;
+    RETURN p_target_rows;
+END $$;

@@ -41,3 +41,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA platform TO platfor
 -- primary; the grant reaches the standby through replication). Nothing else.
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_pause() TO migration_operator;
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_wal_replay_resume() TO migration_operator;
+
+-- Promote mode of the replica detach (tenant_migration.replica.PromoteReplicaController): promote a
+-- standby to an independent server. Granted on the primary, reaches the standby by replication.
+-- Change capture needs no grant: the slot functions only require migration_reader's REPLICATION.
+GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO migration_operator;

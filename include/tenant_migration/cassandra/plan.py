@@ -1,0 +1,189 @@
+"""Which Cassandra partitions belong to a tenant, and how they are cut into ledger chunks.
+
+Design note. The shared cluster has no tenant id in any key, and a full scan of it is out of the
+question (it is shared, and large). A tenant's partition keys are derived from *relational*
+metadata on the detached replica (its devices and properties, ``tmap.select_tenant_rows``) and,
+for time-bucketed tables, the day buckets of a bounded window.
+
+Probing every (device, property, day) one query at a time is ``devices x properties x days``
+round trips (about 11 M for a 30 k-device tenant over 90 days). Instead a chunk is read with one
+multi-partition query per device, ``device_id IN (d) AND property_id IN (p1..pn) AND day IN
+(w1..wk)``: the coordinator resolves absent partitions from bloom filters in memory, so the cost is
+one round trip per device and window, not per partition. The IN lists are bounded (at most
+``in_limit`` values of the last base column, and at most ``window_days`` days per window), which
+keeps the coordinator's fan-out small; on a multi-node cluster that fan-out is the trade-off paid for
+fewer round trips, and ``in_limit=1`` with one-day windows falls back to single-partition reads.
+
+The window is ``min(requested days, tenant map retention, the table's default TTL)`` day buckets
+ending today, newest first: a bucket older than the retention only holds expired cells (which are
+not copied anyway). Cells written with an explicit TTL longer than the table default would be
+missed by that cap; ``honour_table_ttl=False`` lifts it.
+
+Chunks are ``cql:<table>:<nnnn>``, numbered newest window first, then by batches of
+``devices_per_chunk`` devices in device-id order: stable for a frozen replica and a fixed anchor day.
+A plan made on a later day keeps the ledger's first bounds (``plan_chunks`` does not overwrite), and
+the catch-up re-copies the buckets after the detach watermark, so a day shift loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from itertools import groupby
+from typing import TYPE_CHECKING, Any
+
+from tenant_migration.ledger import Chunk
+from tenant_migration.tenant_map import CassandraTableSpec, TenantMap
+
+if TYPE_CHECKING:
+    import psycopg
+    from cassandra.cluster import Session
+
+ENGINE = "cassandra"
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Knobs of the plan. ``days`` is the requested window; ``hot_days`` the first, newest window."""
+
+    days: int = 4
+    devices_per_chunk: int = 256
+    hot_days: int = 2
+    window_days: int = 7
+    in_limit: int = 64
+    honour_table_ttl: bool = True
+
+
+def window_days(today: date, days: int) -> list[date]:
+    """``days`` day buckets ending ``today``, newest first."""
+    return [today - timedelta(days=i) for i in range(max(0, days))]
+
+
+def table_window(spec: CassandraTableSpec, tmap: TenantMap, opts: PlanOptions, default_ttl_s: int) -> int:
+    """How many day buckets of ``spec`` can hold live cells: see the module note."""
+    n = min(opts.days, tmap.retention_days + 1)
+    if opts.honour_table_ttl and default_ttl_s > 0:
+        # +1: the oldest bucket is only partly expired.
+        n = min(n, math.ceil(default_ttl_s / 86_400) + 1)
+    return n
+
+
+def split_windows(days: Sequence[date], hot_days: int, window_days: int) -> list[list[date]]:
+    """Newest ``hot_days`` first, then groups of ``window_days``: recent data lands first."""
+    out: list[list[date]] = []
+    if not days:
+        return out
+    out.append(list(days[:hot_days]))
+    rest = list(days[hot_days:])
+    out += [rest[i:i + window_days] for i in range(0, len(rest), window_days)]
+    return [w for w in out if w]
+
+
+def tenant_bases(replica: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec,
+                 tenant_id: int) -> list[tuple[Any, ...]]:
+    """The tenant's partition keys without the day, from the replica's relational rows, sorted."""
+    from psycopg import sql
+
+    cols = list(spec.partitions_from_columns)
+    order = sql.SQL(" ORDER BY ") + sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(cols)))
+    query = tmap.select_tenant_rows(spec.partitions_from_table, cols) + order
+    return [tuple(r) for r in replica.execute(query, {"tenant_id": tenant_id}).fetchall()]
+
+
+def default_ttl(session: Session | None, keyspace: str, table: str) -> int:
+    """The table's ``default_time_to_live`` from schema metadata (no data is read)."""
+    if session is None:
+        return 0
+    meta = session.cluster.metadata.keyspaces[keyspace].tables[table]
+    return int(meta.options.get("default_time_to_live") or 0)
+
+
+def plan_table(bases: Sequence[tuple[Any, ...]], spec: CassandraTableSpec, windows: Sequence[Sequence[date]],
+               opts: PlanOptions) -> list[Chunk]:
+    """Chunks of one table: window-major, then device batches. Pure (unit-tested)."""
+    by_device = [list(g) for _, g in groupby(bases, key=lambda b: b[0])]
+    batches = [by_device[i:i + opts.devices_per_chunk] for i in range(0, len(by_device), opts.devices_per_chunk)]
+    wins: Sequence[Sequence[date] | None] = windows if spec.day_column else [None]
+    chunks: list[Chunk] = []
+    seq = 0
+    for w_no, win in enumerate(wins):
+        for batch in batches:
+            bounds = {
+                "table": spec.name,
+                "window": w_no,
+                "devices": [grp[0][0] for grp in (batch[0], batch[-1])],
+                "bases": [list(b) for grp in batch for b in grp],
+                "days": [d.isoformat() for d in win] if win is not None else [],
+            }
+            chunks.append(Chunk(f"cql:{spec.name}:{seq:04d}", ENGINE, spec.name, bounds))
+            seq += 1
+    return chunks
+
+
+def plan_tenant(
+    replica: psycopg.Connection,
+    tmap: TenantMap,
+    tenant_id: int,
+    today: date,
+    opts: PlanOptions | None = None,
+    session: Session | None = None,
+) -> list[Chunk]:
+    """Every Cassandra chunk of the tenant, in copy order (``copy_order``). ``session`` (the source)
+    is only used for schema metadata (default TTLs)."""
+    opts = opts or PlanOptions()
+    chunks: list[Chunk] = []
+    for name, spec in tmap.cassandra_tables.items():
+        ndays = table_window(spec, tmap, opts, default_ttl(session, tmap.keyspace, name))
+        windows = split_windows(window_days(today, ndays), opts.hot_days, opts.window_days)
+        chunks += plan_table(tenant_bases(replica, tmap, spec, tenant_id), spec, windows, opts)
+    return copy_order(chunks)
+
+
+def copy_order(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """Newest window first across all tables, then table and chunk id: the tenant's most recent
+    data becomes usable on the target soonest, whichever table it is in."""
+    return sorted(chunks, key=lambda c: (int(c.bounds.get("window", 0)), c.chunk_id))
+
+
+@dataclass(frozen=True)
+class ReadGroup:
+    """One multi-partition read: an IN list per partition-key column (their cartesian product is
+    exactly the group's partitions)."""
+
+    values: tuple[list[Any], ...]
+
+    def partitions(self) -> Iterator[tuple[Any, ...]]:
+        from itertools import product
+
+        return product(*self.values)
+
+
+def read_groups(bounds: dict[str, Any], partition_key: Sequence[str], day_column: str | None,
+                in_limit: int = 64, days_override: Sequence[date] | None = None) -> list[ReadGroup]:
+    """The reads that cover a chunk's partitions: bases grouped by their prefix, IN on the last base
+    column (at most ``in_limit`` values) and IN on the day column."""
+    bases = [tuple(b) for b in bounds["bases"]]
+    if days_override is not None:
+        days: list[Any] = list(days_override)
+    else:
+        days = [date.fromisoformat(d) for d in bounds.get("days", [])]
+    base_cols = [c for c in partition_key if c != day_column]
+    groups: list[ReadGroup] = []
+    if day_column is not None and not days:
+        return groups
+    for prefix, members in groupby(bases, key=lambda b: b[:-1]):
+        lasts = [m[-1] for m in members]
+        for i in range(0, len(lasts), in_limit):
+            by_col: dict[str, list[Any]] = {c: [v] for c, v in zip(base_cols[:-1], prefix, strict=True)}
+            by_col[base_cols[-1]] = lasts[i:i + in_limit]
+            if day_column is not None:
+                by_col[day_column] = days
+            groups.append(ReadGroup(tuple(by_col[c] for c in partition_key)))
+    return groups
+
+
+def chunk_partitions(bounds: dict[str, Any], partition_key: Sequence[str], day_column: str | None) -> list[tuple[Any, ...]]:
+    """Every partition key a chunk covers (in partition-key column order)."""
+    return [p for g in read_groups(bounds, partition_key, day_column, in_limit=1 << 30) for p in g.partitions()]
