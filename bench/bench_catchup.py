@@ -30,7 +30,7 @@ from tenant_migration.tenant_map import TenantMap, load_tenant_map
 
 def write_load(ep: PgEndpoint, tenant_id: int, rate: float, seconds: float, out: mp.Queue) -> None:
     """Fixed-rate writer: 40 % property inserts, 40 % device updates, 20 % deletes of its inserts."""
-    rng = random.Random(7)
+    rng = random.Random()  # fresh ids every run: earlier runs leave their rows on the primary
     done = 0
     with ep.connect(autocommit=True) as conn:
         devices = [r[0] for r in conn.execute("SELECT device_id FROM platform.devices WHERE tenant_id = %s", (tenant_id,))]

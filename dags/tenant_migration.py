@@ -2,8 +2,10 @@
 ### Tenant migration (walking skeleton)
 
 Live-migrates one tenant out of the shared platform into its dedicated deployment:
-**detach the replica → copy the tenant's PostgreSQL rows and Cassandra partitions → count gate →
-DNS flip → reattach the replica → report.**
+**preflight gate → detach the replica → copy the tenant's PostgreSQL rows and Cassandra partitions →
+post-copy gate → DNS flip → reattach the replica → final gate → report.** Gates are Great
+Expectations suites; a failing gate writes its evidence (JSON, HTML report, `tm_control.gates` row)
+before it fails the task.
 
 Trigger it from the form (*Trigger DAG w/ config*) with the tenant id. `dry_run` checks everything
 (tenant exists, schemas match, DNS records exist) and writes nothing.
@@ -11,13 +13,14 @@ Trigger it from the form (*Trigger DAG w/ config*) with the tenant id. `dry_run`
 #### Runbook
 | task | what it does | safe to clear? |
 |---|---|---|
-| `preflight` | checks params, tenant, schema parity, Cassandra tables, DNS records; registers the run in the ledger (`tm_control.runs`) | yes |
+| `preflight` | checks params, tenant, schema parity, Cassandra tables, DNS records; GX preflight gate on the replica (keys unique/non-null, no orphans, no cross-tenant references); registers the run in the ledger (`tm_control.runs`) | yes |
 | `detach_replica` | pauses WAL replay on the standby, records LSN and commit time | yes (pausing twice is a no-op) |
 | `copy_postgres` | per table: delete + COPY + checksum + ledger row in one target transaction | yes: redoes only tables not `done` |
 | `copy_cassandra` | per table: reads the tenant's partitions (from relational metadata), writes cells with their WRITETIME and TTL | yes: last-write-wins makes re-copies idempotent |
-| `gate_counts` | tenant row counts equal on both sides; evidence JSON + `tm_control.gates` row before failing | yes: re-evaluates the data as it is now |
+| `gate_post_copy` | GX: tenant row counts and checksums equal on both sides, per table; evidence JSON + HTML + `tm_control.gates` row before failing | yes: re-evaluates the data as it is now |
 | `flip_dns` | UPSERTs the tenant's records to its dedicated endpoints and reads them back. **Not retried automatically** | yes: UPSERT converges |
 | `reattach_replica` | teardown: resumes WAL replay, also when the run failed | yes |
+| `gate_final` | GX: no row of another tenant on the target, every chunk of the run done | yes |
 | `report` | writes `summary.txt`/`summary.json` under the reports folder and closes the run | yes |
 
 **Abort**: mark the run failed in the UI; `reattach_replica` still runs. Before `flip_dns` nothing
@@ -88,10 +91,16 @@ def tenant_migration() -> None:
         return runtime.call(steps.copy_cassandra, context)
 
     @task(retries=0)
-    def gate_counts(**context) -> dict:
+    def gate_post_copy(**context) -> dict:
         from tenant_migration import runtime, steps
 
-        return runtime.call(steps.gate_counts, context)
+        return runtime.call(steps.gate_post_copy, context)
+
+    @task(retries=0)
+    def gate_final(**context) -> dict:
+        from tenant_migration import runtime, steps
+
+        return runtime.call(steps.gate_final, context)
 
     @task(retries=0)
     def flip_dns(pre: dict, **context) -> dict:
@@ -114,10 +123,10 @@ def tenant_migration() -> None:
     pre = preflight()
     detached = detach_replica()
     copied = [copy_postgres(), copy_cassandra()]
-    gate = gate_counts()
+    gate = gate_post_copy()
     flipped = flip_dns(pre)
     reattached = reattach_replica().as_teardown(setups=detached)
-    pre >> detached >> copied >> gate >> flipped >> reattached >> report(flipped)
+    pre >> detached >> copied >> gate >> flipped >> reattached >> gate_final() >> report(flipped)
 
 
 tenant_migration()

@@ -36,6 +36,13 @@ class PgEndpoint:
     def label(self) -> str:
         return f"{self.host}:{self.port}/{self.dbname}"
 
+    def sqlalchemy_url(self) -> str:
+        """For Great Expectations' SQL data source. Holds the password: never log it."""
+        from urllib.parse import quote
+
+        return (f"postgresql+psycopg://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+                f"@{self.host}:{self.port}/{quote(self.dbname, safe='')}")
+
     def connect(self, autocommit: bool = False, application_name: str = "tenant_migration") -> psycopg.Connection:
         import psycopg
 

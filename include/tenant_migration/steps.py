@@ -26,7 +26,9 @@ from tenant_migration.postgres.catalog import schema_drift
 from tenant_migration.postgres.copy import copy_table
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
-from tenant_migration.validation.counts import CountComparison, GateFailed, GateOutcome
+from tenant_migration.validation import gates
+from tenant_migration.validation.counts import GateFailed
+from tenant_migration.validation.gx_gate import GateResult
 
 
 class PreflightError(RuntimeError):
@@ -107,12 +109,21 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             problems.append(f"dns: {exc}")
         if problems:
             raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(problems))
+        gate = gates.preflight_gate(rconn, tconn, ep.replica.sqlalchemy_url(), tmap, spec.tenant_id,
+                                    reports_dir() / _safe(run_id))
+        if not gate.passed:
+            raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
         if spec.dry_run:
-            return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True}
+            return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True, "report": str(gate.html_path)}
         new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id), spec.to_dict())
+        _record_gate(tconn, run_id, gate)
         ledger.record_event(tconn, run_id, "preflight", "started", at=began)
         ledger.record_event(tconn, run_id, "preflight", "finished", {"slug": slug, "new_run": new})
     return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False}
+
+
+def _record_gate(tconn: psycopg.Connection, run_id: str, gate: GateResult) -> None:
+    ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.html_path))
 
 
 class _NoTables:
@@ -188,36 +199,51 @@ def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     return out
 
 
-def gate_counts(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
-    """Counts equal on both sides for every table of both stores; evidence first, then raise."""
+def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Counts and checksums equal on both sides for every table of both stores, recomputed now.
+
+    Evidence (GX JSON, HTML report, ledger row) is stored first; then the gate raises.
+    """
     if spec.dry_run:
         return {"skipped": "dry run"}
-    from psycopg import sql
+    import pandas as pd
 
     tmap = tmap or load_tenant_map()
-    outcome = GateOutcome("post_copy_counts")
     days = retention_days(datetime.now(UTC).date(), spec.cassandra_days)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
-        with step(tconn, run_id, "gate_counts") as detail:
-            for table in tmap.load_order():
-                q = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(tmap.qualified(table), tmap.tenant_predicate(table))
-                src = rconn.execute(q, {"tenant_id": spec.tenant_id}).fetchone()
-                dst = tconn.execute(q, {"tenant_id": spec.tenant_id}).fetchone()
-                assert src is not None and dst is not None
-                outcome.comparisons.append(CountComparison("postgres", table, int(src[0]), int(dst[0])))
+        with step(tconn, run_id, "gate_post_copy") as detail:
+            frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id)
+            rows = []
             with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
                 for name, cspec in tmap.cassandra_tables.items():
                     parts = plan_partitions(rconn, tmap, cspec, spec.tenant_id, days)
                     copier = PartitionCopier(s_src, s_dst, table_shape(s_src, tmap.keyspace, name), spec.cassandra_concurrency)
-                    outcome.comparisons.append(
-                        CountComparison("cassandra", name, copier.count(parts, on_target=False), copier.count(parts, on_target=True))
-                    )
-            path = write_evidence(run_id, outcome.gate, outcome.evidence())
-            ledger.record_gate(tconn, run_id, outcome.gate, outcome.passed, outcome.summary(), outcome.evidence(), str(path))
-            detail.update({"passed": outcome.passed, "evidence": str(path)})
-    if not outcome.passed:
-        raise GateFailed(f"{outcome.summary()} (evidence: {path})")
-    return {"passed": True, "summary": outcome.summary(), "evidence": str(path)}
+                    src, dst = copier.count(parts, on_target=False), copier.count(parts, on_target=True)
+                    rows.append({"unit": f"cassandra:{name}", "source_rows": src, "target_rows": dst,
+                                 "source_checksum": f"{src}", "target_checksum": f"{dst}"})
+            frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+            gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id))
+            _record_gate(tconn, run_id, gate)
+            detail.update({"passed": gate.passed, "report": str(gate.html_path), "seconds": round(gate.seconds, 3)})
+    if not gate.passed:
+        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
+    return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
+
+
+def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Nothing of another tenant on the target; every chunk of the run done."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect() as tconn:
+        with step(tconn, run_id, "gate_final") as detail:
+            gate = gates.final_gate(tconn, ep.target.sqlalchemy_url(), tmap, spec.tenant_id, run_id,
+                                    reports_dir() / _safe(run_id))
+            _record_gate(tconn, run_id, gate)
+            detail.update({"passed": gate.passed, "report": str(gate.html_path)})
+    if not gate.passed:
+        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
+    return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
 
 
 def write_evidence(run_id: str, gate: str, evidence: dict[str, Any]) -> Path:

@@ -74,7 +74,7 @@ def test_every_dag_has_a_runbook(dagbag) -> None:
 def test_cutover_tasks_are_not_retried_blindly(dagbag) -> None:
     dag = dagbag.dags["tenant_migration"]
     assert dag.get_task("flip_dns").retries == 0
-    assert dag.get_task("gate_counts").retries == 0
+    assert dag.get_task("gate_post_copy").retries == 0
 
 
 def test_every_task_has_an_execution_timeout(dagbag) -> None:
@@ -94,8 +94,8 @@ def test_task_order_is_the_walking_skeleton(dagbag) -> None:
     dag = dagbag.dags["tenant_migration"]
     order = [t.task_id for t in dag.topological_sort()]
     assert order.index("preflight") < order.index("detach_replica") < order.index("copy_postgres")
-    assert order.index("copy_cassandra") < order.index("gate_counts") < order.index("flip_dns")
-    assert order.index("flip_dns") < order.index("reattach_replica") < order.index("report")
+    assert order.index("copy_cassandra") < order.index("gate_post_copy") < order.index("flip_dns")
+    assert order.index("flip_dns") < order.index("reattach_replica") < order.index("gate_final") < order.index("report")
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -44,10 +45,12 @@ def _migrate(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict:
     try:
         pg = steps.copy_postgres(ep, spec, run_id)
         cql = steps.copy_cassandra(ep, spec, run_id)
-        gate = steps.gate_counts(ep, spec, run_id)
+        gate = steps.gate_post_copy(ep, spec, run_id)
         flip = steps.flip_dns(ep, spec, run_id, pre["slug"])
     finally:
         steps.reattach_replica(ep, spec, run_id)
+    final = steps.gate_final(ep, spec, run_id)
+    assert final["passed"]
     steps.report(ep, spec, run_id, flip)
     return {"pre": pre, "pg": pg, "cql": cql, "gate": gate, "flip": flip}
 
@@ -127,9 +130,11 @@ def test_skeleton_migrates_one_tenant_exactly(topo, endpoints, clean_target, tar
     # The gate saw equal counts for both stores and the ledger holds the evidence.
     assert result["gate"]["passed"]
     assert result["cql"]["datapoints"]["rows"] > 0
-    with open(result["gate"]["evidence"]) as fh:
-        evidence = json.load(fh)
-    assert {c["store"] for c in evidence["comparisons"]} == {"postgres", "cassandra"}
+    report = Path(result["gate"]["report"])
+    evidence = json.loads(report.with_suffix(".json").read_text())
+    assert evidence["passed"] and {c["name"] for c in evidence["checks"]} == {
+        "post_copy_rows_equal", "post_copy_checksums_equal"}
+    assert "Great Expectations" in report.read_text()
     # DNS points at the tenant's dedicated endpoints, before pointed at the shared platform.
     for name, chain in result["flip"]["after"].items():
         assert ".vpc-" in chain[1]
@@ -211,18 +216,20 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         target_admin.execute(
             "DELETE FROM platform.rule_actions WHERE (rule_id, action_no) = "
             "(SELECT rule_id, action_no FROM platform.rule_actions LIMIT 1)")
-        with pytest.raises(GateFailed, match=r"postgres rule_actions: source (\d+) != target (\d+)") as exc:
-            steps.gate_counts(endpoints, spec, run_id)
+        with pytest.raises(GateFailed, match=r"post_copy_rows_equal .*observed 1, offending: postgres:rule_actions") as exc:
+            steps.gate_post_copy(endpoints, spec, run_id)
     finally:
         steps.reattach_replica(endpoints, spec, run_id)
     row = target_admin.execute(
-        "SELECT passed, evidence, report_path FROM tm_control.gates WHERE run_id = %s ORDER BY attempt DESC LIMIT 1",
-        (run_id,)).fetchone()
+        "SELECT passed, evidence, report_path FROM tm_control.gates WHERE run_id = %s AND gate = 'post_copy' "
+        "ORDER BY attempt DESC LIMIT 1", (run_id,)).fetchone()
     assert row[0] is False
-    bad = [c for c in row[1]["comparisons"] if not c["equal"]]
-    assert [(c["store"], c["table"]) for c in bad] == [("postgres", "rule_actions")]
-    assert bad[0]["source"] == bad[0]["target"] + 1
-    assert str(row[2]) in str(exc.value)
+    failed = {c["name"]: c for c in row[1]["checks"] if not c["success"]}
+    assert set(failed) == {"post_copy_rows_equal", "post_copy_checksums_equal"}
+    numbers = failed["post_copy_rows_equal"]["numbers"]
+    assert [n["unit"] for n in numbers] == ["postgres:rule_actions"]
+    assert numbers[0]["source_rows"] == numbers[0]["target_rows"] + 1
+    assert str(row[2]) in str(exc.value) and Path(row[2]).exists()
 
 
 def test_second_live_run_for_the_same_tenant_is_refused(endpoints, clean_target, reports) -> None:

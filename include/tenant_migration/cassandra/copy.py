@@ -481,7 +481,10 @@ def copy_chunks(ep: Endpoints, run_id: str, tmap: TenantMap, chunks: Sequence[le
     rate = opts.rows_per_second / rate_share if opts.rows_per_second else None
     limiter = TokenBucket(rate)
     copiers: dict[str, ChunkCopier] = {}
-    with ep.target.connect(application_name="tenant_migration_cql") as tconn, \
+    # Autocommit: every ledger call below is its own transaction and is visible (and survives a
+    # crash) at once; on a non-autocommit connection a prior read would turn them into savepoints
+    # of one long transaction that a SIGKILL rolls back.
+    with ep.target.connect(autocommit=True, application_name="tenant_migration_cql") as tconn, \
             ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
         for chunk in chunks:
             if ledger.chunk_status(tconn, run_id, chunk.chunk_id) == ledger.ChunkStatus.DONE:
@@ -524,7 +527,7 @@ def copy_pending(ep: Endpoints, run_id: str, tmap: TenantMap, opts: CopyOptions 
     opts = opts or CopyOptions()
     started = time.monotonic()
     if tconn is None:
-        with ep.target.connect() as conn:
+        with ep.target.connect(autocommit=True) as conn:
             pending = ledger.pending_chunks(conn, run_id, ENGINE)
     else:
         pending = ledger.pending_chunks(tconn, run_id, ENGINE)

@@ -11,6 +11,7 @@ Design note (invariants):
   lexicographically, as PostgreSQL row comparison and the btree do). The first chunk has no lower
   bound and the last no upper bound, so the chunks of a table cover its whole key space: a row the
   plan did not see still belongs to exactly one chunk.
+* Large tables are planned from a Bernoulli sample (see ``plan_table``); small ones exactly.
 * A table with no rows for the tenant gets one unbounded chunk: copying it deletes stale target
   rows and proves 0 = 0.
 * Bounds are JSON-safe (uuids and other non-numbers as strings, integers as numbers) and are
@@ -103,29 +104,76 @@ def boundary_query(tmap: TenantMap, table: str, key: Sequence[str], chunk_rows: 
     )
 
 
+SAMPLE_ROWS = 20_000
+
+
+def sample_query(tmap: TenantMap, table: str, key: Sequence[str], percent: float) -> sql.Composed:
+    """The tenant's keys among a Bernoulli sample of the table, in key order."""
+    keys = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key)
+    return sql.SQL(
+        "SELECT {keys} FROM {table} AS t TABLESAMPLE BERNOULLI ({pct}) REPEATABLE (7) WHERE {pred} ORDER BY {keys}"
+    ).format(keys=keys, table=tmap.qualified(table), pct=sql.Literal(percent), pred=tmap.tenant_predicate(table))
+
+
+def _estimated_rows(conn: psycopg.Connection, tmap: TenantMap, table: str) -> float:
+    row = conn.execute(
+        "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (tmap.schema, table),
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else -1.0
+
+
+def _chunks(table: str, key: list[str], cuts: list[list[Any]], sizes: list[int], exact: bool) -> list[ledger.Chunk]:
+    edges: list[list[Any] | None] = [None, *cuts, None]
+    width = max(4, len(str(len(edges) - 2)))
+    label = "planned_rows" if exact else "estimated_rows"
+    return [
+        ledger.Chunk(chunk_id(table, i, width), ENGINE, table,
+                     {"key": key, "lower": edges[i], "upper": edges[i + 1], label: sizes[i]})
+        for i in range(len(edges) - 1)
+    ]
+
+
 def plan_table(
-    replica: psycopg.Connection, tmap: TenantMap, table: str, tenant_id: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    replica: psycopg.Connection,
+    tmap: TenantMap,
+    table: str,
+    tenant_id: int,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    sample_rows: int = SAMPLE_ROWS,
 ) -> list[ledger.Chunk]:
-    """The chunks of one table for one tenant, planned on the tenant's own key distribution."""
+    """The chunks of one table for one tenant, planned on the tenant's own key distribution.
+
+    Small tables (up to ``sample_rows`` by the catalog's estimate, or never analyzed) are planned
+    exactly with a window over every tenant key. Larger ones from a Bernoulli sample of about
+    ``sample_rows`` table rows: the tenant predicate then runs on the sampled rows only (index
+    lookups into the parents instead of hashing them whole), which cut planning of the bench's
+    big tenant from 11 s to well under a second. A sample only moves boundaries, never coverage:
+    the outer chunks are unbounded, so every tenant row lands in exactly one chunk whatever the
+    sample saw; chunk sizes are then ``~chunk_rows`` (``estimated_rows`` in the bounds).
+    """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be positive")
     key = list(tmap.tables[table].key)
-    rows = replica.execute(boundary_query(tmap, table, key, chunk_rows), {"tenant_id": tenant_id}).fetchall()
+    params = {"tenant_id": tenant_id}
+    reltuples = _estimated_rows(replica, tmap, table)
+    if 0 < sample_rows < reltuples:
+        percent = round(100.0 * sample_rows / reltuples, 6)
+        sample = replica.execute(sample_query(tmap, table, key, percent), params).fetchall()
+        estimate = round(len(sample) * 100.0 / percent)
+        n = math_chunks(estimate, chunk_rows)
+        picks = sorted({(i * len(sample)) // n - 1 for i in range(1, n)} - {-1})
+        cuts = [[json_key_value(v) for v in sample[j]] for j in picks]
+        deduped = [c for i, c in enumerate(cuts) if i == 0 or c != cuts[i - 1]]
+        per = round(estimate / (len(deduped) + 1))
+        return _chunks(table, key, deduped, [per] * (len(deduped) + 1), exact=False)
+    rows = replica.execute(boundary_query(tmap, table, key, chunk_rows), params).fetchall()
     total = int(rows[-1][-1]) if rows else 0
-    cuts = [[json_key_value(v) for v in r[: len(key)]] for r in rows if r[-2] < r[-1]]
-    row_numbers = [int(r[-2]) for r in rows if r[-2] < r[-1]]
-    edges: list[list[Any] | None] = [None, *cuts, None]
-    ends = [0, *row_numbers, total]
-    width = max(4, len(str(len(edges) - 2)))
-    return [
-        ledger.Chunk(
-            chunk_id(table, i, width),
-            ENGINE,
-            table,
-            {"key": key, "lower": edges[i], "upper": edges[i + 1], "planned_rows": ends[i + 1] - ends[i]},
-        )
-        for i in range(len(edges) - 1)
-    ]
+    closing = [r for r in rows if r[-2] < r[-1]]
+    ends = [0, *(int(r[-2]) for r in closing), total]
+    cuts = [[json_key_value(v) for v in r[: len(key)]] for r in closing]
+    return _chunks(table, key, cuts, [ends[i + 1] - ends[i] for i in range(len(ends) - 1)], exact=True)
 
 
 def plan_postgres(
@@ -142,6 +190,10 @@ def plan_postgres(
     Returned in copy order: tables in FK load order, chunks by id.
     """
     order = catalog.load_order(replica, tmap)
+    # Serialise planners of the same run (two retries racing): the second one finds the first's plan.
+    if target.execute("SELECT 1 FROM tm_control.runs WHERE run_id = %s FOR UPDATE", (run_id,)).fetchone() is None:
+        target.rollback()
+        raise ledger.LedgerError(f"run {run_id} is not registered in the ledger (start_run first)")
     stored = ledger.run_chunks(target, run_id, ENGINE)
     if not stored:
         planned: list[ledger.Chunk] = []
@@ -151,6 +203,7 @@ def plan_postgres(
         ledger.record_event(target, run_id, "plan_postgres", "info",
                             {"chunk_rows": chunk_rows, "chunks": len(planned), "tables": order})
         stored = ledger.run_chunks(target, run_id, ENGINE)
+    target.commit()
     rank = {t: i for i, t in enumerate(order)}
     return sorted(stored, key=lambda c: (rank.get(c.table_name, len(rank)), c.chunk_id))
 

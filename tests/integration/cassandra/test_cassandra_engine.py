@@ -40,7 +40,7 @@ def _truncate_target(ep: Endpoints) -> None:
 class Run:
     """A ledger run of the Cassandra engine alone, with its plan."""
 
-    def __init__(self, ep: Endpoints, tenant_id: int = TENANT) -> None:
+    def __init__(self, ep: Endpoints, tenant_id: int = TENANT, devices_per_chunk: int = 16) -> None:
         self.ep = ep
         self.tenant_id = tenant_id
         self.run_id = f"it-cql/{uuid.uuid4().hex[:10]}"
@@ -51,7 +51,7 @@ class Run:
                           (tenant_id,))
             ledger.start_run(t, self.run_id, tenant_id, "it-cql", {})
             self.chunks = plan.plan_tenant(r, TMAP, tenant_id, datetime.now(UTC).date(),
-                                           plan.PlanOptions(days=4, devices_per_chunk=16), session=s)
+                                           plan.PlanOptions(days=4, devices_per_chunk=devices_per_chunk), session=s)
             ledger.plan_chunks(t, self.run_id, self.chunks)
 
     def copy(self, **opts: Any) -> Any:
@@ -147,14 +147,23 @@ def test_a_value_written_on_the_target_after_the_copy_survives_a_recopy(copied: 
     assert (row[0], row[1]) == (-4242.0, newer)
 
 
-def test_sigkill_mid_chunk_then_resume_gives_the_same_final_state(fresh: Run, endpoints: Endpoints) -> None:
+def test_sigkill_mid_chunk_then_resume_gives_the_same_final_state(tiny_dataset: dict, endpoints: Endpoints) -> None:
+    _truncate_target(endpoints)
+    fresh = Run(endpoints, devices_per_chunk=2)  # many small chunks, copied slowly: easy to kill inside one
+    try:
+        _kill_and_resume(fresh, endpoints)
+    finally:
+        fresh.close()
+
+
+def _kill_and_resume(fresh: Run, endpoints: Endpoints) -> None:
     code = (
         "from tenant_migration.cassandra.copy import CopyOptions, copy_pending\n"
         "from tenant_migration.endpoints import Endpoints\n"
         "from tenant_migration.stack.topology import default_topology\n"
         "from tenant_migration.tenant_map import load_tenant_map\n"
         "ep = Endpoints.from_file(default_topology().state_dir / 'connections.json')\n"
-        f"copy_pending(ep, {fresh.run_id!r}, load_tenant_map(), CopyOptions(rows_per_second=3000, fetch_size=200))\n"
+        f"copy_pending(ep, {fresh.run_id!r}, load_tenant_map(), CopyOptions(rows_per_second=40, fetch_size=20))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     try:
@@ -163,11 +172,11 @@ def test_sigkill_mid_chunk_then_resume_gives_the_same_final_state(fresh: Run, en
             with endpoints.target.connect() as t:
                 states = {r["status"] for r in ledger.chunk_rows(t, fresh.run_id)}
                 done = sum(r["status"] == "done" for r in ledger.chunk_rows(t, fresh.run_id))
-            if "running" in states and done >= 2:
+            if "running" in states and done >= 1:
                 break
             assert proc.poll() is None, "the copier finished before it could be killed"
             assert time.monotonic() < deadline, "the copier never started a chunk"
-            time.sleep(0.2)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -172,7 +172,7 @@ def test_changes_after_detach_arrive_and_only_the_tenants(seam: Seam) -> None:
     report = seam.catch_up()
 
     assert report.converged
-    assert report.changes_applied >= 9
+    assert report.changes_applied == 7 + (key is not None) + (act is not None)
     assert report.changes_filtered >= 7
     t = seam.target
     assert t.execute("SELECT name FROM platform.devices WHERE device_id = %s", (dev,)).fetchone() == ("renamed",)
@@ -223,7 +223,7 @@ def test_restart_mid_stream_neither_loses_nor_doubles(seam: Seam) -> None:
             raise Crash
 
     with pytest.raises(Crash):
-        seam.catch_up(batch_changes=8, on_applied=crash_after_commit)
+        seam.catch_up(batch_changes=8, group_size=1, on_applied=crash_after_commit)
     mid = cdc.read_progress(seam.target, seam.run_id)
     assert mid is not None and mid.txns_applied == 11
 
@@ -246,7 +246,7 @@ def test_slot_is_dropped(seam: Seam, how: str) -> None:
             cdc.start_progress(seam.target, seam.run_id, "another_slot", TENANT, seam.detach_lsn)
     assert cdc.drop_slot(seam.source, seam.slot) is True
     assert cdc.drop_slot(seam.source, seam.slot) is False
-    left = seam.source.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tm_cdc_%'").fetchone()
+    left = seam.source.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (seam.slot,)).fetchone()
     assert left == (0,)
 
 

@@ -1,0 +1,182 @@
+"""The gates of a migration, as Great Expectations suites built at run time.
+
+- ``preflight``: on the source replica, for the tenant: keys unique and non-null, no orphans along
+  foreign keys, no row of the tenant referencing another tenant's row, schema parity with the target.
+- ``post_copy``: per table (and per chunk where the ledger has them), row counts and checksums equal
+  on replica and target, recomputed now (re-running the gate re-evaluates the data as it is).
+- ``final``: no row of another tenant on the target, every chunk of the run done.
+
+Every query is an aggregate or returns only violating rows: no gate reads whole tables into Python.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tenant_migration.postgres.catalog import schema_drift
+from tenant_migration.tenant_map import TenantMap
+from tenant_migration.validation.gx_gate import (
+    FrameCheck,
+    GateResult,
+    SqlCheck,
+    finish_gate,
+    run_frame_checks,
+    run_sql_checks,
+)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    table: str
+    columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+
+
+def foreign_keys(conn: psycopg.Connection, schema: str) -> list[ForeignKey]:
+    rows = conn.execute(
+        "SELECT c.relname, p.relname, "
+        "ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i) "
+        "      JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i)::text[], "
+        "ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
+        "      JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i)::text[] "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.contype = 'f' AND n.nspname = %s ORDER BY 1, 2",
+        (schema,),
+    ).fetchall()
+    return [ForeignKey(r[0], tuple(r[2]), r[1], tuple(r[3])) for r in rows]
+
+
+def _tenant_rows(tmap: TenantMap, table: str, alias: str = "t") -> sql.Composed:
+    return sql.SQL("{} AS {} WHERE {}").format(tmap.qualified(table), sql.Identifier(alias),
+                                               tmap.tenant_predicate(table, alias))
+
+
+def _cols(alias: str, cols: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in cols)
+
+
+def preflight_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> list[SqlCheck]:
+    """The tenant's data on the source is sound enough to copy."""
+    checks: list[SqlCheck] = []
+
+    def render(q: sql.Composable) -> str:
+        return q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id)))
+
+    for table, spec in tmap.tables.items():
+        key = spec.key
+        checks.append(SqlCheck(
+            f"{table}__key_unique",
+            render(sql.SQL("SELECT {k}, count(*) AS copies FROM {rows} GROUP BY {k} HAVING count(*) > 1").format(
+                k=_cols("t", key), rows=_tenant_rows(tmap, table))),
+            f"{table}: key ({', '.join(key)}) unique among the tenant's rows"))
+        checks.append(SqlCheck(
+            f"{table}__key_not_null",
+            render(sql.SQL("SELECT {k} FROM {rows} AND ({nulls})").format(
+                k=_cols("t", key), rows=_tenant_rows(tmap, table),
+                nulls=sql.SQL(" OR ").join(sql.SQL("t.{} IS NULL").format(sql.Identifier(c)) for c in key))),
+            f"{table}: key ({', '.join(key)}) never null"))
+    for fk in foreign_keys(conn, tmap.schema):
+        if fk.table not in tmap.tables or fk.parent not in tmap.tables:
+            continue
+        child_cols = _cols("t", fk.columns)
+        join = sql.SQL(" AND ").join(
+            sql.SQL("p.{} = t.{}").format(sql.Identifier(pc), sql.Identifier(cc))
+            for pc, cc in zip(fk.parent_columns, fk.columns, strict=True))
+        not_null = sql.SQL(" AND ").join(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.columns)
+        name = f"{fk.table}__{'_'.join(fk.columns)}"
+        checks.append(SqlCheck(
+            f"{name}__no_orphan",
+            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {j})").format(
+                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
+                parent=tmap.qualified(fk.parent), j=join)),
+            f"{fk.table}.{','.join(fk.columns)} -> {fk.parent}: every referenced row exists"))
+        checks.append(SqlCheck(
+            f"{name}__same_tenant",
+            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND EXISTS (SELECT 1 FROM {parent} AS p WHERE {j}) "
+                           "AND NOT EXISTS (SELECT 1 FROM {prows} AND {j})").format(
+                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
+                parent=tmap.qualified(fk.parent), j=join, prows=_tenant_rows(tmap, fk.parent, "p"))),
+            f"{fk.table}.{','.join(fk.columns)} -> {fk.parent}: the referenced row belongs to the same tenant"))
+    return checks
+
+
+def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, replica_url: str, tmap: TenantMap,
+                   tenant_id: int, folder: Path) -> GateResult:
+    import pandas as pd
+
+    started = time.monotonic()
+    checks = run_sql_checks("preflight", replica_url, preflight_sql_checks(replica, tmap, tenant_id))
+    drift = pd.DataFrame({"problem": schema_drift(replica, target, tmap) or []}, dtype="object")
+    drift["unit"] = drift["problem"]
+    checks += run_frame_checks("preflight", drift, [FrameCheck(
+        "schema_parity", "ExpectTableRowCountToEqual", {"value": 0},
+        "every tenant-scoped table has the same columns and types on source and target")], "unit")
+    if not drift.empty:
+        checks[-1]["unexpected"] = list(drift["problem"])
+    return finish_gate("preflight", checks, folder, started)
+
+
+def post_copy_frame(replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap,
+                    tenant_id: int) -> Any:
+    """Per table: count and order-independent checksum on both sides, recomputed now."""
+    import pandas as pd
+
+    from tenant_migration.postgres.copy import table_checksum
+
+    rows = []
+    for table in tmap.load_order():
+        src_rows, src_sum = table_checksum(replica, tmap, table, tenant_id)
+        dst_rows, dst_sum = table_checksum(target, tmap, table, tenant_id)
+        rows.append({"unit": f"postgres:{table}", "source_rows": src_rows, "target_rows": dst_rows,
+                     "source_checksum": src_sum, "target_checksum": dst_sum})
+    return pd.DataFrame(rows)
+
+
+def comparison_checks(what: str) -> list[FrameCheck]:
+    return [
+        FrameCheck(f"{what}_rows_equal", "ExpectColumnPairValuesToBeEqual",
+                   {"column_A": "source_rows", "column_B": "target_rows"}, f"{what}: row counts equal on both sides"),
+        FrameCheck(f"{what}_checksums_equal", "ExpectColumnPairValuesToBeEqual",
+                   {"column_A": "source_checksum", "column_B": "target_checksum"},
+                   f"{what}: checksums equal on both sides"),
+    ]
+
+
+def post_copy_gate(frame: Any, folder: Path) -> GateResult:
+    started = time.monotonic()
+    checks = run_frame_checks("post_copy", frame, comparison_checks("post_copy"), "unit")
+    for check in checks:
+        if not check["success"]:
+            bad = frame[frame["unit"].isin(check["unexpected"])]
+            check["numbers"] = bad.to_dict(orient="records")
+    return finish_gate("post_copy", checks, folder, started)
+
+
+def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str) -> list[SqlCheck]:
+    checks = []
+    for table, spec in tmap.tables.items():
+        q = sql.SQL("SELECT {k} FROM {t} AS t WHERE NOT ({pred})").format(
+            k=_cols("t", spec.key), t=tmap.qualified(table), pred=tmap.tenant_predicate(table))
+        checks.append(SqlCheck(f"{table}__only_this_tenant",
+                               q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id))),
+                               f"{table}: every row on the target belongs to tenant {tenant_id}"))
+    checks.append(SqlCheck(
+        "ledger__every_chunk_done",
+        sql.SQL("SELECT chunk_id, status FROM tm_control.chunks WHERE run_id = {} AND status <> 'done'").format(
+            sql.Literal(run_id)).as_string(conn),
+        "the ledger shows every chunk of the run done"))
+    return checks
+
+
+def final_gate(target: psycopg.Connection, target_url: str, tmap: TenantMap, tenant_id: int, run_id: str,
+               folder: Path) -> GateResult:
+    started = time.monotonic()
+    checks = run_sql_checks("final", target_url, final_sql_checks(target, tmap, tenant_id, run_id))
+    return finish_gate("final", checks, folder, started)
