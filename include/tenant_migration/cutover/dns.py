@@ -139,3 +139,28 @@ def point_records(
             raise DnsError(f"{plan.name} reads back {got!r}, expected {want!r}")
         result[plan.name] = got
     return result
+
+
+def lower_ttl(client: Route53Client, zid: str, plans: list[RecordPlan], ttl: int) -> int:
+    """Re-publish the tenant's records unchanged but with ``ttl``; return the highest TTL they had.
+
+    Clients may cache a record for its old TTL: the flip must wait that long after this step so
+    that, when the flip happens, no client holds an answer older than ``ttl``.
+    """
+    current = records(client, zid)
+    old = 0
+    changes = []
+    for plan in plans:
+        rr = current.get(plan.name)
+        if rr is None:
+            raise DnsError(f"{plan.name} has no record")
+        old = max(old, int(rr.get("TTL", 0)))
+        if int(rr.get("TTL", 0)) <= ttl:
+            continue
+        changes.append({"Action": "UPSERT", "ResourceRecordSet": {
+            "Name": plan.name, "Type": rr["Type"], "TTL": ttl, "ResourceRecords": rr["ResourceRecords"]}})
+    if changes:
+        resp = client.change_resource_record_sets(
+            HostedZoneId=zid, ChangeBatch={"Comment": "tenant migration: lower TTL", "Changes": changes})
+        wait_insync(client, resp["ChangeInfo"]["Id"])
+    return old

@@ -86,3 +86,14 @@ def test_missing_record_is_reported_by_name(r53: FakeRoute53) -> None:
     del r53.sets[f"devices.shared.{ZONE}"]
     with pytest.raises(dns.DnsError, match=r"devices\.shared"):
         dns.resolve(r53, "Z1", f"devices.acme.{ZONE}")
+
+
+def test_lower_ttl_keeps_targets_and_reports_the_old_ttl(r53: FakeRoute53) -> None:
+    plans = dns.tenant_records(ZONE, "acme")
+    assert dns.lower_ttl(r53, "Z1", plans, ttl=30) == 300
+    for plan in plans:
+        assert r53.sets[plan.name]["TTL"] == 30
+        assert r53.sets[plan.name]["ResourceRecords"][0]["Value"] == plan.shared_target
+    sent = len(r53.batches)
+    assert dns.lower_ttl(r53, "Z1", plans, ttl=30) == 30
+    assert len(r53.batches) == sent, "a second lowering sends nothing"
