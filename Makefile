@@ -53,8 +53,8 @@ demo: stack-up
 	$(STACK) demo-reset
 	$(PY) -m tenant_migration.demo --tenant $(DEMO_TENANT)
 
+# The tests load (and reload) the tiny dataset themselves.
 test: stack-up
-	$(STACK) data tiny
 	$(PY) -m pytest
 
 test-unit: venv

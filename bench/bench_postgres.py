@@ -85,7 +85,7 @@ def ceiling_pass(ep: Endpoints, tmap: TenantMap, order: list[str], cols: dict[st
 
 
 def project_pass(ep: Endpoints, tmap: TenantMap, admin: psycopg.Connection,
-                 chunk_rows: int) -> tuple[float, dict[str, float], int]:
+                 chunk_rows: int, workers: int) -> tuple[float, dict[str, float], int]:
     truncate_target(admin, tmap)
     run_id = f"bench/{uuid.uuid4().hex[:8]}"
     with ep.target.connect() as t:
@@ -95,7 +95,7 @@ def project_pass(ep: Endpoints, tmap: TenantMap, admin: psycopg.Connection,
                       "WHERE tenant_id = %s AND status = 'running'", (TENANT,))
         ledger.start_run(t, run_id, TENANT, "bench", {"bench": True})
     started = time.perf_counter()
-    results = copy_pending_chunks(ep.replica, ep.target, tmap, run_id, TENANT, chunk_rows)
+    results = copy_pending_chunks(ep.replica, ep.target, tmap, run_id, TENANT, chunk_rows, workers=workers)
     total = time.perf_counter() - started
     per: dict[str, float] = {}
     for r in results:
@@ -118,30 +118,39 @@ def secondary_indexes(admin: psycopg.Connection, tmap: TenantMap) -> list[tuple[
 
 def index_experiment(ep: Endpoints, tmap: TenantMap, order: list[str], cols: dict[str, list[str]],
                      admin: psycopg.Connection) -> None:
-    kept, _ = ceiling_pass(ep, tmap, order, cols, admin)
+    """Indexes kept vs primary keys only + secondary indexes built afterwards, alternating after a
+    warm-up pass (best of two each): the machine is shared, single passes are noisy."""
+    ceiling_pass(ep, tmap, order, cols, admin)
     indexes = secondary_indexes(admin, tmap)
-    truncate_target(admin, tmap)
-    for name, _ in indexes:
-        admin.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
-    try:
-        t0 = time.perf_counter()
-        for table in order:
-            raw_pipe(ep, tmap, table, cols[table], admin)
-        load = time.perf_counter() - t0
-    finally:
-        t1 = time.perf_counter()
-        for _, definition in indexes:
-            admin.execute(definition)
-        build = time.perf_counter() - t1
-    print(f"index experiment (raw pipe, big tenant): all indexes kept {kept:.2f}s; "
-          f"primary keys only {load:.2f}s + {len(indexes)} secondary indexes built after {build:.2f}s "
-          f"= {load + build:.2f}s")
+    kept: list[float] = []
+    deferred: list[tuple[float, float]] = []
+    for _ in range(2):
+        kept.append(ceiling_pass(ep, tmap, order, cols, admin)[0])
+        truncate_target(admin, tmap)
+        for name, _ in indexes:
+            admin.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
+        try:
+            t0 = time.perf_counter()
+            for table in order:
+                raw_pipe(ep, tmap, table, cols[table], admin)
+            load = time.perf_counter() - t0
+        finally:
+            t1 = time.perf_counter()
+            for _, definition in indexes:
+                admin.execute(definition)
+            deferred.append((load, time.perf_counter() - t1))
+    best = min(deferred, key=sum)
+    print(f"index experiment (raw pipe, big tenant, best of 2): all indexes kept {min(kept):.2f}s "
+          f"(passes {', '.join(f'{k:.2f}' for k in kept)}); primary keys only {best[0]:.2f}s + "
+          f"{len(indexes)} secondary indexes built after {best[1]:.2f}s = {sum(best):.2f}s "
+          f"(passes {', '.join(f'{sum(d):.2f}' for d in deferred)})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="chunks copied at once by the project")
     parser.add_argument("--preset", default="bench")
     parser.add_argument("--index-experiment", action="store_true")
     args = parser.parse_args(argv)
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         cols = {t: [c for c, _ in catalog.columns(replica, tmap.schema, t)] for t in order}
         rows = {t: tenant_rows(replica, tmap, t) for t in order}
         total_rows = sum(rows.values())
-        print(f"tenant {TENANT}: {total_rows:,} rows in {len(order)} tables; chunk_rows={args.chunk_rows}")
+        print(f"tenant {TENANT}: {total_rows:,} rows in {len(order)} tables; chunk_rows={args.chunk_rows}, "
+              f"project workers={args.workers}")
         if args.index_experiment:
             index_experiment(ep, tmap, order, cols, admin)
 
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ceiling pass {c[0]:.2f}s", flush=True)
             if best_ceiling is None or c[0] < best_ceiling[0]:
                 best_ceiling = c
-            p = project_pass(ep, tmap, admin, args.chunk_rows)
+            p = project_pass(ep, tmap, admin, args.chunk_rows, args.workers)
             print(f"  project pass {p[0]:.2f}s ({p[2]} chunks)", flush=True)
             if best_project is None or p[0] < best_project[0]:
                 best_project = p
@@ -179,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{t}: target has {got} tenant rows, source {rows[t]}")
         truncate_target(admin, tmap)
 
+    print("per table: rows / seconds of that table's pipe (ceiling) or chunks (project; chunks of two "
+          "workers overlap, so per-table project rates understate; the total is wall time)")
     print(f"{'table':<22}{'rows':>11}{'ceiling rows/s':>16}{'project rows/s':>16}")
     for t in order:
         c_s, p_s = best_ceiling[1][t], best_project[1].get(t, 0.0)

@@ -1,132 +1,154 @@
 """
-### Tenant migration (walking skeleton)
+### Tenant migration: Ready / Set / Go
 
-Live-migrates one tenant out of the shared platform into its dedicated deployment:
-**preflight gate → detach the replica → copy the tenant's PostgreSQL rows and Cassandra partitions →
-post-copy gate → DNS flip → reattach the replica → final gate → report.** Gates are Great
-Expectations suites; a failing gate writes its evidence (JSON, HTML report, `tm_control.gates` row)
-before it fails the task.
+Live-migrates one tenant out of the shared platform into its dedicated deployment with zero
+downtime. Trigger it from the form (*Trigger*) with the tenant id; `dry_run` runs every check and
+writes nothing. Gates are Great Expectations suites: a failing gate writes its evidence (JSON, an
+HTML report, a `tm_control.gates` row) and names what failed in the task log before the task fails.
 
-Trigger it from the form (*Trigger DAG w/ config*) with the tenant id. `dry_run` checks everything
-(tenant exists, schemas match, DNS records exist) and writes nothing.
+**READY** — `preflight` gate → `create_cdc_slot` (logical slot on the primary, *before* the detach)
+→ `detach_replica` (pause WAL replay past the slot's consistent point) → `plan_*` → `copy_*_batch`
+(mapped; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
+`reattach_replica` (teardown: also on failure).
+**SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
+`gate_catch_up`.
+**GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
+`final_catch_up` → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
+`flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
+`drop_cdc_slot` (teardown) → `gate_final` → `report`.
 
 #### Runbook
-| task | what it does | safe to clear? |
+| task | safe to clear? | notes |
 |---|---|---|
-| `preflight` | checks params, tenant, schema parity, Cassandra tables, DNS records; GX preflight gate on the replica (keys unique/non-null, no orphans, no cross-tenant references); registers the run in the ledger (`tm_control.runs`) | yes |
-| `detach_replica` | pauses WAL replay on the standby, records LSN and commit time | yes (pausing twice is a no-op) |
-| `copy_postgres` | per table: delete + COPY + checksum + ledger row in one target transaction | yes: redoes only tables not `done` |
-| `copy_cassandra` | per table: reads the tenant's partitions (from relational metadata), writes cells with their WRITETIME and TTL | yes: last-write-wins makes re-copies idempotent |
-| `gate_post_copy` | GX: tenant row counts and checksums equal on both sides, per table; evidence JSON + HTML + `tm_control.gates` row before failing | yes: re-evaluates the data as it is now |
-| `flip_dns` | UPSERTs the tenant's records to its dedicated endpoints and reads them back. **Not retried automatically** | yes: UPSERT converges |
-| `reattach_replica` | teardown: resumes WAL replay, also when the run failed | yes |
-| `gate_final` | GX: no row of another tenant on the target, every chunk of the run done | yes |
-| `report` | writes `summary.txt`/`summary.json` under the reports folder and closes the run | yes |
+| `preflight`, gates | yes | re-evaluate the data as it is now; evidence under the reports folder |
+| `create_cdc_slot`, `detach_replica`, `reattach_replica` | yes | idempotent |
+| `plan_*` | yes | the plan is stored once per run; a re-run returns only chunks not done |
+| `copy_*_batch` | yes | clear only the failed map indexes: done chunks are skipped (backfill) |
+| `catch_up_*`, `final_catch_up`, `drain_stragglers` | yes | resume from `tm_control.cdc_progress` |
+| `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed |
+| `flip_dns` | **by hand only** (no automatic retry) | UPSERT converges; check the records first |
+| `report` | yes | |
 
-**Abort**: mark the run failed in the UI; `reattach_replica` still runs. Before `flip_dns` nothing
-user-visible changed. After it, run the DNS flip back (see README: rollback).
+**Abort.** Before `flip_dns`: mark the run failed; teardowns reattach the replica, resume
+registrations and drop the slot; nothing user-visible changed. After `flip_dns`: run the
+`tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import TaskGroup, dag, get_current_context, task
 
-PARAMS = {
-    "tenant_id": Param(type="integer", minimum=1, title="Tenant id",
-                       description="Id of the tenant to migrate (platform.tenants.tenant_id)."),
-    "dry_run": Param(False, type="boolean", title="Dry run",
-                     description="Run every check and write nothing: no ledger run, no copy, no DNS change."),
-    "chunk_rows": Param(50_000, type="integer", minimum=100, maximum=10_000_000, title="Chunk rows",
-                        description="Target number of rows per PostgreSQL chunk."),
-    "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
-                                   description="Requests in flight per Cassandra copy."),
-    "cassandra_days": Param(4, type="integer", minimum=1, maximum=3650, title="Cassandra days",
-                            description="Day buckets of datapoints to copy, newest first, counting today (UTC)."),
-    "dns_zone": Param("iot.example.test.", type="string", title="DNS zone",
-                      description="Route53 hosted zone that holds the tenant's endpoint records."),
-    "target_endpoint_prefix": Param("vpc", type="string", pattern="^[a-z0-9][a-z0-9-]{0,62}$",
-                                    title="Target endpoint prefix",
-                                    description="Dedicated endpoints are <service>.<prefix>-<slug>.<zone>."),
-}
+from tenant_migration.params import MIGRATION_PARAMS
 
-RETRYABLE = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
+RETRY = {"retries": 3, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True,
+         "max_retry_delay": timedelta(minutes=5)}
+CUTOVER = {"retries": 0}
 
 
-@dag(
-    dag_id="tenant_migration",
-    schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    params=PARAMS,
-    doc_md=__doc__,
-    tags=["tenant-migration"],
-    max_active_runs=1,
-    default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)},
-)
+def _call(name: str, context: dict, *args):
+    from tenant_migration import runtime, steps
+
+    return runtime.call(getattr(steps, name), context, *args)
+
+
+@dag(dag_id="tenant_migration", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+     params=MIGRATION_PARAMS, doc_md=__doc__, tags=["tenant-migration"], max_active_runs=1,
+     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_migration() -> None:
-    @task(**RETRYABLE)
-    def preflight(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.preflight, context)
-
-    @task(**RETRYABLE)
-    def detach_replica(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.detach_replica, context)
-
-    @task(**RETRYABLE)
-    def copy_postgres(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.copy_postgres, context)
-
-    @task(**RETRYABLE)
-    def copy_cassandra(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.copy_cassandra, context)
-
-    @task(retries=0)
-    def gate_post_copy(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.gate_post_copy, context)
-
-    @task(retries=0)
-    def gate_final(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.gate_final, context)
-
-    @task(retries=0)
-    def flip_dns(pre: dict, **context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.flip_dns, context, pre["slug"])
-
-    @task(**RETRYABLE)
-    def reattach_replica(**context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.reattach_replica, context)
-
+    @task(**RETRY)
+    def preflight(**ctx) -> dict: return _call("preflight", ctx)
+    @task(**RETRY)
+    def create_cdc_slot(**ctx) -> dict: return _call("create_cdc_slot", ctx)
+    @task(**RETRY)
+    def detach_replica(slot: dict, **ctx) -> dict: return _call("detach_replica", ctx, slot.get("consistent_lsn"))
+    @task(**RETRY)
+    def plan_postgres(**ctx) -> list: return _call("batches", ctx, "postgres")
+    @task(**RETRY)
+    def plan_cassandra(**ctx) -> list: return _call("batches", ctx, "cassandra")
+    @task(**RETRY, pool="tm_postgres", map_index_template="{{ batch_label }}")
+    def copy_postgres_batch(chunk_ids: list, **ctx) -> dict:
+        get_current_context()["batch_label"] = f"{chunk_ids[0]} .. {chunk_ids[-1]} ({len(chunk_ids)})"
+        return _call("copy_postgres_batch", ctx, chunk_ids)
+    @task(**RETRY, pool="tm_cassandra", map_index_template="{{ batch_label }}")
+    def copy_cassandra_batch(chunk_ids: list, **ctx) -> dict:
+        get_current_context()["batch_label"] = f"{chunk_ids[0]} .. {chunk_ids[-1]} ({len(chunk_ids)})"
+        return _call("copy_cassandra_batch", ctx, chunk_ids)
+    @task(**CUTOVER, trigger_rule="none_failed")
+    def gate_post_copy(**ctx) -> dict: return _call("gate_post_copy", ctx)
+    @task(**RETRY)
+    def reattach_replica(**ctx) -> dict: return _call("reattach_replica", ctx)
+    @task(**RETRY)
+    def catch_up_postgres(**ctx) -> dict: return _call("catch_up_postgres", ctx)
+    @task(**RETRY)
+    def catch_up_cassandra(**ctx) -> dict: return _call("catch_up_cassandra", ctx)
+    @task(**RETRY)
+    def warm_up(**ctx) -> dict: return _call("warm_up", ctx)
+    @task(**CUTOVER)
+    def gate_catch_up(**ctx) -> dict: return _call("gate_catch_up", ctx)
+    @task(**RETRY)
+    def suspend_registrations(**ctx) -> dict: return _call("suspend_registrations", ctx)
+    @task(**RETRY)
+    def final_catch_up(**ctx) -> dict: return _call("catch_up_postgres", ctx, True)
+    @task(**CUTOVER)
+    def gate_pre_flip(**ctx) -> dict: return _call("gate_pre_flip", ctx)
+    @task.branch
+    def choose_approval(**ctx) -> str:
+        return "go.approve_flip" if ctx["params"].get("require_approval", True) else "go.skip_approval"
+    @task(**RETRY, trigger_rule="none_failed_min_one_success")
+    def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call("lower_dns_ttl", ctx, pre["slug"])
+    @task(**CUTOVER)
+    def flip_dns(pre: dict, **ctx) -> dict: return _call("flip_dns", ctx, pre["slug"])
+    @task(**RETRY)
+    def drain_stragglers(**ctx) -> dict: return _call("drain_stragglers", ctx)
+    @task(**CUTOVER)
+    def gate_post_flip(pre: dict, drained: dict, **ctx) -> dict: return _call("gate_post_flip", ctx, pre["slug"], drained)
+    @task(**RETRY)
+    def resume_registrations(**ctx) -> dict: return _call("resume_registrations", ctx)
+    @task(**RETRY)
+    def drop_cdc_slot(**ctx) -> dict: return _call("drop_cdc_slot", ctx)
+    @task(**CUTOVER)
+    def gate_final(**ctx) -> dict: return _call("gate_final", ctx)
     @task(retries=1)
-    def report(dns_result: dict, **context) -> dict:
-        from tenant_migration import runtime, steps
-
-        return runtime.call(steps.report, context, dns_result)
+    def report(flipped: dict, **ctx) -> dict: return _call("report", ctx, flipped)
 
     pre = preflight()
-    detached = detach_replica()
-    copied = [copy_postgres(), copy_cassandra()]
-    gate = gate_post_copy()
-    flipped = flip_dns(pre)
-    reattached = reattach_replica().as_teardown(setups=detached)
-    pre >> detached >> copied >> gate >> flipped >> reattached >> gate_final() >> report(flipped)
+    slot = create_cdc_slot()
+    with TaskGroup("ready"):
+        detached = detach_replica(slot)
+        plans = [plan_postgres(), plan_cassandra()]  # planned on the detached (frozen) replica
+        pg_copies = copy_postgres_batch.expand(chunk_ids=plans[0])
+        cql_copies = copy_cassandra_batch.expand(chunk_ids=plans[1])
+        post_copy = gate_post_copy()
+        reattached = reattach_replica().as_teardown(setups=detached)
+        detached >> plans
+        [pg_copies, cql_copies] >> post_copy >> reattached
+    with TaskGroup("set"):
+        caught_up = [catch_up_postgres(), catch_up_cassandra()]
+        set_gate = gate_catch_up()
+        post_copy >> caught_up >> warm_up() >> set_gate
+    with TaskGroup("go"):
+        suspended = suspend_registrations()
+        pre_flip = gate_pre_flip()
+        approve = ApprovalOperator(task_id="approve_flip", subject="Flip DNS to the tenant's dedicated deployment?",
+                                   body="Gates passed: see the run's reports. Reject (or no answer) stops the cutover.",
+                                   defaults="Reject", response_timeout=timedelta(hours=1), fail_on_reject=True,
+                                   execution_timeout=timedelta(hours=2))
+        skip = EmptyOperator(task_id="skip_approval")
+        ttl = lower_dns_ttl(pre)
+        flipped = flip_dns(pre)
+        drained = drain_stragglers()
+        post_flip = gate_post_flip(pre, drained)
+        resumed = resume_registrations().as_teardown(setups=suspended)
+        set_gate >> suspended >> final_catch_up() >> pre_flip >> choose_approval() >> [approve, skip] >> ttl
+        ttl >> flipped >> drained >> post_flip >> resumed
+    dropped = drop_cdc_slot().as_teardown(setups=slot)
+    pre >> slot
+    post_flip >> dropped >> gate_final() >> report(flipped)
+    reattached >> dropped
 
 
 tenant_migration()

@@ -44,15 +44,14 @@ def endpoints(topo: Topology) -> Endpoints:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(topo: Topology) -> dict:
-    """The tiny dataset is on the source (``make test`` loads it; loaded here when missing)."""
+    """A pristine tiny dataset for this session: regenerated once (seconds), so that a previous
+    run's leftovers (a test killed before its cleanup) can never leak into this one."""
     import json
 
     from tenant_migration.sample import platform
 
-    meta = topo.state_dir / "dataset.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("preset") != "tiny":
-        platform.load_data(topo, "tiny", 7)
-    return json.loads(meta.read_text())
+    platform.load_data(topo, "tiny", 7, force=True)
+    return json.loads((topo.state_dir / "dataset.json").read_text())
 
 
 @pytest.fixture

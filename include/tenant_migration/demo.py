@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(airflow_env.environment(topo))
     env = dict(os.environ)
     log = topo.logs_dir / f"demo-{args.tenant}.log"
-    conf = json.dumps({"tenant_id": args.tenant, "dry_run": args.dry_run})
+    # `dags test` has no human to answer the approval: the demo runs in rehearsal mode, with short
+    # TTL wait and drain windows (the form's defaults are the production values).
+    conf = json.dumps({"tenant_id": args.tenant, "dry_run": args.dry_run, "require_approval": False,
+                       "max_ttl_wait_s": 5, "drain_seconds": 10})
     airflow = str(Path(sys.executable).with_name("airflow"))
     print(f"[demo] migrating tenant {args.tenant} with `airflow dags test tenant_migration` (log: {log})", flush=True)
     started = time.monotonic()

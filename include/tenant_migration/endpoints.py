@@ -128,6 +128,7 @@ class Endpoints:
     replica_control: PgEndpoint
     source_operator: PgEndpoint
     source_primary: PgEndpoint
+    source_cdc: PgEndpoint
     target: PgEndpoint
     cassandra_source: CassandraEndpoint
     cassandra_target: CassandraEndpoint
@@ -152,6 +153,7 @@ class Endpoints:
             replica_control=pg(names.CONN_REPLICA_CONTROL),
             source_operator=pg(names.CONN_SOURCE_OPERATOR),
             source_primary=pg(names.CONN_SOURCE_PRIMARY),
+            source_cdc=pg(names.CONN_SOURCE_CDC),
             target=pg(names.CONN_TARGET),
             cassandra_source=cass(names.CONN_CASSANDRA_SOURCE),
             cassandra_target=cass(names.CONN_CASSANDRA_TARGET),
@@ -178,6 +180,7 @@ class Endpoints:
             names.CONN_REPLICA_CONTROL,
             names.CONN_SOURCE_OPERATOR,
             names.CONN_SOURCE_PRIMARY,
+            names.CONN_SOURCE_CDC,
             names.CONN_TARGET,
             names.CONN_CASSANDRA_SOURCE,
             names.CONN_CASSANDRA_TARGET,

@@ -26,6 +26,15 @@ class MigrationSpec:
     cassandra_days: int = 4
     dns_zone: str = "iot.example.test."
     target_endpoint_prefix: str = "vpc"
+    max_lag_bytes: int = 1024 * 1024
+    max_lag_seconds: int = 10
+    catch_up_timeout_s: int = 900
+    suspension_minutes: int = 30
+    lowered_ttl: int = 30
+    max_ttl_wait_s: int = 300
+    drain_seconds: int = 60
+    require_approval: bool = True
+    max_tasks: int = 8
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,4 +86,13 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         cassandra_days=_int(params, "cassandra_days", MigrationSpec.cassandra_days, 1, 3650),
         dns_zone=zone,
         target_endpoint_prefix=prefix,
+        max_lag_bytes=_int(params, "max_lag_bytes", MigrationSpec.max_lag_bytes, 0, 2**40),
+        max_lag_seconds=_int(params, "max_lag_seconds", MigrationSpec.max_lag_seconds, 0, 86_400),
+        catch_up_timeout_s=_int(params, "catch_up_timeout_s", MigrationSpec.catch_up_timeout_s, 1, 86_400),
+        suspension_minutes=_int(params, "suspension_minutes", MigrationSpec.suspension_minutes, 1, 24 * 60),
+        lowered_ttl=_int(params, "lowered_ttl", MigrationSpec.lowered_ttl, 1, 86_400),
+        max_ttl_wait_s=_int(params, "max_ttl_wait_s", MigrationSpec.max_ttl_wait_s, 0, 86_400),
+        drain_seconds=_int(params, "drain_seconds", MigrationSpec.drain_seconds, 0, 86_400),
+        require_approval=_bool(params, "require_approval", MigrationSpec.require_approval),
+        max_tasks=_int(params, "max_tasks", MigrationSpec.max_tasks, 1, 256),
     )

@@ -12,21 +12,25 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from tenant_migration import ledger, replica
-from tenant_migration.cassandra.copy import PartitionCopier, plan_partitions, retention_days, table_shape
-from tenant_migration.cutover import dns
+from tenant_migration.cassandra import copy as cql_copy
+from tenant_migration.cassandra import plan as cql_plan
+from tenant_migration.cassandra.fingerprint import fingerprint_chunks
+from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
+from tenant_migration.postgres import cdc
+from tenant_migration.postgres import copy as pg_copy
+from tenant_migration.postgres import planner as pg_planner
 from tenant_migration.postgres.catalog import schema_drift
-from tenant_migration.postgres.copy import copy_table
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
-from tenant_migration.validation import gates
+from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 from tenant_migration.validation.gx_gate import GateResult
 
@@ -93,7 +97,8 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
                 elif not dst_ok:
                     problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the target")
                 else:
-                    a, b = table_shape(s_src, tmap.keyspace, name), table_shape(s_dst, tmap.keyspace, name)
+                    a = cql_copy.table_shape(s_src, tmap.keyspace, name)
+                    b = cql_copy.table_shape(s_dst, tmap.keyspace, name)
                     if a != b:
                         problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ ({a} vs {b})")
         r53 = ep.aws.client("route53")
@@ -130,12 +135,14 @@ class _NoTables:
     tables: dict[str, Any] = {}
 
 
-def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, min_lsn: str | None = None) -> dict[str, Any]:
+    """Pause WAL replay on the standby, at or after ``min_lsn`` (the change-capture slot's
+    consistent point: every change after the detach point is then in the stream)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     with ep.replica_control.connect(autocommit=True) as rc, ep.target.connect() as tconn:
         with step(tconn, run_id, "detach_replica") as detail:
-            point = replica.detach(rc)
+            point = replica.detach(rc, min_lsn=min_lsn)
             ledger.record_detach(tconn, run_id, point.lsn, point.commit_time)
             detail.update(point.to_dict())
     return point.to_dict()
@@ -148,55 +155,139 @@ def reattach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[st
     return {"state_before": before}
 
 
-def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> list[str]:
+    """Plan the tenant's PostgreSQL chunks on its own key distribution (once per run; a re-run
+    reads the stored plan) and return the ids of the chunks not done yet, in load order."""
+    if spec.dry_run:
+        return []
+    tmap = tmap or load_tenant_map()
+    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
+        chunks = pg_planner.plan_postgres(rconn, tconn, tmap, run_id, spec.tenant_id, spec.chunk_rows)
+        done = {c.chunk_id for c in chunks if ledger.chunk_status(tconn, run_id, c.chunk_id) == ledger.ChunkStatus.DONE}
+        tconn.commit()
+    return [c.chunk_id for c in chunks if c.chunk_id not in done]
+
+
+def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_ids: list[str],
+                        tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Copy the given PostgreSQL chunks, one atomic target transaction each: one mapped task's work.
+    Chunks already done are skipped, so clearing this task redoes only what is not done."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
-    out: dict[str, Any] = {}
-    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
+    rows = copied = skipped = 0
+    started = time.monotonic()
+    for chunk_id in chunk_ids:
+        res = pg_copy.copy_chunk(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_id)
+        skipped += int(res.skipped)
+        copied += int(not res.skipped)
+        rows += res.rows
+    return {"chunks": len(chunk_ids), "copied": copied, "skipped": skipped, "rows": rows,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Plan and copy every PostgreSQL chunk of the run not done yet (outside Airflow's mapping)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_postgres") as detail:
-            chunks = [ledger.Chunk(f"pg:{t}", "postgres", t, {}) for t in tmap.load_order()]
-            ledger.plan_chunks(tconn, run_id, chunks)
-            for chunk in chunks:
-                res = copy_table(rconn, tconn, tmap, chunk.table_name, spec.tenant_id, run_id, chunk.chunk_id)
-                out[chunk.table_name] = {"rows": res.rows, "skipped": res.skipped, "seconds": round(res.seconds, 3)}
+            results = pg_copy.copy_pending_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, spec.chunk_rows)
+            out: dict[str, Any] = {}
+            for r in results:
+                t = out.setdefault(r.table, {"rows": 0, "chunks": 0, "skipped": 0})
+                t["rows"] += r.rows
+                t["chunks"] += 1
+                t["skipped"] += int(r.skipped)
             detail["tables"] = out
     return out
+
+
+def plan_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> list[str]:
+    """Plan the tenant's Cassandra chunks into the ledger (once per run; stable ids) and return
+    the ids of those not done yet, newest day window first."""
+    if spec.dry_run:
+        return []
+    tmap = tmap or load_tenant_map()
+    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn, \
+            ep.cassandra_source.session() as src:
+        if not ledger.pending_chunks(tconn, run_id, "cassandra") and not _chunks(tconn, run_id, "cassandra"):
+            chunks = cql_plan.plan_tenant(rconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
+                                          cql_plan.PlanOptions(days=spec.cassandra_days), session=src)
+            ledger.plan_chunks(tconn, run_id, chunks)
+        return [c.chunk_id for c in cql_plan.copy_order(ledger.pending_chunks(tconn, run_id, "cassandra"))]
+
+
+def _chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[ledger.Chunk]:
+    rows = conn.execute(
+        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks WHERE run_id = %s AND engine = %s "
+        "ORDER BY chunk_id", (run_id, engine)).fetchall()
+    return [ledger.Chunk(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Copy every Cassandra chunk of the run not done yet (cells with their WRITETIME and TTL)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
-    days = retention_days(datetime.now(UTC).date(), spec.cassandra_days)
-    out: dict[str, Any] = {}
-    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
+    plan_cassandra(ep, spec, run_id, tmap)
+    with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_cassandra") as detail:
-            chunks = [ledger.Chunk(f"cql:{t}", "cassandra", t, {"days": [d.isoformat() for d in days]})
-                      for t in tmap.cassandra_tables]
-            ledger.plan_chunks(tconn, run_id, chunks)
-            with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
-                for chunk in chunks:
-                    if ledger.chunk_status(tconn, run_id, chunk.chunk_id) == ledger.ChunkStatus.DONE:
-                        out[chunk.table_name] = {"skipped": True}
-                        continue
-                    ledger.mark_chunk_running(tconn, run_id, chunk.chunk_id)
-                    try:
-                        cspec = tmap.cassandra_tables[chunk.table_name]
-                        parts = plan_partitions(rconn, tmap, cspec, spec.tenant_id, days)
-                        copier = PartitionCopier(src, dst, table_shape(src, tmap.keyspace, chunk.table_name),
-                                                 spec.cassandra_concurrency)
-                        stats = copier.copy(parts)
-                    except Exception as exc:
-                        ledger.mark_chunk_failed(tconn, run_id, chunk.chunk_id, f"{type(exc).__name__}: {exc}")
-                        raise
-                    with tconn.transaction():
-                        ledger.mark_chunk_done(tconn, run_id, chunk.chunk_id, stats.rows, 0, "", "",
-                                               partitions=stats.nonempty)
-                    out[chunk.table_name] = {"partitions": stats.nonempty, "probed": stats.partitions, "rows": stats.rows,
-                                             "seconds": round(stats.seconds, 3)}
-            detail["tables"] = out
-    return out
+            report = cql_copy.copy_pending(ep, run_id, tmap, cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+            detail.update(report.to_dict())
+    return report.to_dict()
+
+
+def batches(ep: Endpoints, spec: MigrationSpec, run_id: str, engine: str) -> list[list[str]]:
+    """Plan one store's chunks and deal the ids not done yet into at most ``max_tasks`` batches."""
+    ids = plan_postgres(ep, spec, run_id) if engine == "postgres" else plan_cassandra(ep, spec, run_id)
+    return batch_ids(ids, spec.max_tasks)
+
+
+def batch_ids(ids: list[str], max_tasks: int) -> list[list[str]]:
+    """Deal chunk ids into at most ``max_tasks`` contiguous batches (one mapped task each): few
+    enough that Airflow's per-task overhead stays small against the copy, while keeping order."""
+    if not ids:
+        return []
+    n = max(1, min(max_tasks, len(ids)))
+    size = -(-len(ids) // n)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_ids: list[str],
+                         tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Copy the given Cassandra chunks (those already done are skipped): one mapped task's work."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
+        wanted = set(chunk_ids)
+        chunks = [c for c in _chunks(tconn, run_id, "cassandra") if c.chunk_id in wanted]
+        missing = wanted - {c.chunk_id for c in chunks}
+        if missing:
+            raise PreflightError(f"chunks not in the ledger of run {run_id}: {sorted(missing)[:5]}")
+        report = cql_copy.copy_chunks(ep, run_id, tmap, cql_plan.copy_order(chunks),
+                                      cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+        ledger.record_event(tconn, run_id, "copy_cassandra", "info", {"chunks": len(chunks), **report.to_dict()})
+    return report.to_dict()
+
+
+def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
+    """Per-chunk fingerprints (count + hash of key, value, writetime) on both sides, as a DataFrame."""
+    import pandas as pd
+
+    with ep.target.connect(autocommit=True) as tconn:
+        chunks = _chunks(tconn, run_id, "cassandra")
+    with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+        report = fingerprint_chunks(src, dst, tmap, chunks)
+    frame = pd.DataFrame([{
+        "unit": f"{r['chunk_id']}", "source_rows": r["source_rows"], "target_rows": r["target_rows"],
+        "source_checksum": r["source_hash"], "target_checksum": r["target_hash"],
+        "mismatched": ", ".join(r["mismatched"][:20]),
+    } for r in report.records()], columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum",
+                                           "mismatched"])
+    return frame
 
 
 def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -209,19 +300,10 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     import pandas as pd
 
     tmap = tmap or load_tenant_map()
-    days = retention_days(datetime.now(UTC).date(), spec.cassandra_days)
-    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
+    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "gate_post_copy") as detail:
-            frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id)
-            rows = []
-            with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
-                for name, cspec in tmap.cassandra_tables.items():
-                    parts = plan_partitions(rconn, tmap, cspec, spec.tenant_id, days)
-                    copier = PartitionCopier(s_src, s_dst, table_shape(s_src, tmap.keyspace, name), spec.cassandra_concurrency)
-                    src, dst = copier.count(parts, on_target=False), copier.count(parts, on_target=True)
-                    rows.append({"unit": f"cassandra:{name}", "source_rows": src, "target_rows": dst,
-                                 "source_checksum": f"{src}", "target_checksum": f"{dst}"})
-            frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+            frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id, run_id)
+            frame = pd.concat([frame, cassandra_fingerprints(ep, run_id, tmap)], ignore_index=True)
             gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id))
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path), "seconds": round(gate.seconds, 3)})
@@ -306,3 +388,275 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
     if not_done:
         raise RuntimeError(f"run {run_id} has chunks not done: {', '.join(not_done)}")
     return {"summary": str(folder / "summary.txt"), "tables": len(chunks)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Change capture (READY/SET) and cutover (GO)
+# ---------------------------------------------------------------------------------------------
+
+
+def create_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+    """Create the run's logical slot on the primary BEFORE the detach: no change can fall between
+    the replica's snapshot and the stream. Idempotent: an existing slot of the run is kept."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    name = cdc.slot_name_for(run_id)
+    with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+        with step(tconn, run_id, "create_cdc_slot") as detail:
+            slot = cdc.create_slot(src, name)
+            detail.update({"slot": name, "consistent_lsn": slot.consistent_lsn})
+    return {"slot": name, "consistent_lsn": slot.consistent_lsn}
+
+
+def drop_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+    """Teardown: drop the run's slot, also on failure and abort (no WAL retention left behind)."""
+    name = cdc.slot_name_for(run_id)
+    with ep.source_cdc.connect(autocommit=True) as src:
+        dropped = cdc.drop_slot(src, name)
+    return {"slot": name, "dropped": dropped}
+
+
+def _detach_lsn(tconn: psycopg.Connection, run_id: str) -> tuple[str, datetime | None]:
+    run = ledger.run_row(tconn, run_id)
+    if run is None or run.get("detach_lsn") is None:
+        raise PreflightError(f"run {run_id} has no detach point: detach_replica must run first")
+    return str(run["detach_lsn"]), run.get("detach_commit_time")
+
+
+def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now: bool = False,
+                      tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Stream the tenant's changes committed on the primary after the detach point until the lag is
+    under the threshold (``until_now``: until everything committed before this call is applied)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    tmap = tmap or load_tenant_map()
+    name = cdc.slot_name_for(run_id)
+    with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+        start_lsn, _ = _detach_lsn(tconn, run_id)
+        until = None
+        if until_now:
+            row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            until = row[0] if row else None
+        with step(tconn, run_id, "catch_up_postgres_final" if until_now else "catch_up_postgres") as detail:
+            report = cdc.catch_up(src, tconn, tmap, spec.tenant_id, run_id, name, start_lsn,
+                                  max_lag_bytes=spec.max_lag_bytes, timeout=spec.catch_up_timeout_s, until_lsn=until)
+            detail.update(report.to_dict())
+    return report.to_dict()
+
+
+def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Re-copy the buckets at or after the detach watermark until the recent partitions match."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    from tenant_migration.cassandra import catchup as cql_catchup
+
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
+        _, commit_time = _detach_lsn(tconn, run_id)
+        chunks = _chunks(tconn, run_id, "cassandra")
+        watermark = commit_time or datetime.now(UTC)
+        with step(tconn, run_id, "catch_up_cassandra") as detail:
+            with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+                passes = cql_catchup.catch_up(src, dst, tmap, chunks, watermark,
+                                              opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+            out = {"passes": [p.to_dict() for p in passes], "converged": bool(passes and passes[-1].converged)}
+            detail.update(out)
+    if not out["converged"]:
+        raise GateFailed(f"cassandra catch-up did not converge in {len(passes)} passes: {passes[-1].to_dict()}")
+    return out
+
+
+def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Warm the target's caches before traffic arrives: PostgreSQL buffers and Cassandra partitions."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    from tenant_migration.cassandra import warmup as cql_warmup
+    from tenant_migration.postgres import warmup as pg_warmup
+
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
+        with step(tconn, run_id, "warm_up") as detail:
+            pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id).to_dict()
+            with ep.cassandra_target.session() as dst:
+                cql_report = cql_warmup.warm_up(dst, tmap, _chunks(tconn, run_id, "cassandra")).to_dict()
+            detail.update({"postgres": pg_report, "cassandra": cql_report})
+    return {"postgres": pg_report, "cassandra": cql_report}
+
+
+def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: str = "catch_up",
+                  tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Lag under the threshold and the latest changes present on the target (both stores)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    import pandas as pd
+
+    from tenant_migration.cassandra.catchup import recent_days
+
+    tmap = tmap or load_tenant_map()
+    started = time.monotonic()
+    with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+        lag = measure_cdc_lag(src, tconn, run_id)
+        _, commit_time = _detach_lsn(tconn, run_id)
+        chunks = _chunks(tconn, run_id, "cassandra")
+        days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
+        with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
+            report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days)
+        lag_frame = pd.DataFrame([{"unit": "postgres:cdc", "lag_bytes": lag["lag_bytes"],
+                                   "lag_seconds": lag["lag_seconds"]}])
+        recent = pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
+                                "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
+                               for r in report.records()],
+                              columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
+        checks = gx_gate.run_frame_checks(gate_name, lag_frame, [
+            gx_gate.FrameCheck("lag_bytes_under_threshold", "ExpectColumnValuesToBeBetween",
+                               {"column": "lag_bytes", "min_value": 0, "max_value": spec.max_lag_bytes},
+                               f"change capture lag at most {spec.max_lag_bytes} bytes"),
+            gx_gate.FrameCheck("lag_seconds_under_threshold", "ExpectColumnValuesToBeBetween",
+                               {"column": "lag_seconds", "min_value": 0, "max_value": spec.max_lag_seconds},
+                               f"change capture lag at most {spec.max_lag_seconds} s"),
+        ], "unit")
+        checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
+        gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / _safe(run_id), started)
+        _record_gate(tconn, run_id, gate)
+    if not gate.passed:
+        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
+    return {"passed": True, "lag": lag, "report": str(gate.html_path)}
+
+
+def measure_cdc_lag(src: psycopg.Connection, tconn: psycopg.Connection, run_id: str) -> dict[str, Any]:
+    """Lag of the run's change stream as it is now, without consuming it: WAL bytes between the
+    slot's confirmed position and the head when a decodable change is pending (else 0), and
+    seconds since the stream was last processed when something is pending (else 0)."""
+    slot = cdc.slot_name_for(run_id)
+    row = src.execute(
+        "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,)).fetchone()
+    if row is None:
+        raise GateFailed(f"the run's change-capture slot {slot} does not exist")
+    pending_row = src.execute("SELECT count(*) FROM pg_logical_slot_peek_changes(%s, NULL, 1)", (slot,)).fetchone()
+    pending = bool(pending_row and pending_row[0])
+    prog = cdc.read_progress(tconn, run_id)
+    since = tconn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8 FROM tm_control.cdc_progress "
+                          "WHERE run_id = %s", (run_id,)).fetchone() if prog else None
+    return {"lag_bytes": int(row[0] or 0) if pending else 0,
+            "lag_seconds": float(since[0]) if pending and since and since[0] is not None else 0.0,
+            "pending": pending, "applied_lsn": prog.applied_lsn if prog else None}
+
+
+def suspend_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+    """Setup of the critical window: the platform refuses the tenant's new users and devices until
+    resumed or until the expiry passes (the dead-man switch holds even if Airflow dies)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    with ep.source_operator.connect(autocommit=True) as op, ep.target.connect(autocommit=True) as tconn:
+        window = registrations.suspend(op, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
+                                       f"tenant migration {run_id}")
+        ledger.record_event(tconn, run_id, "registrations_suspended", "info", window.to_dict())
+    return window.to_dict()
+
+
+def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+    """Teardown: registrations come back on the source and on the target, whatever failed."""
+    with ep.source_operator.connect(autocommit=True) as op:
+        source = registrations.resume(op, spec.tenant_id)
+    target: dict[str, Any] | None = None
+    with ep.target.connect(autocommit=True) as tconn:
+        try:
+            target = registrations.resume(tconn, spec.tenant_id).to_dict()
+        except registrations.RegistrationError:
+            target = None  # the tenant's settings row never reached the target (failed early)
+        if not spec.dry_run and ledger.run_row(tconn, run_id) is not None:
+            ledger.record_event(tconn, run_id, "registrations_resumed", "info", source.to_dict())
+            window = suspension_window(tconn, run_id)
+            if window is not None:
+                ledger.record_event(tconn, run_id, "suspension_window", "info", {"seconds": window})
+    return {"source": source.to_dict(), "target": target}
+
+
+def suspension_window(tconn: psycopg.Connection, run_id: str) -> float | None:
+    row = tconn.execute(
+        "SELECT EXTRACT(EPOCH FROM MAX(at) FILTER (WHERE step = 'registrations_resumed') "
+        "- MIN(at) FILTER (WHERE step = 'registrations_suspended'))::float8 FROM tm_control.events WHERE run_id = %s",
+        (run_id,)).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Before the flip: everything the source committed is on the target, and registrations are off."""
+    out = gate_catch_up(ep, spec, run_id, gate_name="pre_flip", tmap=tmap)
+    if spec.dry_run:
+        return out
+    with ep.source_operator.connect(autocommit=True) as op:
+        state = registrations.status(op, spec.tenant_id)
+    if not state.active:
+        raise GateFailed(f"pre_flip: registrations of tenant {spec.tenant_id} are not suspended ({state.to_dict()})")
+    return out
+
+
+def lower_dns_ttl(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
+    """Lower the records' TTL, then wait out the old TTL: at the flip no client holds an older answer."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    r53 = ep.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    old = dns.lower_ttl(r53, zid, dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix), spec.lowered_ttl)
+    wait = min(max(0, old - 0), spec.max_ttl_wait_s) if old > spec.lowered_ttl else 0
+    time.sleep(wait)
+    with ep.target.connect(autocommit=True) as tconn:
+        ledger.record_event(tconn, run_id, "lower_dns_ttl", "info", {"old_ttl": old, "new_ttl": spec.lowered_ttl,
+                                                                   "waited_s": wait})
+    return {"old_ttl": old, "new_ttl": spec.lowered_ttl, "waited_s": wait}
+
+
+def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """After the flip, clients with a stale DNS answer still write to the shared platform for up to
+    a TTL: keep bringing those writes over (Cassandra buckets and the change stream) for a window."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    from tenant_migration.cassandra import catchup as cql_catchup
+
+    tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
+        chunks = _chunks(tconn, run_id, "cassandra")
+        with step(tconn, run_id, "drain_stragglers") as detail:
+            since = datetime.now(UTC) - timedelta(minutes=15)
+            with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+                passes = cql_catchup.drain_stragglers(
+                    src, dst, tmap, chunks, since, duration=timedelta(seconds=spec.drain_seconds),
+                    poll_interval=timedelta(seconds=max(1, min(10, spec.drain_seconds // 3 or 1))),
+                    opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+            pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
+            out = {"cassandra_passes": [p.to_dict() for p in passes], "postgres": pg,
+                   "cassandra_rows": sum(p.rows for p in passes)}
+            detail.update(out)
+    return out
+
+
+def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, drained: dict[str, Any]) -> dict[str, Any]:
+    """Every record of the tenant answers the target endpoint; the straggler drain ran."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    import pandas as pd
+
+    started = time.monotonic()
+    r53 = ep.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    rows = []
+    for plan in dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix):
+        chain = dns.resolve(r53, zid, plan.name)
+        rows.append({"unit": plan.name, "answer": chain[1], "expected": plan.tenant_target})
+    frame = pd.DataFrame(rows)
+    passes = pd.DataFrame([{"unit": f"pass {i}", "rows": p.get("rows", 0)}
+                           for i, p in enumerate(drained.get("cassandra_passes", []), 1)], columns=["unit", "rows"])
+    checks = gx_gate.run_frame_checks("post_flip", frame, [gx_gate.FrameCheck(
+        "records_answer_target", "ExpectColumnPairValuesToBeEqual", {"column_A": "answer", "column_B": "expected"},
+        "every record of the tenant answers the target endpoint")], "unit")
+    checks += gx_gate.run_frame_checks("post_flip", passes, [gx_gate.FrameCheck(
+        "drain_ran", "ExpectTableRowCountToBeBetween", {"min_value": 1},
+        "the straggler drain made at least one pass")], "unit")
+    with ep.target.connect(autocommit=True) as tconn:
+        gate = gx_gate.finish_gate("post_flip", checks, reports_dir() / _safe(run_id), started)
+        _record_gate(tconn, run_id, gate)
+    if not gate.passed:
+        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
+    return {"passed": True, "report": str(gate.html_path)}

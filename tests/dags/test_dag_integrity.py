@@ -73,8 +73,16 @@ def test_every_dag_has_a_runbook(dagbag) -> None:
 
 def test_cutover_tasks_are_not_retried_blindly(dagbag) -> None:
     dag = dagbag.dags["tenant_migration"]
-    assert dag.get_task("flip_dns").retries == 0
-    assert dag.get_task("gate_post_copy").retries == 0
+    for task_id in ("go.flip_dns", "ready.gate_post_copy", "set.gate_catch_up", "go.gate_pre_flip",
+                    "go.gate_post_flip", "gate_final"):
+        assert dag.get_task(task_id).retries == 0, task_id
+
+
+def test_retried_tasks_back_off_exponentially(dagbag) -> None:
+    dag = dagbag.dags["tenant_migration"]
+    for task_id in ("ready.copy_postgres_batch", "ready.copy_cassandra_batch", "set.catch_up_postgres"):
+        t = dag.get_task(task_id)
+        assert t.retries >= 2 and t.retry_exponential_backoff, task_id
 
 
 def test_every_task_has_an_execution_timeout(dagbag) -> None:
@@ -83,24 +91,49 @@ def test_every_task_has_an_execution_timeout(dagbag) -> None:
             assert t.execution_timeout is not None, f"{dag.dag_id}.{t.task_id} has no execution_timeout"
 
 
-def test_reattach_replica_is_a_teardown_of_detach(dagbag) -> None:
+@pytest.mark.parametrize(
+    ("teardown", "setup"),
+    [
+        pytest.param("ready.reattach_replica", "ready.detach_replica", id="replica comes back"),
+        pytest.param("go.resume_registrations", "go.suspend_registrations", id="registrations come back"),
+        pytest.param("drop_cdc_slot", "create_cdc_slot", id="no slot left behind"),
+    ],
+)
+def test_undo_steps_are_teardowns_of_their_setups(dagbag, teardown: str, setup: str) -> None:
     dag = dagbag.dags["tenant_migration"]
-    reattach = dag.get_task("reattach_replica")
-    assert reattach.is_teardown
-    assert "detach_replica" in reattach.upstream_task_ids
+    t = dag.get_task(teardown)
+    assert t.is_teardown
+    assert dag.get_task(setup).is_setup
+    assert setup in t.upstream_task_ids
 
 
-def test_task_order_is_the_walking_skeleton(dagbag) -> None:
+def test_phases_run_in_order(dagbag) -> None:
     dag = dagbag.dags["tenant_migration"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order.index("preflight") < order.index("detach_replica") < order.index("copy_postgres")
-    assert order.index("copy_cassandra") < order.index("gate_post_copy") < order.index("flip_dns")
-    assert order.index("flip_dns") < order.index("reattach_replica") < order.index("gate_final") < order.index("report")
+    chain = ["preflight", "create_cdc_slot", "ready.detach_replica", "ready.copy_postgres_batch",
+             "ready.gate_post_copy", "set.catch_up_postgres", "set.warm_up", "set.gate_catch_up",
+             "go.suspend_registrations", "go.final_catch_up", "go.gate_pre_flip", "go.approve_flip",
+             "go.lower_dns_ttl", "go.flip_dns", "go.drain_stragglers", "go.gate_post_flip",
+             "go.resume_registrations", "drop_cdc_slot", "gate_final", "report"]
+    positions = [order.index(t) for t in chain]
+    assert positions == sorted(positions), [t for t, _ in sorted(zip(chain, positions, strict=True), key=lambda x: x[1])]
+
+
+def test_approval_defaults_to_reject(dagbag) -> None:
+    approve = dagbag.dags["tenant_migration"].get_task("go.approve_flip")
+    assert approve.defaults == ["Reject"] or approve.defaults == "Reject"
+    assert approve.response_timeout is not None
+
+
+def test_copies_are_bounded_by_pools(dagbag) -> None:
+    dag = dagbag.dags["tenant_migration"]
+    assert dag.get_task("ready.copy_postgres_batch").pool == "tm_postgres"
+    assert dag.get_task("ready.copy_cassandra_batch").pool == "tm_cassandra"
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
 def test_dag_files_stay_thin(path: Path) -> None:
     text = path.read_text()
     assert len(text.splitlines()) < 200
-    for forbidden in ("SELECT ", "INSERT ", "psycopg.connect", "os.environ"):
+    for forbidden in ("SELECT ", "INSERT ", "psycopg.connect", "os.environ", "datetime.now"):
         assert forbidden not in text, f"{path.name} contains {forbidden!r}: logic belongs in include/"

@@ -12,6 +12,8 @@ from tenant_migration.spec import MigrationSpec
 pytestmark = pytest.mark.e2e
 
 TENANT = 4
+# The approval is answered "not needed" (rehearsal mode); TTL wait and drain kept short for tests.
+FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3}
 
 
 @pytest.fixture
@@ -32,9 +34,10 @@ def _states(dagrun) -> dict[str, str]:
 
 
 def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None:
-    dagrun = dag.test(run_conf={"tenant_id": TENANT})
+    dagrun = dag.test(run_conf={"tenant_id": TENANT, **FAST})
     states = _states(dagrun)
     assert str(dagrun.state) == "success", states
+    assert states.pop("go.approve_flip") == "skipped"  # rehearsal mode: no human in the loop
     assert set(states.values()) == {"success"}, states
     with admin(topo, "target") as t:
         run = t.execute("SELECT status FROM tm_control.runs WHERE tenant_id = %s ORDER BY started_at DESC LIMIT 1",
@@ -56,18 +59,18 @@ def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None
 def test_dag_refuses_an_unknown_tenant_and_writes_nothing(dag, topo, reports) -> None:
     with admin(topo, "target") as t:
         before = ledger_runs(t)
-    dagrun = dag.test(run_conf={"tenant_id": 987654})
+    dagrun = dag.test(run_conf={"tenant_id": 987654, **FAST})
     states = _states(dagrun)
     assert str(dagrun.state) == "failed"
     assert states["preflight"] == "failed"
-    assert states["copy_postgres"] in {"upstream_failed", "None"}
+    assert states["ready.detach_replica"] in {"upstream_failed", "None"}
     with admin(topo, "target") as t:
         assert ledger_runs(t) == before
         assert t.execute("SELECT count(*) FROM platform.tenants").fetchone() == (0,)
 
 
 def test_dry_run_writes_nothing(dag, topo, reports) -> None:
-    dagrun = dag.test(run_conf={"tenant_id": TENANT, "dry_run": True})
+    dagrun = dag.test(run_conf={"tenant_id": TENANT, "dry_run": True, **FAST})
     assert str(dagrun.state) == "success", _states(dagrun)
     with admin(topo, "target") as t:
         assert t.execute("SELECT count(*) FROM platform.devices").fetchone() == (0,)

@@ -129,7 +129,7 @@ def test_skeleton_migrates_one_tenant_exactly(topo, endpoints, clean_target, tar
     assert total_target == sum(source_counts.values())
     # The gate saw equal counts for both stores and the ledger holds the evidence.
     assert result["gate"]["passed"]
-    assert result["cql"]["datapoints"]["rows"] > 0
+    assert result["cql"]["tables"]["datapoints"]["rows"] > 0
     report = Path(result["gate"]["report"])
     evidence = json.loads(report.with_suffix(".json").read_text())
     assert evidence["passed"] and {c["name"] for c in evidence["checks"]} == {
@@ -198,11 +198,16 @@ def test_a_newer_value_written_on_the_target_survives_a_recopy(endpoints, clean_
                            (d, p)).one() is not None)
         dst.execute("INSERT INTO telemetry.latest_values (device_id, property_id, ts, value) VALUES (%s, %s, %s, %s) "
                     "USING TIMESTAMP %s", (dev, prop, datetime.now(UTC), 4242.0, int(time.time() * 1e6) + 10_000_000))
-    _migrate(endpoints, spec, _run_id())
+    rerun = _run_id()
+    steps.preflight(endpoints, spec, rerun)
+    steps.copy_cassandra(endpoints, spec, rerun)
     with endpoints.cassandra_target.session() as dst:
         row = dst.execute("SELECT value FROM telemetry.latest_values WHERE device_id = %s AND property_id = %s",
                           (dev, prop)).one()
     assert row.value == 4242.0
+    # Before a flip, a newer value on the target is an anomaly the post-copy gate must name.
+    with pytest.raises(GateFailed, match=r"post_copy_checksums_equal .*cql:latest_values"):
+        steps.gate_post_copy(endpoints, spec, rerun)
 
 
 def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_target, target_admin, reports) -> None:

@@ -36,6 +36,7 @@ foreign keys are not checked row by row (the post-copy gate checks orphans inste
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -57,6 +58,7 @@ from tenant_migration.postgres.planner import ENGINE, chunk_predicate, plan_post
 from tenant_migration.tenant_map import TenantMap
 
 PG_BIN_DEFAULT = Path("/usr/lib/postgresql/15/bin")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,12 @@ class ChunkCopier:
         self.snap = self.replica_ep.connect(application_name="tm_copy_snapshot")
         self.snap.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self.snap.read_only = True
-        ledger.check_snapshot(self.target, self.run_id, self.replica_lsn())
-        self.target.commit()
+        try:
+            ledger.check_snapshot(self.target, self.run_id, self.replica_lsn())
+            self.target.commit()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -267,9 +273,12 @@ class ChunkCopier:
             raise SchemaDrift("source and target differ, nothing was copied:\n  - " + "\n  - ".join(problems))
 
     def replica_lsn(self) -> str | None:
-        """Replay LSN of a paused standby (the detached replica), else None."""
+        """Where the replica's data stands, when it stands still: the replay LSN of a paused
+        standby (local mode) or of a promoted one (static at the end of recovery: promote mode);
+        None for a standby still replaying or a server that never was one (RDS without SQL
+        access records no LSN, so its runs are not bound)."""
         row = self.replica.execute(
-            "SELECT CASE WHEN pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused' "
+            "SELECT CASE WHEN NOT pg_is_in_recovery() OR pg_get_wal_replay_pause_state() = 'paused' "
             "THEN pg_last_wal_replay_lsn()::text END"
         ).fetchone()
         return row[0] if row else None
@@ -302,6 +311,7 @@ class ChunkCopier:
         tm, table, params = self.tmap, chunk.table_name, {"tenant_id": self.tenant_id}
         cols = self.cols(table)
         col_list = sql.SQL(", ").join(sql.Identifier(c) for c in cols)
+        t0 = time.monotonic()
         snapshot_row = self.snap.execute("SELECT pg_export_snapshot()").fetchone()
         assert snapshot_row is not None
         select = sql.SQL("SELECT {} FROM {} AS t WHERE {}").format(
@@ -356,6 +366,7 @@ class ChunkCopier:
                 if self.on_spawn is not None:
                     self.on_spawn(source.pid, target.pid)
                 src_rows, src_sum, nbytes = self._source_checksum(chunk, cols)
+                t_sum = time.monotonic()
                 if source.wait() != 0:
                     # A target that failed first (lock taken, DELETE refused) breaks the pipe: say both.
                     dst_rc = target.poll()
@@ -374,7 +385,19 @@ class ChunkCopier:
                 )
                 script.write(_render(self.target, target_sum, params) + "\nCOMMIT;\n")
                 script.close()
+                t_src = time.monotonic()
                 rc = target.wait()
+                log.debug("%s: source checksum %.3fs, source COPY done %.3fs, target committed %.3fs",
+                          chunk.chunk_id, t_sum - t0, t_src - t0, time.monotonic() - t0)
+            except BrokenPipeError:
+                # The target psql quit before reading its whole script: its own error says why.
+                rc = target.wait()
+                if source.poll() is None:
+                    source.kill()
+                    source.wait()
+                raise ChunkCopyError(
+                    f"{table} chunk {chunk.chunk_id}: target apply failed (exit {rc}): {_stderr_text(dst_err)}"
+                ) from None
             except BaseException:
                 for proc in (source, target):
                     if proc.poll() is None:
@@ -426,9 +449,18 @@ def copy_pending_chunks(
     tenant_id: int,
     chunk_rows: int | None = None,
     on_spawn: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> list[ChunkResult]:
-    """Plan the run if it has no plan yet (``chunk_rows``), then copy every chunk not done, in
-    load order. Stops at the first failure (the ledger holds the error; a re-run resumes)."""
+    """Plan the run if it has no plan yet (``chunk_rows``), then copy every chunk not done.
+
+    ``workers`` > 1 copies that many chunks at once (each worker its own connections and psql
+    pair): one chunk's verification and commit then overlap another's streaming. Chunks are
+    independent (the target is verified per key range), so any order is correct; they are
+    started in load order. The first failure stops new chunks from starting and is raised once
+    the running ones finished (the ledger holds every error; a re-run resumes).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tenant_migration.postgres.planner import DEFAULT_CHUNK_ROWS
 
     with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id, on_spawn) as copier:
@@ -436,7 +468,32 @@ def copy_pending_chunks(
         chunks = plan_postgres(copier.replica, copier.target, tmap, run_id, tenant_id,
                                chunk_rows or DEFAULT_CHUNK_ROWS)
         copier.target.commit()
-        return [copier.copy(chunk) for chunk in chunks]
+        if workers <= 1:
+            return [copier.copy(chunk) for chunk in chunks]
+    queue = list(reversed(chunks))
+    results: dict[str, ChunkResult] = {}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id, on_spawn) as own:
+            while queue and not errors:
+                try:
+                    chunk = queue.pop()
+                except IndexError:
+                    return
+                try:
+                    results[chunk.chunk_id] = own.copy(chunk)
+                except BaseException as exc:
+                    errors.append(exc)
+                    raise
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tm-pg-copy") as pool:
+        futures = [pool.submit(work) for _ in range(min(workers, len(chunks)))]
+        for f in futures:
+            f.exception()
+    if errors:
+        raise errors[0]
+    return [results[c.chunk_id] for c in chunks]
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ def bootstrap(topo: Topology) -> None:
     secrets = airflow_env.role_passwords(topo)
     for server in (topo.pg_primary, topo.pg_target):
         generate.apply_roles(postgres.superuser_dsn(topo, server, topo.pg_dbname), secrets)
+    enable_prewarm(topo)
     for node in topo.cassandra_nodes:
         session = generate._cassandra_session(node.host, node.native_port)
         try:
@@ -46,6 +47,14 @@ def bootstrap(topo: Topology) -> None:
     seed_aws(topo, reset=False)
 
 
+def enable_prewarm(topo: Topology) -> None:
+    """pg_prewarm is not a trusted extension: a superuser creates it where the warm-up runs."""
+    from tenant_migration.postgres.warmup import PREWARM_EXTENSION
+
+    with psycopg.connect(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname), autocommit=True) as conn:
+        conn.execute(PREWARM_EXTENSION)
+
+
 def seed_aws(topo: Topology, reset: bool) -> None:
     ep = _aws(topo)
     changes = aws.seed_dns(ep.client("route53"), _slugs(topo), reset=reset)
@@ -53,11 +62,13 @@ def seed_aws(topo: Topology, reset: bool) -> None:
     _say(f"route53 zone {aws.ZONE} seeded ({changes} record upserts), rds instances present")
 
 
-def load_data(topo: Topology, preset: str, seed: int) -> None:
+def load_data(topo: Topology, preset: str, seed: int, force: bool = False) -> None:
+    """Generate (or reuse) the dataset on the source; ``force`` regenerates even an intact one
+    (tests that change the source on purpose restore it this way)."""
     started = time.monotonic()
     result = generate.generate(
         preset, seed, postgres.superuser_dsn(topo, topo.pg_primary, topo.pg_dbname),
-        topo.cassandra_source.host, topo.cassandra_source.native_port,
+        topo.cassandra_source.host, topo.cassandra_source.native_port, force=force,
     )
     _say(generate.format_counts(result))
     if not result.reused:
@@ -68,6 +79,7 @@ def load_data(topo: Topology, preset: str, seed: int) -> None:
         # Roles grant on the tables: re-apply after the target's schema was re-created.
         generate.apply_roles(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname),
                              airflow_env.role_passwords(topo))
+        enable_prewarm(topo)
     seed_aws(topo, reset=not result.reused)
     wait_standby_caught_up(topo)
     (topo.state_dir / "dataset.json").write_text(json.dumps({"preset": preset, "seed": seed}))

@@ -24,6 +24,11 @@ from tenant_migration.stack import airflow_env, cassandra, moto, postgres
 from tenant_migration.stack.common import StackError
 from tenant_migration.stack.topology import Topology, default_topology
 
+POOLS = (
+    ("tm_postgres", 2, "PostgreSQL chunk copies: bounds load on the source replica and the target"),
+    ("tm_cassandra", 2, "Cassandra chunk copies: bounds load on the shared cluster"),
+)
+
 
 def _say(msg: str) -> None:
     print(f"[stack] {msg}", flush=True)
@@ -68,6 +73,11 @@ def _airflow_db(topo: Topology) -> None:
     proc = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise StackError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    # Pools bound the load the copies put on the source replica/target and on Cassandra.
+    for pool, slots, what in POOLS:
+        proc = subprocess.run([airflow, "pools", "set", pool, str(slots), what], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise StackError(f"airflow pools set {pool} failed:\n{proc.stderr[-2000:]}")
     (topo.airflow_home / ".migrated").write_text("ok\n")
 
 

@@ -22,6 +22,7 @@ AIRFLOW_ADMIN = "airflow_admin"  # the UI/REST user of the local Airflow (simple
 # its connection's role has.
 CONN_SOURCE_PRIMARY = "tm_source_primary"  # platform_app on the live primary (CDC, fleet)
 CONN_SOURCE_OPERATOR = "tm_source_operator"  # migration_operator on the primary (registrations)
+CONN_SOURCE_CDC = "tm_source_cdc"  # migration_reader on the primary (logical decoding slot)
 CONN_SOURCE_REPLICA = "tm_source_replica"  # migration_reader on the standby (read-only copy source)
 CONN_REPLICA_CONTROL = "tm_replica_control"  # migration_operator on the standby (pause/resume replay)
 CONN_TARGET = "tm_target"  # migration_writer on the target
@@ -82,6 +83,7 @@ def connections(topo: Topology) -> dict[str, dict[str, Any]]:
     return {
         CONN_SOURCE_PRIMARY: pg(p.host, p.port, "platform_app"),
         CONN_SOURCE_OPERATOR: pg(p.host, p.port, "migration_operator"),
+        CONN_SOURCE_CDC: pg(p.host, p.port, "migration_reader"),
         CONN_SOURCE_REPLICA: pg(s.host, s.port, "migration_reader"),
         CONN_REPLICA_CONTROL: pg(s.host, s.port, "migration_operator"),
         CONN_TARGET: pg(t.host, t.port, "migration_writer"),

@@ -124,12 +124,23 @@ def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, repl
 
 
 def post_copy_frame(replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap,
-                    tenant_id: int) -> Any:
-    """Per table: count and order-independent checksum on both sides, recomputed now."""
+                    tenant_id: int, run_id: str | None = None) -> Any:
+    """Per chunk of the run (per table when the run has no chunk plan): count and order-independent
+    checksum on both sides, recomputed now."""
     import pandas as pd
 
-    from tenant_migration.postgres.copy import table_checksum
+    from tenant_migration import ledger
+    from tenant_migration.postgres.copy import chunk_checksum, table_checksum
 
+    chunks = ledger.run_chunks(target, run_id, "postgres") if run_id else []
+    if chunks:
+        rows = []
+        for chunk in chunks:
+            src_rows, src_sum = chunk_checksum(replica, tmap, chunk, tenant_id)
+            dst_rows, dst_sum = chunk_checksum(target, tmap, chunk, tenant_id, whole_range=True)
+            rows.append({"unit": chunk.chunk_id, "source_rows": src_rows, "target_rows": dst_rows,
+                         "source_checksum": src_sum, "target_checksum": dst_sum})
+        return pd.DataFrame(rows)
     rows = []
     for table in tmap.load_order():
         src_rows, src_sum = table_checksum(replica, tmap, table, tenant_id)
@@ -155,7 +166,8 @@ def post_copy_gate(frame: Any, folder: Path) -> GateResult:
     for check in checks:
         if not check["success"]:
             bad = frame[frame["unit"].isin(check["unexpected"])]
-            check["numbers"] = bad.to_dict(orient="records")
+            # JSON has no NaN: missing cells become null before the evidence reaches the ledger.
+            check["numbers"] = bad.astype(object).where(bad.notna(), None).to_dict(orient="records")
     return finish_gate("post_copy", checks, folder, started)
 
 

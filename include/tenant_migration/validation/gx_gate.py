@@ -60,9 +60,9 @@ class GateResult:
         return f"{self.gate}: {len(self.failures)} of {len(self.checks)} checks failed: " + "; ".join(self.failures)
 
     def evidence(self) -> dict[str, Any]:
-        return {"gate": self.gate, "passed": self.passed, "seconds": round(self.seconds, 3),
-                "failures": self.failures, "checks": self.checks,
-                "html_report": str(self.html_path) if self.html_path else None}
+        return _clean({"gate": self.gate, "passed": self.passed, "seconds": round(self.seconds, 3),
+                       "failures": self.failures, "checks": self.checks,
+                       "html_report": str(self.html_path) if self.html_path else None})
 
 
 def _gx() -> Any:
@@ -198,3 +198,14 @@ def _trim(d: dict[str, Any]) -> dict[str, Any]:
     """Keep GX's result small in the ledger: drop the full unexpected lists."""
     text = json.dumps(d, default=str)
     return d if len(text) < 20000 else {"success": d.get("success"), "statistics": d.get("statistics")}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities (pandas' missing values) become null, recursively."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value

@@ -123,6 +123,16 @@ def _update_loop(ep: PgEndpoint, stop: threading.Event) -> None:
             i += 1
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_source(topo: Topology) -> Iterator[None]:
+    """These tests change the tenant's source rows on purpose: give the next tests the pristine
+    tiny dataset back."""
+    yield
+    from tenant_migration.sample import platform
+
+    platform.load_data(topo, "tiny", 7, force=True)
+
+
 @pytest.fixture
 def seam(topo: Topology, endpoints: Endpoints, tiny_dataset: dict) -> Iterator[Seam]:
     yield from open_seam(topo, endpoints)

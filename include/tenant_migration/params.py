@@ -1,0 +1,42 @@
+"""Trigger params of the migration DAGs (the UI form): typed, titled and described. Plain data:
+importing this module opens nothing."""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+
+MIGRATION_PARAMS = {
+    "tenant_id": Param(type="integer", minimum=1, title="Tenant id",
+                       description="Id of the tenant to migrate (platform.tenants.tenant_id)."),
+    "dry_run": Param(False, type="boolean", title="Dry run",
+                     description="Run every check and write nothing: no ledger run, no copy, no DNS change."),
+    "chunk_rows": Param(50_000, type="integer", minimum=100, maximum=10_000_000, title="Chunk rows",
+                        description="Target number of rows per PostgreSQL chunk."),
+    "max_tasks": Param(8, type="integer", minimum=1, maximum=256, title="Copy tasks per store",
+                       description="Chunks are dealt into at most this many mapped copy tasks per store."),
+    "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
+                                   description="Requests in flight per Cassandra copy."),
+    "cassandra_days": Param(4, type="integer", minimum=1, maximum=3650, title="Cassandra days",
+                            description="Day buckets of datapoints to copy, newest first, counting today (UTC)."),
+    "dns_zone": Param("iot.example.test.", type="string", title="DNS zone",
+                      description="Route53 hosted zone that holds the tenant's endpoint records."),
+    "target_endpoint_prefix": Param("vpc", type="string", pattern="^[a-z0-9][a-z0-9-]{0,62}$",
+                                    title="Target endpoint prefix",
+                                    description="Dedicated endpoints are <service>.<prefix>-<slug>.<zone>."),
+    "max_lag_bytes": Param(1_048_576, type="integer", minimum=0, title="Max change lag (bytes)",
+                           description="Catch-up is done when the change stream's lag is at most this."),
+    "max_lag_seconds": Param(10, type="integer", minimum=0, title="Max change lag (seconds)",
+                             description="The catch-up gate fails above this lag."),
+    "catch_up_timeout_s": Param(900, type="integer", minimum=1, title="Catch-up timeout (s)",
+                                description="A catch-up that has not converged by then fails (and can be retried)."),
+    "suspension_minutes": Param(30, type="integer", minimum=1, maximum=1440, title="Suspension expiry (min)",
+                                description="Registrations come back by themselves after this, even if Airflow dies."),
+    "lowered_ttl": Param(30, type="integer", minimum=1, title="Lowered DNS TTL (s)",
+                         description="TTL of the tenant's records during the cutover."),
+    "max_ttl_wait_s": Param(300, type="integer", minimum=0, title="Max wait for the old TTL (s)",
+                            description="After lowering the TTL, wait out the old TTL, at most this long."),
+    "drain_seconds": Param(60, type="integer", minimum=0, title="Straggler drain (s)",
+                           description="After the flip, keep copying writes that reach the shared platform."),
+    "require_approval": Param(True, type="boolean", title="Require approval",
+                              description="A human approves the DNS flip (off for rehearsals and tests)."),
+}
