@@ -133,17 +133,17 @@ def tenant_migration() -> None:
     with TaskGroup("go"):
         suspended = suspend_registrations()
         pre_flip = gate_pre_flip()
-        approve = ApprovalOperator(task_id="approve_flip", subject="Flip DNS to the tenant's dedicated deployment?",
+        approve_flip = ApprovalOperator(task_id="approve_flip", subject="Flip DNS to the tenant's dedicated deployment?",
                                    body="Gates passed: see the run's reports. Reject (or no answer) stops the cutover.",
                                    defaults="Reject", response_timeout=timedelta(hours=1), fail_on_reject=True,
                                    execution_timeout=timedelta(hours=2))
-        skip = EmptyOperator(task_id="skip_approval")
+        skip_approval = EmptyOperator(task_id="skip_approval")
         ttl = lower_dns_ttl(pre)
         flipped = flip_dns(pre)
         drained = drain_stragglers()
         post_flip = gate_post_flip(pre, drained)
         resumed = resume_registrations().as_teardown(setups=suspended)
-        set_gate >> suspended >> final_catch_up() >> pre_flip >> choose_approval() >> [approve, skip] >> ttl
+        set_gate >> suspended >> final_catch_up() >> pre_flip >> choose_approval() >> [approve_flip, skip_approval] >> ttl
         ttl >> flipped >> drained >> post_flip >> resumed
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     pre >> slot
