@@ -366,16 +366,40 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         return {"dry_run": True, "summary": str(folder / "summary.txt")}
     with ep.target.connect() as tconn:
         chunks = ledger.chunk_rows(tconn, run_id)
-        steps = ledger.step_durations(tconn, run_id)
+        steps = [(n, sec) for n, sec in ledger.step_durations(tconn, run_id) if sec == sec]  # drop NaN
+        copies = tconn.execute(
+            "SELECT engine, count(*), COALESCE(sum(rows_copied), 0), "
+            "COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0)::float8, "
+            "COALESCE(EXTRACT(EPOCH FROM max(finished_at) - min(started_at)), 0)::float8 "
+            "FROM tm_control.chunks WHERE run_id = %s GROUP BY engine ORDER BY engine", (run_id,)).fetchall()
+        gate_rows = tconn.execute(
+            "SELECT DISTINCT ON (gate) gate, passed, (evidence->>'seconds')::float8, report_path FROM tm_control.gates "
+            "WHERE run_id = %s ORDER BY gate, attempt DESC", (run_id,)).fetchall()
+        window = suspension_window(tconn, run_id)
         not_done = [c["chunk_id"] for c in chunks if c["status"] != "done"]
         ledger.finish_run(tconn, run_id, "failed" if not_done else "succeeded")
-    lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}", "", "Rows and partitions per table:"]
+    per_table: dict[tuple[str, str], dict[str, int]] = {}
     for c in chunks:
-        parts = f"{c['partitions']:>9} partitions" if c["partitions"] is not None else " " * 20
-        lines.append(f"  {c['engine']:<10} {c['table_name']:<22} {c['rows_copied'] or 0:>10} rows {parts}  "
-                     f"{c['status']:<8} attempts {c['attempts']}")
+        t = per_table.setdefault((c["engine"], c["table_name"]), {"rows": 0, "partitions": 0, "chunks": 0, "done": 0,
+                                                                  "retried": 0})
+        t["rows"] += c["rows_copied"] or 0
+        t["partitions"] += c["partitions"] or 0
+        t["chunks"] += 1
+        t["done"] += int(c["status"] == "done")
+        t["retried"] += int((c["attempts"] or 0) > 1)
+    lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}", "", "Rows and partitions per table:"]
+    for (engine, table), t in sorted(per_table.items()):
+        parts = f"{t['partitions']:>9} partitions" if engine == "cassandra" else " " * 20
+        lines.append(f"  {engine:<10} {table:<22} {t['rows']:>10} rows {parts}  {t['done']}/{t['chunks']} chunks done"
+                     + (f", {t['retried']} retried" if t["retried"] else ""))
     lines += ["", "Time per step:"]
-    lines += [f"  {name:<18} {secs:8.2f} s" for name, secs in steps]
+    lines += [f"  {name:<26} {secs:8.2f} s" for name, secs in steps]
+    lines += [f"  copy {eng:<21} {wall:8.2f} s wall  ({n} chunks, {rows} rows, {busy:.2f} s of chunk work)"
+              for eng, n, rows, busy, wall in copies]
+    lines += ["", "Gates:"]
+    lines += [f"  {g:<26} {'passed' if ok else 'FAILED':<7} {sec or 0:6.2f} s  {path}" for g, ok, sec, path in gate_rows]
+    if window is not None:
+        lines += ["", f"Registrations were suspended for {window:.1f} s."]
     if dns_result:
         lines += ["", "DNS answer before and after the flip:"]
         for name, chain in (dns_result.get("before") or {}).items():
@@ -383,7 +407,10 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
             lines.append(f"  {name}\n    before: {' -> '.join(chain)}\n    after:  {' -> '.join(after)}")
     text = "\n".join(lines) + "\n"
     (folder / "summary.txt").write_text(text)
-    summary = {"chunks": chunks, "steps": steps, "dns": dns_result}
+    summary = {"chunks": chunks, "steps": steps, "dns": dns_result, "suspension_window_s": window,
+               "copies": [dict(zip(["engine", "chunks", "rows", "chunk_seconds", "wall_seconds"], c, strict=True))
+                          for c in copies],
+               "gates": [dict(zip(["gate", "passed", "seconds", "report"], g, strict=True)) for g in gate_rows]}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not_done:
         raise RuntimeError(f"run {run_id} has chunks not done: {', '.join(not_done)}")

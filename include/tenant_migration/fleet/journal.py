@@ -1,5 +1,10 @@
 """An append-only journal of every write the fleet attempts, so loss can be proven afterwards:
-each line is one attempt with its id, time, endpoint, outcome and what was written."""
+each line is one attempt with its id, time, endpoint, outcome and what was written.
+
+Invariant: every attempt is journaled exactly once, acknowledged or not, including attempts that
+failed before reaching a server (DNS, connection) and attempts still in flight at stop (the fleet
+waits for their callbacks). A write missing from the journal could hide a loss.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ from typing import Any
 @dataclass
 class WriteRecord:
     write_id: str
-    kind: str  # datapoint | app | registration
+    kind: str  # datapoint | app | registration | device_registration
     started: float  # unix seconds
-    endpoint: str
+    endpoint: str  # the DNS answer used (the deployment's endpoint name); "?" when resolution failed
     acked: bool
     latency_ms: float
     error: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    client: str = ""  # which client's DNS cache answered (devices and apps each have their own)
 
 
 class Journal:

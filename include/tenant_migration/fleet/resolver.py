@@ -1,6 +1,14 @@
-"""DNS resolution as a device does it: follow the tenant's CNAME through Route53 and cache the
-answer for its TTL. After the flip, a device keeps writing to the old endpoint until its cached
-answer expires: the stragglers the migration must drain."""
+"""DNS resolution as devices do it: follow the tenant's CNAME through Route53 and cache the answer
+for its TTL. After the flip, a client keeps writing to the old endpoint until its cached answer
+expires: the stragglers the migration must drain.
+
+Design note. Every client (a device, an app instance) has its OWN cache, keyed by ``client``: real
+devices fetched their answers at different moments, so after the flip they move over one by one
+across a whole TTL, not all at once. One shared cache would make every client switch at the same
+instant and hide the straggler window. Route53 (moto locally) is asked at most once per
+``upstream_ttl`` seconds for the whole fleet: a recursive resolver in front of the authoritative
+servers, which keeps the API rate bounded whatever the fleet size.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tenant_migration.cutover import dns
 
@@ -21,28 +30,42 @@ class Answer:
 
 
 class CachingResolver:
-    """Thread-safe, per-name TTL cache in front of the Route53 API (moto locally)."""
+    """Thread-safe, per-(client, name) TTL cache in front of the Route53 API."""
 
-    def __init__(self, client: dns.Route53Client, zone_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: dns.Route53Client, zone_id: str, clock: Callable[[], float] = time.monotonic,
+                 upstream_ttl: float = 0.2) -> None:
         self.client = client
         self.zone_id = zone_id
         self.clock = clock
-        self._cache: dict[str, Answer] = {}
+        self.upstream_ttl = upstream_ttl
+        self._cache: dict[tuple[str, str], Answer] = {}
+        self._sets: dict[str, dict[str, Any]] = {}
+        self._sets_at = float("-inf")
         self._lock = threading.Lock()
-        self.lookups = 0
+        self._upstream_lock = threading.Lock()
+        self.lookups = 0  # answers (re)fetched by a client: cache misses
+        self.upstream_queries = 0  # Route53 API calls
 
-    def resolve(self, name: str) -> Answer:
+    def _records(self, now: float) -> dict[str, dict[str, Any]]:
+        with self._upstream_lock:
+            if now - self._sets_at >= self.upstream_ttl:
+                self._sets = dns.records(self.client, self.zone_id)
+                self._sets_at = now
+                self.upstream_queries += 1
+            return self._sets
+
+    def resolve(self, name: str, client: str = "") -> Answer:
         now = self.clock()
+        key = (client, name)
         with self._lock:
-            hit = self._cache.get(name)
+            hit = self._cache.get(key)
             if hit is not None and now - hit.fetched_at < hit.ttl:
                 return hit
-        sets = dns.records(self.client, self.zone_id)
-        rr = sets.get(name)
+        rr = self._records(now).get(name)
         if rr is None:
             raise dns.DnsError(f"{name} has no record")
         answer = Answer(name, rr["ResourceRecords"][0]["Value"], int(rr.get("TTL", 60)), now)
         with self._lock:
-            self._cache[name] = answer
+            self._cache[key] = answer
             self.lookups += 1
         return answer

@@ -1,13 +1,19 @@
 """The tenant's device fleet and app traffic, writing through DNS for the whole migration.
 
 Devices send datapoints (background mode: a few per hour; active mode: several per second), apps
-update properties and rules in PostgreSQL, and a trickle of new users registers. Every client
-resolves its endpoint through the tenant's Route53 records with TTL caching (``CachingResolver``),
-so after the flip stragglers keep writing to the old platform until their cache expires. Every
-attempt is journaled (``Journal``) so that loss can be proven afterwards.
+update properties and rules in PostgreSQL, and a trickle of new users AND devices registers. Every
+client resolves its endpoint through the tenant's Route53 records with its own TTL cache
+(``CachingResolver``), so after the flip stragglers keep writing to the old platform until their
+cache expires. Every attempt is journaled (``Journal``) so that loss can be proven afterwards.
 
-Each datapoint carries an explicit write timestamp equal to its ``ts``: the same cell written to
-either platform converges to the same value whatever copy or drain brings it across.
+Each datapoint carries an explicit write timestamp equal to its ``ts``, and a device never sends two
+datapoints of one property with the same ``ts`` (the millisecond is bumped): the same cell written
+to either platform converges to the same value whatever copy or drain brings it across, and no two
+acknowledged writes share a cell (a tie would be settled by value, not by the journal).
+
+Devices are spread over ``dns_clients`` caches (device ``d`` uses cache ``d % dns_clients``), app
+traffic over ``app_clients``: each cache fetched its answer at its own moment, so the switch after
+the flip is spread over a TTL as it is in the field.
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tenant_migration.endpoints import CassandraEndpoint, Endpoints, PgEndpoint
 from tenant_migration.fleet.journal import Journal, WriteRecord
-from tenant_migration.fleet.resolver import CachingResolver
+from tenant_migration.fleet.resolver import Answer
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,16 @@ class FleetConfig:
     active_per_second: float = 2.0
     app_updates_per_second: float = 1.0
     registrations_per_minute: float = 6.0
+    device_registrations_per_minute: float = 3.0
     registration_retry_s: float = 5.0
+    rule_update_share: float = 0.3  # fraction of app updates that change a rule (else a property)
+    dns_clients: int = 16
+    app_clients: int = 2
+    request_timeout_s: float = 5.0
+    # Load checks only: write every datapoint into this day bucket (far outside the migrated days,
+    # so no gate or copy ever sees it) and let it expire after ``write_ttl_s``.
+    fixed_day: date | None = None
+    write_ttl_s: int | None = None
     duration_s: float = 60.0
     max_in_flight: int = 256
     seed: int = 11
@@ -77,6 +92,7 @@ class FleetStats:
     failed_seconds: set[int] = field(default_factory=set)
     latencies_ms: list[float] = field(default_factory=list)
     registrations_rejected: int = 0
+    dns_lookups: int = 0
     started: float = 0.0
     finished: float = 0.0
 
@@ -88,92 +104,136 @@ class FleetStats:
 
         return {"attempted": dict(self.attempted), "acked": dict(self.acked), "failed": dict(self.failed),
                 "by_endpoint": dict(self.by_endpoint), "device_write_unavailable_seconds": len(self.failed_seconds),
-                "registrations_rejected": self.registrations_rejected, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+                "registrations_rejected": self.registrations_rejected,
+                "dns_lookups": self.dns_lookups, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
                 "seconds": round(self.finished - self.started, 1)}
+
+
+@dataclass(frozen=True)
+class TenantProfile:
+    """What the fleet writes to, read from the tenant's real rows: its (device, property) pairs,
+    rules, a device model and users (device registrations need both)."""
+
+    pairs: list[tuple[int, int]]
+    rules: list[int] = field(default_factory=list)
+    model_id: int | None = None
+    user_ids: list[str] = field(default_factory=list)
 
 
 class Fleet:
     """Runs the simulated fleet against whatever the tenant's DNS records say, for a duration."""
 
-    def __init__(self, config: FleetConfig, resolver: CachingResolver, directory: EndpointDirectory,
-                 journal: Journal, pairs: list[tuple[int, int]], clock: Callable[[], float] = time.time) -> None:
-        if not pairs:
+    def __init__(self, config: FleetConfig, resolver: Resolver, directory: EndpointDirectory,
+                 journal: Journal, profile: TenantProfile | list[tuple[int, int]],
+                 clock: Callable[[], float] = time.time) -> None:
+        if isinstance(profile, list):
+            profile = TenantProfile(pairs=profile)
+        if not profile.pairs:
             raise ValueError(f"tenant {config.tenant_id} has no (device, property) pairs to simulate")
         self.config = config
         self.resolver = resolver
         self.directory = directory
         self.journal = journal
+        self.profile = profile
         self.clock = clock
         rng = random.Random(config.seed)
-        devices = sorted({d for d, _ in pairs})[: config.devices]
+        devices = sorted({d for d, _ in profile.pairs})[: config.devices]
         props: dict[int, list[int]] = defaultdict(list)
-        for d, p in pairs:
+        for d, p in profile.pairs:
             props[d].append(p)
         self.devices = devices
         self.props = props
-        self.active = set(rng.sample(devices, round(len(devices) * config.active_fraction)))
+        self.active = sorted(rng.sample(devices, round(len(devices) * config.active_fraction)))
         self.rng = rng
         self.stats = FleetStats()
         self._sessions: dict[str, Any] = {}
         self._prepared: dict[str, Any] = {}
+        self._last_ts: dict[tuple[int, int], int] = {}
         self._in_flight = threading.BoundedSemaphore(config.max_in_flight)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._clusters: list[Any] = []
+
+    @property
+    def device_name(self) -> str:
+        return f"devices.{self.config.slug}.{self.config.zone}"
+
+    @property
+    def api_name(self) -> str:
+        return f"api.{self.config.slug}.{self.config.zone}"
 
     # -- devices -----------------------------------------------------------------------------
     def _session(self, endpoint: str) -> tuple[Any, Any]:
         with self._lock:
             if endpoint not in self._sessions:
                 target = self.directory.cassandra[endpoint]
-                cluster = target.cluster(request_timeout=5.0)
+                cluster = target.cluster(request_timeout=self.config.request_timeout_s)
                 session = cluster.connect()
                 self._clusters.append(cluster)
                 self._sessions[endpoint] = session
+                ttl = f" AND TTL {int(self.config.write_ttl_s)}" if self.config.write_ttl_s else ""
                 self._prepared[endpoint] = session.prepare(
                     "INSERT INTO telemetry.datapoints (device_id, property_id, day, ts, value, quality) "
-                    "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")
+                    f"VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?{ttl}")
             return self._sessions[endpoint], self._prepared[endpoint]
+
+    def connect_all(self) -> None:
+        """Open a session to every Cassandra endpoint up front: a client's first write after the
+        flip must not pay (or time out on) a cold connection."""
+        for endpoint in self.directory.cassandra:
+            self._session(endpoint)
 
     def _pick_device(self) -> int:
         # Active devices write far more often: weight the draw by each device's rate.
         active_rate = len(self.active) * self.config.active_per_second
         total = self.config.write_rate
         if self.active and self.rng.random() < active_rate / total:
-            return self.rng.choice(sorted(self.active))
+            return self.rng.choice(self.active)
         return self.rng.choice(self.devices)
+
+    def _next_ts_ms(self, device: int, prop: int, now_ms: int) -> int:
+        key = (device, prop)
+        ts = max(now_ms, self._last_ts.get(key, 0) + 1)
+        self._last_ts[key] = ts
+        return ts
 
     def _write_datapoint(self) -> None:
         device = self._pick_device()
         prop = self.rng.choice(self.props[device])
-        now = datetime.now(UTC)
-        ts_ms = int(now.timestamp() * 1000)
+        ts_ms = self._next_ts_ms(device, prop, int(time.time() * 1000))
+        when = datetime.fromtimestamp(ts_ms / 1000, UTC)
         value = round(self.rng.uniform(-50, 150), 3)
-        name = f"devices.{self.config.slug}.{self.config.zone}"
+        client = f"dev{device % max(1, self.config.dns_clients)}"
         started = self.clock()
         write_id = uuid.uuid4().hex
+        day = self.config.fixed_day or when.date()
+        payload = {"device_id": device, "property_id": prop, "day": day.isoformat(), "ts_ms": ts_ms,
+                   "value": value, "writetime": ts_ms * 1000}
+        endpoint = "?"
         try:
-            endpoint = self.resolver.resolve(name).endpoint
+            endpoint = self.resolver.resolve(self.device_name, client).endpoint
             session, stmt = self._session(endpoint)
         except Exception as exc:
-            self._record(WriteRecord(write_id, "datapoint", started, "?", False, 0.0, f"{type(exc).__name__}: {exc}"))
+            self._record(WriteRecord(write_id, "datapoint", started, endpoint, False, 0.0,
+                                     f"{type(exc).__name__}: {exc}", payload, client))
             return
-        payload = {"device_id": device, "property_id": prop, "day": now.date().isoformat(), "ts_ms": ts_ms,
-                   "value": value, "writetime": ts_ms * 1000}
         self._in_flight.acquire()
-        future = session.execute_async(stmt, (device, prop, now.date(), datetime.fromtimestamp(ts_ms / 1000, UTC),
-                                              value, 0, ts_ms * 1000))
 
         def done(_: Any) -> None:
             self._in_flight.release()
             self._record(WriteRecord(write_id, "datapoint", started, endpoint, True,
-                                     (self.clock() - started) * 1000, None, payload))
+                                     (self.clock() - started) * 1000, None, payload, client))
 
         def failed(exc: BaseException) -> None:
             self._in_flight.release()
             self._record(WriteRecord(write_id, "datapoint", started, endpoint, False,
-                                     (self.clock() - started) * 1000, f"{type(exc).__name__}: {exc}", payload))
+                                     (self.clock() - started) * 1000, f"{type(exc).__name__}: {exc}", payload, client))
 
+        try:
+            future = session.execute_async(stmt, (device, prop, day, when, value, 0, ts_ms * 1000))
+        except Exception as exc:  # raised before any callback could be attached: journal it here
+            failed(exc)
+            return
         future.add_callbacks(done, failed)
 
     # -- apps ----------------------------------------------------------------------------------
@@ -183,61 +243,101 @@ class Fleet:
         return cache[endpoint]
 
     def _app_loop(self, conns: dict[str, Any]) -> None:
-        period = 1.0 / self.config.app_updates_per_second if self.config.app_updates_per_second > 0 else None
-        reg_period = 60.0 / self.config.registrations_per_minute if self.config.registrations_per_minute > 0 else None
-        next_app = next_reg = self.clock()
-        retries: list[tuple[float, str]] = []
-        rng = random.Random(self.config.seed + 1)
+        cfg = self.config
+        period = 1.0 / cfg.app_updates_per_second if cfg.app_updates_per_second > 0 else None
+        reg_period = 60.0 / cfg.registrations_per_minute if cfg.registrations_per_minute > 0 else None
+        dev_period = 60.0 / cfg.device_registrations_per_minute if cfg.device_registrations_per_minute > 0 else None
+        can_register_devices = self.profile.model_id is not None and bool(self.profile.user_ids)
+        next_app = next_reg = next_dev = self.clock()
+        retries: list[tuple[float, str, str]] = []
+        rng = random.Random(cfg.seed + 1)
+        n = 0
         while not self._stop.is_set():
             now = self.clock()
             if period and now >= next_app:
                 next_app += period
-                self._app_update(conns, rng)
-            due = [r for r in retries if r[0] <= now]
-            for r in due:
+                n += 1
+                self._app_update(conns, rng, f"app{n % max(1, cfg.app_clients)}")
+            for r in [r for r in retries if r[0] <= now]:
                 retries.remove(r)
-                self._register(conns, r[1], retries)
+                self._register(conns, r[1], r[2], retries)
             if reg_period and now >= next_reg:
                 next_reg += reg_period
-                self._register(conns, uuid.uuid4().hex[:12], retries)
+                self._register(conns, "registration", uuid.UUID(int=rng.getrandbits(128)).hex[:12], retries)
+            if dev_period and can_register_devices and now >= next_dev:
+                next_dev += dev_period
+                self._register(conns, "device_registration", uuid.UUID(int=rng.getrandbits(128)).hex[:12], retries)
             time.sleep(0.02)
-        for _, key in retries:  # one last try for every registration still pending
-            self._register(conns, key, [])
+        for _, kind, key in retries:  # one last try for every registration still pending
+            self._register(conns, kind, key, [])
 
-    def _app_update(self, conns: dict[str, Any], rng: random.Random) -> None:
+    def _app_update(self, conns: dict[str, Any], rng: random.Random, client: str) -> None:
+        value = f"u{rng.randint(0, 10**6)}"
+        if self.profile.rules and rng.random() < self.config.rule_update_share:
+            rule = rng.choice(self.profile.rules)
+            threshold = float(rng.randint(0, 10**6))
+            self._pg_write(conns, "app", "UPDATE platform.rules SET threshold = %s WHERE rule_id = %s",
+                           (threshold, rule), {"table": "rules", "key_column": "rule_id", "key": rule,
+                                               "column": "threshold", "value": threshold}, client)
+            return
         device = rng.choice(self.devices)
         prop = rng.choice(self.props[device])
-        unit = f"u{rng.randint(0, 10**6)}"
         self._pg_write(conns, "app", "UPDATE platform.properties SET unit = %s WHERE property_id = %s",
-                       (unit, prop), {"property_id": prop, "unit": unit})
+                       (value, prop), {"table": "properties", "key_column": "property_id", "key": prop,
+                                       "column": "unit", "value": value}, client)
 
-    def _register(self, conns: dict[str, Any], key: str, retries: list[tuple[float, str]]) -> None:
-        user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-{self.config.tenant_id}-{key}"))
-        ok = self._pg_write(
-            conns, "registration",
-            "INSERT INTO platform.users (user_id, tenant_id, email, display_name, role) VALUES (%s, %s, %s, %s, 'viewer') "
-            "ON CONFLICT (user_id) DO NOTHING",
-            (user_id, self.config.tenant_id, f"fleet-{key}@example.test", f"fleet {key}"),
-            {"user_id": user_id, "key": key})
+    def _register(self, conns: dict[str, Any], kind: str, key: str, retries: list[tuple[float, str, str]]) -> None:
+        tid = self.config.tenant_id
+        if kind == "registration":
+            user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-{tid}-{key}"))
+            ok = self._pg_write(
+                conns, kind,
+                "INSERT INTO platform.users (user_id, tenant_id, email, display_name, role) "
+                "VALUES (%s, %s, %s, %s, 'viewer') ON CONFLICT (user_id) DO NOTHING",
+                (user_id, tid, f"fleet-{key}@example.test", f"fleet {key}"), {"user_id": user_id, "key": key},
+                "registrar")
+        else:
+            device_id = fleet_device_id(tid, key)
+            reg_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-reg-{tid}-{key}"))
+            user_id = self.profile.user_ids[int(key, 16) % len(self.profile.user_ids)]
+            ok = self._pg_write(
+                conns, kind,
+                [("INSERT INTO platform.devices (device_id, tenant_id, serial, model_id, name) "
+                  "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (device_id) DO NOTHING",
+                  (device_id, tid, f"fleet-{tid}-{key}", self.profile.model_id, f"fleet {key}")),
+                 ("INSERT INTO platform.device_registrations (registration_id, device_id, user_id, status) "
+                  "VALUES (%s, %s, %s, 'active') ON CONFLICT (registration_id) DO NOTHING",
+                  (reg_id, device_id, user_id))],
+                (), {"device_id": device_id, "registration_id": reg_id, "key": key}, "registrar")
         if not ok:
             with self._lock:
                 self.stats.registrations_rejected += 1
-            retries.append((self.clock() + self.config.registration_retry_s, key))
+            retries.append((self.clock() + self.config.registration_retry_s, kind, key))
 
-    def _pg_write(self, conns: dict[str, Any], kind: str, query: str, params: tuple[Any, ...],
-                  payload: dict[str, Any]) -> bool:
+    def _pg_write(self, conns: dict[str, Any], kind: str, query: str | list[tuple[str, tuple[Any, ...]]],
+                  params: tuple[Any, ...], payload: dict[str, Any], client: str) -> bool:
+        """One app request: a statement, or a list of statements run in one transaction."""
         started = self.clock()
         write_id = uuid.uuid4().hex
         endpoint = "?"
         try:
-            endpoint = self.resolver.resolve(f"api.{self.config.slug}.{self.config.zone}").endpoint
-            self._app_conn(endpoint, conns).execute(query, params)
+            endpoint = self.resolver.resolve(self.api_name, client).endpoint
+            conn = self._app_conn(endpoint, conns)
+            if isinstance(query, str):
+                conn.execute(query, params)
+            else:
+                with conn.transaction():
+                    for q, p in query:
+                        conn.execute(q, p)
         except Exception as exc:
-            conns.pop(endpoint, None)
+            if endpoint in conns and getattr(conns[endpoint], "closed", False):
+                conns.pop(endpoint, None)
+            first = str(exc).splitlines()[0] if str(exc) else ""
             self._record(WriteRecord(write_id, kind, started, endpoint, False, (self.clock() - started) * 1000,
-                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", payload))
+                                     f"{type(exc).__name__}: {first}", payload, client))
             return False
-        self._record(WriteRecord(write_id, kind, started, endpoint, True, (self.clock() - started) * 1000, None, payload))
+        self._record(WriteRecord(write_id, kind, started, endpoint, True, (self.clock() - started) * 1000, None,
+                                 payload, client))
         return True
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -264,30 +364,69 @@ class Fleet:
         self.stats.started = self.clock()
         deadline = self.stats.started + duration
         conns: dict[str, Any] = {}
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-app") as pool:
-            app = pool.submit(self._app_loop, conns)
-            credit = 0.0
-            last = self.clock()
-            while not self._stop.is_set() and self.clock() < deadline:
-                now = self.clock()
-                credit += (now - last) * self.config.write_rate
-                last = now
-                while credit >= 1.0:
-                    credit -= 1.0
-                    self._write_datapoint()
-                time.sleep(0.01)
-            self._stop.set()
-            app.result()
-        for _ in range(self.config.max_in_flight):  # wait for every in-flight write to be journaled
-            self._in_flight.acquire()
-        for _ in range(self.config.max_in_flight):
-            self._in_flight.release()
-        self.stats.finished = self.clock()
-        for conn in conns.values():
-            conn.close()
-        for cluster in self._clusters:
-            cluster.shutdown()
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-app") as pool:
+                app = pool.submit(self._app_loop, conns)
+                credit = 0.0
+                last = self.clock()
+                try:
+                    while not self._stop.is_set() and self.clock() < deadline:
+                        now = self.clock()
+                        credit += (now - last) * self.config.write_rate
+                        last = now
+                        while credit >= 1.0:
+                            credit -= 1.0
+                            self._write_datapoint()
+                        time.sleep(0.01)
+                finally:
+                    self._stop.set()
+                app.result()
+            for _ in range(self.config.max_in_flight):  # wait for every in-flight write to be journaled
+                self._in_flight.acquire()
+            for _ in range(self.config.max_in_flight):
+                self._in_flight.release()
+        finally:
+            self.stats.finished = self.clock()
+            self.stats.dns_lookups = getattr(self.resolver, "lookups", 0)
+            for conn in conns.values():
+                conn.close()
+            for cluster in self._clusters:
+                cluster.shutdown()
         return self.stats
+
+
+class Resolver(Protocol):
+    def resolve(self, name: str, client: str = "") -> Answer: ...
+
+
+class StaticResolver:
+    """Answers fixed endpoints without DNS: the load check drives the target directly."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.lookups = 0
+
+    def resolve(self, name: str, client: str = "") -> Answer:
+        return Answer(name, self.answers[name], 3600, 0.0)
+
+
+def fleet_device_id(tenant_id: int, key: str) -> int:
+    """A device id for a fleet-registered device: far above the generator's ids, stable per key."""
+    return 9_000_000_000_000 + (uuid.uuid5(uuid.NAMESPACE_URL, f"fleet-dev-{tenant_id}-{key}").int % 10**12)
+
+
+def tenant_profile(replica: PgEndpoint, tenant_id: int, limit: int) -> TenantProfile:
+    """The tenant's first ``limit`` devices with their properties and rules, a model and users."""
+    pairs = tenant_pairs(replica, tenant_id, limit)
+    props = sorted({p for _, p in pairs})
+    with replica.connect(autocommit=True) as conn:
+        rules = [int(r[0]) for r in conn.execute(
+            "SELECT rule_id FROM platform.rules WHERE property_id = ANY(%s) ORDER BY 1", (props,)).fetchall()]
+        model = conn.execute("SELECT model_id FROM platform.devices WHERE tenant_id = %s ORDER BY device_id LIMIT 1",
+                             (tenant_id,)).fetchone()
+        users = [str(r[0]) for r in conn.execute(
+            "SELECT user_id FROM platform.users WHERE tenant_id = %s ORDER BY user_id LIMIT 50", (tenant_id,)).fetchall()]
+    return TenantProfile(pairs, rules, int(model[0]) if model else None, users)
 
 
 def tenant_pairs(replica: PgEndpoint, tenant_id: int, limit: int) -> list[tuple[int, int]]:

@@ -1,0 +1,52 @@
+"""The rehearsal DAG end to end: test-pool to the target and back, shared data unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import admin
+
+from tenant_migration.cutover import dns
+from tenant_migration.sample import data
+from tenant_migration.spec import MigrationSpec
+
+pytestmark = pytest.mark.e2e
+
+FAST = {"max_ttl_wait_s": 1, "drain_seconds": 3}
+
+
+@pytest.fixture
+def dag(topo, tiny_dataset):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tenant_migration.sample import platform
+    from tenant_migration.stack.topology import REPO_ROOT
+
+    platform.demo_reset(topo)
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "tenant_rehearsal.py"))
+    assert bag.import_errors == {}
+    return bag.dags["tenant_rehearsal"]
+
+
+def test_rehearsal_goes_there_and_back_and_reports(dag, topo, endpoints, reports) -> None:
+    dagrun = dag.test(run_conf=FAST)
+    states = {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
+    assert str(dagrun.state) == "success", states
+    assert set(states.values()) == {"success"}, states
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, MigrationSpec.dns_zone)
+    for plan in dns.tenant_records(MigrationSpec.dns_zone, data.TEST_POOL_SLUG):
+        assert dns.resolve(r53, zid, plan.name)[1] == plan.shared_target
+    with admin(topo, "target") as t:
+        row = t.execute("SELECT verdict, report_path, predicted_seconds FROM tm_control.rehearsals "
+                        "ORDER BY started_at DESC LIMIT 1").fetchone()
+        assert t.execute("SELECT count(*) FROM platform.devices").fetchone() == (0,)  # purged
+        gates = dict(t.execute("SELECT gate, bool_and(passed) FROM tm_control.gates WHERE run_id LIKE 'tenant_rehearsal/%%' "
+                               "GROUP BY gate").fetchall())
+    assert row[0] == "GO"
+    assert gates.get("shared_unchanged") is True and gates.get("copy_back") is True
+    report = json.loads(open(row[1]).read())
+    assert report["prediction"]["tasks"]["ready.copy_postgres_batch"] > 0
+    assert report["sizes"]["reference"]["total_rows"] > report["sizes"]["rehearsal"]["total_rows"]
+    assert list(reports.rglob("rehearsal_durations.png"))
