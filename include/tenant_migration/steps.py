@@ -451,7 +451,7 @@ def _detach_lsn(tconn: psycopg.Connection, run_id: str) -> tuple[str, datetime |
 
 
 def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now: bool = False,
-                      tmap: TenantMap | None = None) -> dict[str, Any]:
+                      tmap: TenantMap | None = None, step_name: str | None = None) -> dict[str, Any]:
     """Stream the tenant's changes committed on the primary after the detach point until the lag is
     under the threshold (``until_now``: until everything committed before this call is applied)."""
     if spec.dry_run:
@@ -464,7 +464,8 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
         if until_now:
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             until = row[0] if row else None
-        with step(tconn, run_id, "catch_up_postgres_final" if until_now else "catch_up_postgres") as detail:
+        name_ = step_name or ("final_catch_up" if until_now else "catch_up_postgres")
+        with step(tconn, run_id, name_) as detail:
             report = cdc.catch_up(src, tconn, tmap, spec.tenant_id, run_id, name, start_lsn,
                                   max_lag_bytes=spec.max_lag_bytes, timeout=spec.catch_up_timeout_s, until_lsn=until)
             detail.update(report.to_dict())
@@ -652,7 +653,7 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
                     src, dst, tmap, chunks, since, duration=timedelta(seconds=spec.drain_seconds),
                     poll_interval=timedelta(seconds=max(1, min(10, spec.drain_seconds // 3 or 1))),
                     opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
-            pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
+            pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name="drain_postgres")
             out = {"cassandra_passes": [p.to_dict() for p in passes], "postgres": pg,
                    "cassandra_rows": sum(p.rows for p in passes)}
             detail.update(out)
