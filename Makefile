@@ -9,7 +9,7 @@ DEMO_TENANT ?= 3
 PRESET ?= demo
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
-        test-integration lint lock clean bench-postgres bench-cassandra airflow-standalone
+        test-integration lint lock clean bench-postgres bench-cassandra bench-load airflow-standalone
 
 help:
 	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset"
@@ -17,7 +17,7 @@ help:
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
 	@echo "make data PRESET=tiny|demo|bench"
 	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:58080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
-	@echo "make bench-postgres | bench-cassandra - benchmarks against a raw ceiling"
+	@echo "make bench-postgres | bench-cassandra | bench-load - benchmarks against a raw ceiling"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -74,6 +74,9 @@ bench-postgres: stack-up
 
 bench-cassandra: stack-up
 	$(PY) bench/bench_cassandra.py
+
+bench-load: stack-up
+	$(PY) bench/bench_load.py
 
 airflow-standalone: stack-up
 	$(STACK) run -- $(VENV)/bin/airflow standalone
