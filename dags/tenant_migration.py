@@ -11,6 +11,7 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 (mapped; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
 `reattach_replica` (teardown: also on failure).
 **SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
+`load_check` (the target takes the tenant's write shape at `load_rate`; p99 and errors gate it) →
 `gate_catch_up`.
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
 `final_catch_up` → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
@@ -20,7 +21,7 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 #### Runbook
 | task | safe to clear? | notes |
 |---|---|---|
-| `preflight`, gates | yes | re-evaluate the data as it is now; evidence under the reports folder |
+| `preflight`, gates, `load_check` | yes | re-evaluate the data as it is now; evidence under the reports folder |
 | `create_cdc_slot`, `detach_replica`, `reattach_replica` | yes | idempotent |
 | `plan_*` | yes | the plan is stored once per run; a re-run returns only chunks not done |
 | `copy_*_batch` | yes | clear only the failed map indexes: done chunks are skipped (backfill) |
@@ -88,6 +89,8 @@ def tenant_migration() -> None:
     @task(**RETRY)
     def warm_up(**ctx) -> dict: return _call("warm_up", ctx)
     @task(**CUTOVER)
+    def load_check(**ctx) -> dict: return _call("load_check", ctx)
+    @task(**CUTOVER)
     def gate_catch_up(**ctx) -> dict: return _call("gate_catch_up", ctx)
     @task(**RETRY)
     def suspend_registrations(**ctx) -> dict: return _call("suspend_registrations", ctx)
@@ -129,7 +132,7 @@ def tenant_migration() -> None:
     with TaskGroup("set"):
         caught_up = [catch_up_postgres(), catch_up_cassandra()]
         set_gate = gate_catch_up()
-        post_copy >> caught_up >> warm_up() >> set_gate
+        post_copy >> caught_up >> warm_up() >> load_check() >> set_gate
     with TaskGroup("go"):
         suspended = suspend_registrations()
         pre_flip = gate_pre_flip()

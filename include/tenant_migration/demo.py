@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     # `dags test` has no human to answer the approval: the demo runs in rehearsal mode, with short
     # TTL wait and drain windows (the form's defaults are the production values).
     conf = json.dumps({"tenant_id": args.tenant, "dry_run": args.dry_run, "require_approval": False,
-                       "max_ttl_wait_s": 5, "drain_seconds": 10})
+                       "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5})
     airflow = str(Path(sys.executable).with_name("airflow"))
     print(f"[demo] migrating tenant {args.tenant} with `airflow dags test tenant_migration` (log: {log})", flush=True)
     started = time.monotonic()

@@ -102,34 +102,43 @@ def finish_run(conn: psycopg.Connection, run_id: str, status: str) -> None:
         )
 
 
-def record_detach(conn: psycopg.Connection, run_id: str, lsn: str, commit_time: Any) -> None:
-    """Bind the run to the replica's snapshot. Detaching again at the same LSN is a no-op; at
-    another LSN it is refused, because chunks already copied came from the first snapshot."""
+def record_detach(conn: psycopg.Connection, run_id: str, lsn: str, commit_time: Any, allow_later: bool = False) -> None:
+    """Bind the run to the replica's snapshot.
+
+    Detaching again at the same LSN is a no-op. At a later LSN (the replica was reattached by a
+    teardown and a cleared task detached it again) it is accepted only with ``allow_later``: the
+    caller vouches that change capture replays every change from the FIRST detach point, so chunks
+    copied from either snapshot converge (see ADR 4). ``detach_lsn`` keeps the first point,
+    ``snapshot_lsn`` the one chunks copy from now. An earlier LSN is always refused.
+    """
     with conn.transaction():
         row = conn.execute(
-            "SELECT detach_lsn::text, detach_lsn = %s::pg_lsn FROM tm_control.runs WHERE run_id = %s FOR UPDATE",
-            (lsn, run_id),
+            "SELECT detach_lsn::text, COALESCE(snapshot_lsn, detach_lsn)::text, "
+            "COALESCE(snapshot_lsn, detach_lsn) = %s::pg_lsn, COALESCE(snapshot_lsn, detach_lsn) < %s::pg_lsn "
+            "FROM tm_control.runs WHERE run_id = %s FOR UPDATE",
+            (lsn, lsn, run_id),
         ).fetchone()
-        if row is not None and row[0] is not None and not row[1]:
+        if row is not None and row[0] is not None and not row[2] and not (allow_later and row[3]):
             raise LedgerError(
-                f"run {run_id} copies from the replica snapshot at LSN {row[0]}; the replica is now at {lsn}. "
+                f"run {run_id} copies from the replica snapshot at LSN {row[1]}; the replica is now at {lsn}. "
                 "Refusing to mix snapshots: start a new run (the old one can be aborted)."
             )
         conn.execute(
-            "UPDATE tm_control.runs SET detach_lsn = COALESCE(detach_lsn, %s::pg_lsn), "
+            "UPDATE tm_control.runs SET detach_lsn = COALESCE(detach_lsn, %s::pg_lsn), snapshot_lsn = %s::pg_lsn, "
             "detach_commit_time = COALESCE(detach_commit_time, %s) WHERE run_id = %s",
-            (lsn, commit_time, run_id),
+            (lsn, lsn, commit_time, run_id),
         )
 
 
 def check_snapshot(conn: psycopg.Connection, run_id: str, replica_lsn: str | None) -> None:
-    """Refuse to copy for ``run_id`` from a replica that is not at the run's detach LSN.
+    """Refuse to copy for ``run_id`` from a replica that is not at the run's current snapshot LSN.
 
     ``replica_lsn`` is the replica's current replay LSN (None when it is not a paused standby).
     A run that was never detached (benchmarks, tests of the copier alone) is not bound.
     """
     row = conn.execute(
-        "SELECT detach_lsn::text, detach_lsn = %s::pg_lsn FROM tm_control.runs WHERE run_id = %s",
+        "SELECT COALESCE(snapshot_lsn, detach_lsn)::text, COALESCE(snapshot_lsn, detach_lsn) = %s::pg_lsn "
+        "FROM tm_control.runs WHERE run_id = %s",
         (replica_lsn, run_id),
     ).fetchone()
     if row is None:

@@ -37,6 +37,12 @@ MIGRATION_PARAMS = {
                             description="After lowering the TTL, wait out the old TTL, at most this long."),
     "drain_seconds": Param(60, type="integer", minimum=0, title="Straggler drain (s)",
                            description="After the flip, keep copying writes that reach the shared platform."),
+    "load_rate": Param(500, type="integer", minimum=0, title="Load check rate (writes/s)",
+                       description="SET-phase load check: writes/s driven at the target in the tenant's shape (0 skips it)."),
+    "load_seconds": Param(10, type="integer", minimum=1, title="Load check duration (s)",
+                          description="How long the load check drives the target."),
+    "load_max_p99_ms": Param(50, type="integer", minimum=1, title="Load check p99 limit (ms)",
+                             description="The load check fails above this write latency p99 or on any error."),
     "require_approval": Param(True, type="boolean", title="Require approval",
                               description="A human approves the DNS flip (off for rehearsals and tests)."),
 }

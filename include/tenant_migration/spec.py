@@ -35,6 +35,9 @@ class MigrationSpec:
     drain_seconds: int = 60
     require_approval: bool = True
     max_tasks: int = 8
+    load_rate: int = 500
+    load_seconds: int = 10
+    load_max_p99_ms: int = 50
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,4 +98,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         drain_seconds=_int(params, "drain_seconds", MigrationSpec.drain_seconds, 0, 86_400),
         require_approval=_bool(params, "require_approval", MigrationSpec.require_approval),
         max_tasks=_int(params, "max_tasks", MigrationSpec.max_tasks, 1, 256),
+        load_rate=_int(params, "load_rate", MigrationSpec.load_rate, 0, 1_000_000),
+        load_seconds=_int(params, "load_seconds", MigrationSpec.load_seconds, 1, 3600),
+        load_max_p99_ms=_int(params, "load_max_p99_ms", MigrationSpec.load_max_p99_ms, 1, 60_000),
     )

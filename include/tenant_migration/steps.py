@@ -143,7 +143,8 @@ def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, min_lsn: str
     with ep.replica_control.connect(autocommit=True) as rc, ep.target.connect() as tconn:
         with step(tconn, run_id, "detach_replica") as detail:
             point = replica.detach(rc, min_lsn=min_lsn)
-            ledger.record_detach(tconn, run_id, point.lsn, point.commit_time)
+            # The run's change-capture slot predates the first detach, so a later snapshot is safe.
+            ledger.record_detach(tconn, run_id, point.lsn, point.commit_time, allow_later=True)
             detail.update(point.to_dict())
     return point.to_dict()
 
@@ -274,13 +275,19 @@ def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_
 
 
 def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
-    """Per-chunk fingerprints (count + hash of key, value, writetime) on both sides, as a DataFrame."""
+    """Per-chunk fingerprints (count + hash of key, value, writetime) on both sides, as a DataFrame.
+
+    Devices keep writing to the shared cluster during the copy: only cells written at or before
+    the detach watermark are compared (newer ones are the catch-up's, checked by its gate).
+    """
     import pandas as pd
 
     with ep.target.connect(autocommit=True) as tconn:
         chunks = _chunks(tconn, run_id, "cassandra")
+        _, commit_time = _detach_lsn(tconn, run_id)
+    watermark = int(commit_time.timestamp() * 1_000_000) if commit_time else None
     with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
-        report = fingerprint_chunks(src, dst, tmap, chunks)
+        report = fingerprint_chunks(src, dst, tmap, chunks, max_writetime=watermark)
     frame = pd.DataFrame([{
         "unit": f"{r['chunk_id']}", "source_rows": r["source_rows"], "target_rows": r["target_rows"],
         "source_checksum": r["source_hash"], "target_checksum": r["target_hash"],
@@ -509,6 +516,19 @@ def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | N
                 cql_report = cql_warmup.warm_up(dst, tmap, _chunks(tconn, run_id, "cassandra")).to_dict()
             detail.update({"postgres": pg_report, "cassandra": cql_report})
     return {"postgres": pg_report, "cassandra": cql_report}
+
+
+def load_check(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
+    """SET phase: drive the target at the tenant's write shape and rate; p99 and errors gate it."""
+    if spec.dry_run or spec.load_rate == 0:
+        return {"skipped": "dry run" if spec.dry_run else "load_rate is 0"}
+    from tenant_migration.fleet import loadcheck
+
+    try:
+        return loadcheck.load_check(ep, spec, run_id, rate=spec.load_rate, seconds=spec.load_seconds,
+                                    max_p99_ms=spec.load_max_p99_ms, max_errors=0)
+    except loadcheck.LoadCheckFailed as exc:
+        raise GateFailed(str(exc)) from exc
 
 
 def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: str = "catch_up",

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 TENANT = 4
 NORMAL_TTL = 6
 RUN = {"tenant_id": TENANT, "require_approval": False, "max_ttl_wait_s": NORMAL_TTL, "lowered_ttl": 2,
-       "drain_seconds": 8}
+       "drain_seconds": 8, "load_rate": 100, "load_seconds": 2}
 
 
 @pytest.fixture

@@ -40,8 +40,13 @@ def _cell_digest(key: tuple[Any, ...], column: str, value: Any, writetime: Any) 
 
 
 def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
-                     opts: CopyOptions | None = None) -> dict[tuple[Any, ...], PartitionPrint]:
-    """Per partition that holds rows: (rows, digest). Partitions without rows are absent."""
+                     opts: CopyOptions | None = None, max_writetime: int | None = None) -> dict[tuple[Any, ...], PartitionPrint]:
+    """Per partition that holds rows: (rows, digest). Partitions without rows are absent.
+
+    With ``max_writetime`` (microseconds) only cells written at or before it count, and a row
+    counts only if one of its cells does: the data as of a watermark, on a cluster that keeps
+    taking writes (the copy carries WRITETIME, so both sides filter the same cells).
+    """
     opts = opts or CopyOptions()
     cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)})" for c in shape.regular)
     where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
@@ -55,10 +60,18 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
         for row in page:
             pk, key = tuple(row[:npk]), tuple(row[:nkey])
             d = digests.get(pk, 0)
+            counted = not shape.regular
             for i, col in enumerate(shape.regular):
-                d += _cell_digest(key, col, row[nkey + 2 * i], row[nkey + 2 * i + 1])
+                wt = row[nkey + 2 * i + 1]
+                if max_writetime is not None and wt is not None and wt > max_writetime:
+                    continue
+                if wt is not None:
+                    counted = True
+                d += _cell_digest(key, col, row[nkey + 2 * i], wt)
             if not shape.regular:
                 d += _cell_digest(key, "", None, None)
+            if not counted:
+                continue
             digests[pk] = d & _MASK
             rows[pk] = rows.get(pk, 0) + 1
     return {pk: PartitionPrint(rows[pk], digests[pk]) for pk in rows}
@@ -109,10 +122,11 @@ class FingerprintReport:
 
 
 def compare_groups(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup], chunk_id: str,
-                   opts: CopyOptions | None = None) -> tuple[ChunkFingerprint, list[dict[str, Any]]]:
+                   opts: CopyOptions | None = None,
+                   max_writetime: int | None = None) -> tuple[ChunkFingerprint, list[dict[str, Any]]]:
     """Fingerprint the groups' partitions on both sides; name every partition that differs."""
-    a = partition_prints(source, shape, groups, opts)
-    b = partition_prints(target, shape, groups, opts)
+    a = partition_prints(source, shape, groups, opts, max_writetime)
+    b = partition_prints(target, shape, groups, opts, max_writetime)
     empty = PartitionPrint(0, 0)
     bad: list[dict[str, Any]] = []
     for pk in sorted(set(a) | set(b), key=repr):
@@ -131,8 +145,10 @@ def compare_groups(source: Session, target: Session, shape: TableShape, groups: 
 
 
 def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks: Sequence[Chunk],
-                       opts: CopyOptions | None = None, days: Sequence[date] | None = None) -> FingerprintReport:
-    """Fingerprints of ``chunks`` (optionally only the buckets ``days`` of day-bucketed tables)."""
+                       opts: CopyOptions | None = None, days: Sequence[date] | None = None,
+                       max_writetime: int | None = None) -> FingerprintReport:
+    """Fingerprints of ``chunks`` (optionally only the buckets ``days`` of day-bucketed tables, and
+    only cells written at or before ``max_writetime``)."""
     opts = opts or CopyOptions()
     report = FingerprintReport()
     shapes: dict[str, TableShape] = {}
@@ -141,7 +157,7 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
         shape = shapes.get(chunk.table_name) or shapes.setdefault(
             chunk.table_name, table_shape(source, tmap.keyspace, chunk.table_name))
         groups = read_groups(chunk.bounds, shape.partition_key, spec.day_column, opts.in_limit, days)
-        fp, bad = compare_groups(source, target, shape, groups, chunk.chunk_id, opts)
+        fp, bad = compare_groups(source, target, shape, groups, chunk.chunk_id, opts, max_writetime)
         report.chunks.append(fp)
         report.partitions += bad
     return report

@@ -471,9 +471,17 @@ class Applier:
         if cached is not None:
             return cached
         rest = [c for c in cols if c not in spec.key]
+        # Last writer wins by updated_at: after the DNS flip the target takes the tenant's writes,
+        # and a straggler's older change drained from the source must not overwrite a newer one.
+        # Before the flip the source is the only writer, so its changes are always the newer.
+        newer = (
+            sql.SQL(" WHERE {}.updated_at <= EXCLUDED.updated_at").format(sql.Identifier(spec.name))
+            if "updated_at" in rest
+            else sql.SQL("")
+        )
         action = (
-            sql.SQL("DO UPDATE SET {}").format(
-                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in rest)
+            sql.SQL("DO UPDATE SET {}{}").format(
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in rest), newer
             )
             if rest
             else sql.SQL("DO NOTHING")

@@ -61,6 +61,8 @@ CREATE INDEX IF NOT EXISTS events_run_idx ON tm_control.events (run_id, event_id
 
 -- Columns added after the first release: ledgers created earlier gain them in place.
 ALTER TABLE tm_control.chunks ADD COLUMN IF NOT EXISTS partitions bigint;
+-- The replica snapshot chunks copy from now (detach_lsn stays the first one: change capture starts there).
+ALTER TABLE tm_control.runs ADD COLUMN IF NOT EXISTS snapshot_lsn pg_lsn;
 
 -- Closes a PostgreSQL chunk inside the transaction that deleted and re-loaded its rows: compares the
 -- replica's count and checksum with the target's (computed by the caller in the same statement),
