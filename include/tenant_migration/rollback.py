@@ -210,8 +210,7 @@ def _copy_back_table(back: WayBack, tmap: TenantMap, table: str, tenant_id: int)
             in_q = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
                 tmap.qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in cols))
             with rconn.cursor() as rc, wconn.cursor() as wc:
-                out_sql = psycopg.ClientCursor(rconn).mogrify(out_q, {"tenant_id": tenant_id})
-            with rc.copy(out_sql) as reader, wc.copy(in_q) as writer:
+                with rc.copy(out_q, {"tenant_id": tenant_id}) as reader, wc.copy(in_q) as writer:
                     for data in reader:
                         writer.write(data)
             dst_rows, dst_sum = table_checksum(wconn, tmap, table, tenant_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import admin
@@ -46,7 +47,7 @@ def test_rehearsal_goes_there_and_back_and_reports(dag, topo, endpoints, reports
                                "GROUP BY gate").fetchall())
     assert row[0] == "GO"
     assert gates.get("shared_unchanged") is True and gates.get("copy_back") is True
-    report = json.loads(open(row[1]).read())
+    report = json.loads(Path(row[1]).read_text())
     assert report["prediction"]["tasks"]["ready.copy_postgres_batch"] > 0
     assert report["sizes"]["reference"]["total_rows"] > report["sizes"]["rehearsal"]["total_rows"]
     assert list(reports.rglob("rehearsal_durations.png"))

@@ -120,10 +120,14 @@ def catch_up(
         days = recent_days(watermark - safety_margin, now())
         recent = RecentPartitions(source, tmap, chunks, days, opts.in_limit)
         started = time.monotonic()
+        # Devices keep writing while we copy: a pass has converged when every cell written before
+        # it began is on the target (later cells are the next pass's, or the drain's after the flip).
+        pass_began_us = int(now().timestamp() * 1_000_000)
         st = _copy_pass(source, target, tmap, recent, opts, limiter, None)
         bad: list[str] = []
         for table, groups in recent.groups.items():
-            fp, _ = compare_groups(source, target, recent.shapes[table], groups, f"catchup:{n}:{table}", opts)
+            fp, _ = compare_groups(source, target, recent.shapes[table], groups, f"catchup:{n}:{table}", opts,
+                                   max_writetime=pass_began_us)
             bad += fp.mismatched
         passes.append(PassStats(n, [d.isoformat() for d in days], st.rows, st.cells, st.writes,
                                 time.monotonic() - started, len(bad), bad[:20]))

@@ -294,7 +294,7 @@ class Fleet:
                 conns, kind,
                 "INSERT INTO platform.users (user_id, tenant_id, email, display_name, role) "
                 "VALUES (%s, %s, %s, %s, 'viewer') ON CONFLICT (user_id) DO NOTHING",
-                (user_id, tid, f"fleet-{key}@example.test", f"fleet {key}"), {"user_id": user_id, "key": key},
+                (user_id, tid, f"fleet-{tid}-{key}@example.test", f"fleet {key}"), {"user_id": user_id, "key": key},
                 "registrar")
         else:
             device_id = fleet_device_id(tid, key)
