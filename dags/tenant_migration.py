@@ -7,7 +7,8 @@ writes nothing. Gates are Great Expectations suites: a failing gate writes its e
 HTML report, a `tm_control.gates` row) and names what failed in the task log before the task fails.
 
 **READY** — `preflight` gate → `create_cdc_slot` (logical slot on the primary, *before* the detach)
-→ `detach_replica` (pause WAL replay past the slot's consistent point) → `plan_*` → `copy_*_batch`
+→ `detach_replica` (pause WAL replay past the slot's consistent point) → `copy_shared_tables`
+(reference data the tenant's rows point at) + `plan_*` → `copy_*_batch`
 (mapped; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
 `reattach_replica` (teardown: also on failure).
 **SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
@@ -23,6 +24,7 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 |---|---|---|
 | `preflight`, gates, `load_check` | yes | re-evaluate the data as it is now; evidence under the reports folder |
 | `create_cdc_slot`, `detach_replica`, `reattach_replica` | yes | idempotent |
+| `copy_shared_tables` | yes | replaces the small reference tables whole, in one transaction each |
 | `plan_*` | yes | the plan is stored once per run; a re-run returns only chunks not done |
 | `copy_*_batch` | yes | clear only the failed map indexes: done chunks are skipped (backfill) |
 | `catch_up_*`, `final_catch_up`, `drain_stragglers` | yes | resume from `tm_control.cdc_progress` |
@@ -66,6 +68,8 @@ def tenant_migration() -> None:
     def create_cdc_slot(**ctx) -> dict: return _call("create_cdc_slot", ctx)
     @task(**RETRY)
     def detach_replica(slot: dict, **ctx) -> dict: return _call("detach_replica", ctx, slot.get("consistent_lsn"))
+    @task(**RETRY)
+    def copy_shared_tables(**ctx) -> dict: return _call("copy_shared_tables", ctx)
     @task(**RETRY)
     def plan_postgres(**ctx) -> list: return _call("batches", ctx, "postgres")
     @task(**RETRY)
@@ -128,6 +132,7 @@ def tenant_migration() -> None:
         post_copy = gate_post_copy()
         reattached = reattach_replica().as_teardown(setups=detached)
         detached >> plans
+        detached >> copy_shared_tables() >> post_copy
         [pg_copies, cql_copies] >> post_copy >> reattached
     with TaskGroup("set"):
         caught_up = [catch_up_postgres(), catch_up_cassandra()]

@@ -156,6 +156,20 @@ def reattach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[st
     return {"state_before": before}
 
 
+def copy_shared_tables(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Give the target the shared reference tables the tenant's rows point at (replaced whole)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    from tenant_migration.postgres.shared import copy_shared_tables as copy_shared
+
+    tmap = tmap or load_tenant_map()
+    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
+        with step(tconn, run_id, "copy_shared_tables") as detail:
+            copied = {c.table: c.rows for c in copy_shared(rconn, tconn, tmap)}
+            detail["tables"] = copied
+    return copied
+
+
 def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> list[str]:
     """Plan the tenant's PostgreSQL chunks on its own key distribution (once per run; a re-run
     reads the stored plan) and return the ids of the chunks not done yet, in load order."""
@@ -192,6 +206,7 @@ def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
+    copy_shared_tables(ep, spec, run_id, tmap)
     with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_postgres") as detail:
             results = pg_copy.copy_pending_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, spec.chunk_rows)
