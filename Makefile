@@ -16,7 +16,7 @@ help:
 	@echo "make test    - set up everything and run the whole test suite"
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
 	@echo "make data PRESET=tiny|demo|bench"
-	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:58080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
+	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:18080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
 	@echo "make bench-postgres | bench-cassandra | bench-load - benchmarks against a raw ceiling"
 
 system-deps:

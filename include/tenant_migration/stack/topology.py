@@ -34,9 +34,9 @@ class CassandraNode:
 @dataclass(frozen=True)
 class Topology:
     state_dir: Path
-    pg_primary: PgServer = PgServer("pg-primary", "127.0.0.1", 55432)
-    pg_standby: PgServer = PgServer("pg-standby", "127.0.0.1", 55433)
-    pg_target: PgServer = PgServer("pg-target", "127.0.0.1", 55434)
+    pg_primary: PgServer = PgServer("pg-primary", "127.0.0.1", 15432)
+    pg_standby: PgServer = PgServer("pg-standby", "127.0.0.1", 15433)
+    pg_target: PgServer = PgServer("pg-target", "127.0.0.1", 15434)
     cassandra_source: CassandraNode = CassandraNode(
         "cassandra-source", "127.0.0.2", 9042, 7000, "platform-shared", 7199
     )
@@ -44,8 +44,8 @@ class Topology:
         "cassandra-target", "127.0.0.3", 9042, 7000, "tenant-vpc", 7299
     )
     moto_host: str = "127.0.0.1"
-    moto_port: int = 55500
-    airflow_api_port: int = 58080
+    moto_port: int = 15500
+    airflow_api_port: int = 18080
     pg_dbname: str = "platform"
     # Roles. The superuser is for the stack itself; the migration uses least-privilege roles
     # created by the schema (see sample/sql/roles.sql).

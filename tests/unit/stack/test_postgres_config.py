@@ -70,7 +70,7 @@ def test_target_needs_only_replica(topo: Topology) -> None:
 
 @pytest.mark.parametrize("role", pg.ROLES)
 def test_each_role_gets_its_own_topology_port(topo: Topology, role: pg.Role) -> None:
-    expected = {"primary": 55432, "standby": 55433, "target": 55434}[role]
+    expected = {"primary": 15432, "standby": 15433, "target": 15434}[role]
     assert int(rendered(topo, role)["port"]) == expected == pg.server_of(topo, role).port
 
 
@@ -144,7 +144,7 @@ def test_superuser_dsn_targets_each_server_and_default_db(topo: Topology) -> Non
         assert url.path == "/platform"
         assert url.username == "stack_admin"
     assert pg.superuser_dsn(topo, "pg-standby") == pg.superuser_dsn(topo, topo.pg_standby)
-    assert pg.superuser_dsn(topo, "target", "postgres").endswith(":55434/postgres")
+    assert pg.superuser_dsn(topo, "target", "postgres").endswith(":15434/postgres")
 
 
 def test_superuser_dsn_encodes_awkward_passwords(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_superuser_dsn_encodes_awkward_passwords(tmp_path: Path) -> None:
     topo = Topology(state_dir=tmp_path, pg_superpassword=password)
     url = urlsplit(pg.superuser_dsn(topo, "primary"))
     assert unquote(url.password or "") == password
-    assert url.hostname == "127.0.0.1" and url.port == 55432
+    assert url.hostname == "127.0.0.1" and url.port == 15432
 
 
 def test_superuser_dsn_rejects_unknown_server(topo: Topology) -> None:
@@ -163,7 +163,7 @@ def test_superuser_dsn_rejects_unknown_server(topo: Topology) -> None:
 def test_pgpass_escapes_and_covers_every_server(tmp_path: Path) -> None:
     topo = Topology(state_dir=tmp_path, pg_superpassword="a:b\\c")
     lines = pg.pgpass_content(topo).splitlines()
-    assert lines == [f"127.0.0.1:{port}:*:stack_admin:a\\:b\\\\c" for port in (55432, 55433, 55434)]
+    assert lines == [f"127.0.0.1:{port}:*:stack_admin:a\\:b\\\\c" for port in (15432, 15433, 15434)]
 
 
 def test_pg_bin_defaults_to_debian_15_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,3 +204,17 @@ def test_lsn_to_int() -> None:
     assert pg.lsn_to_int("0/0") == 0
     assert pg.lsn_to_int("0/3000000") == 0x3000000
     assert pg.lsn_to_int("1/0") - pg.lsn_to_int("0/FFFFFFFF") == 1
+
+
+@pytest.mark.parametrize("slot", range(10), ids=lambda s: f"slot {s}")
+def test_stack_ports_are_outside_the_ephemeral_range(tmp_path: Path, slot: int) -> None:
+    """A client's ephemeral source port can take a server port in that range and make a restart
+    fail with 'address already in use' (seen here): every listening port stays below it."""
+    from tenant_migration.stack.topology import slotted_topology
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    topo = slotted_topology(tmp_path, slot)
+    ports = [s.port for s in topo.pg_servers] + [topo.moto_port, topo.airflow_api_port]
+    ports += [n.native_port for n in topo.cassandra_nodes] + [n.storage_port for n in topo.cassandra_nodes]
+    ports += [n.jmx_port for n in topo.cassandra_nodes]
+    assert max(ports) < low, sorted(ports)
