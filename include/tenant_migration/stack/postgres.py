@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import pwd
 import stat
 import subprocess
@@ -389,6 +390,15 @@ def _write_server_files(topo: Topology, role: Role) -> None:
     directory = data_dir(topo, role)
     _write_private(directory / MANAGED_CONF, render_conf(server_settings(topo, role)))
     _write_private(directory / "pg_hba.conf", hba_conf(server_of(topo, role).host))
+    auto = directory / "postgresql.auto.conf"
+    if role == "standby" and auto.exists():
+        # pg_basebackup -R wrote the primary's address into postgresql.auto.conf, which is read
+        # last: keep it pointing at the primary of the current topology (ports can move).
+        primary = server_of(topo, "primary")
+        text = auto.read_text()
+        fixed = re.sub(r"host=\S+ port=\d+", f"host={primary.host} port={primary.port}", text)
+        if fixed != text:
+            _write_private(auto, fixed)
     main_conf = directory / "postgresql.conf"
     include = f"include '{MANAGED_CONF}'"
     text = main_conf.read_text()
