@@ -33,6 +33,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from tenant_migration.params import migration_params
+
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 CUTOVER = {"retries": 0}
 PARAMS = {
@@ -44,20 +46,9 @@ PARAMS = {
                                  description="The tenant whose Migration Day durations the report predicts."),
     "history": Param(8, type="integer", minimum=0, maximum=200, title="History length",
                      description="How many earlier rehearsals the report lists for the trend."),
-    "chunk_rows": Param(50_000, type="integer", minimum=100, title="Chunk rows",
-                        description="Target rows per PostgreSQL chunk (as on Migration Day)."),
-    "max_tasks": Param(8, type="integer", minimum=1, maximum=256, title="Copy tasks per store",
-                       description="Mapped copy tasks per store."),
-    "cassandra_days": Param(4, type="integer", minimum=1, title="Cassandra days",
-                            description="Day buckets of datapoints to copy, newest first."),
-    "max_ttl_wait_s": Param(5, type="integer", minimum=0, title="Max wait for the old TTL (s)",
-                            description="Short in rehearsals; the prediction uses Migration Day's setting."),
-    "drain_seconds": Param(5, type="integer", minimum=0, title="Straggler drain (s)",
-                           description="Short in rehearsals; the prediction uses Migration Day's setting."),
-    "dns_zone": Param("iot.example.test.", type="string", title="DNS zone",
-                      description="Route53 hosted zone of the tenant's records."),
-    "target_endpoint_prefix": Param("vpc", type="string", title="Target endpoint prefix",
-                                    description="Dedicated endpoints are <service>.<prefix>-<slug>.<zone>."),
+    # The migration's own params, with short waits: the prediction uses Migration Day's settings.
+    **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "dns_zone",
+                       "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5),
 }
 
 

@@ -46,3 +46,16 @@ MIGRATION_PARAMS = {
     "require_approval": Param(True, type="boolean", title="Require approval",
                               description="A human approves the DNS flip (off for rehearsals and tests)."),
 }
+
+
+def migration_params(*names: str, **defaults: object) -> dict[str, Param]:
+    """A subset of the migration's params for another DAG (same types, titles, descriptions), with
+    other defaults where that DAG needs them (rehearsals use short waits, for instance)."""
+    out: dict[str, Param] = {}
+    for name in names:
+        base = MIGRATION_PARAMS[name]
+        default = defaults.get(name, base.value if base.has_value else None)
+        schema = dict(base.schema)
+        out[name] = (Param(default, description=base.description, **schema) if default is not None
+                     else Param(description=base.description, **schema))
+    return out

@@ -145,10 +145,9 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
     from tenant_migration.cassandra import plan as cql_plan
     from tenant_migration.cassandra.fingerprint import fingerprint_chunks
     from tenant_migration.cutover import dns
-    from tenant_migration.postgres.copy import table_checksum
 
     with ep.source_primary.connect(autocommit=True) as pconn:
-        pg = {t: list(table_checksum(pconn, tmap, t, spec.tenant_id)) for t in tmap.load_order()}
+        pg = {t: list(_shared_checksum(pconn, tmap, t, spec.tenant_id)) for t in tmap.load_order()}
         with ep.cassandra_source.session() as src:
             if cql_chunks is None:
                 cql_chunks = cql_plan.plan_tenant(pconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
@@ -160,6 +159,22 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
                for p in dns.tenant_records(spec.dns_zone, spec.tenant_slug, spec.target_endpoint_prefix)}
     return {"postgres": pg, "cassandra": {r["chunk_id"]: [r["source_rows"], str(r["source_hash"])] for r in report.records()},
             "cql_chunks": [asdict(c) for c in cql_chunks], "dns": answers}
+
+
+# The rehearsal itself suspends and resumes the tenant's registrations: those bookkeeping columns
+# (and every updated_at, rewritten by the platform's trigger) change by design; all else must not.
+BOOKKEEPING = frozenset({"updated_at", "registrations_suspended_until", "suspension_reason"})
+
+
+def _shared_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tenant_id: int) -> tuple[int, str]:
+    from tenant_migration.postgres.catalog import columns
+    from tenant_migration.postgres.copy import checksum_query, unhashable_columns
+
+    cols = [c for c, _ in columns(conn, tmap.schema, table) if c not in BOOKKEEPING]
+    text_cols = unhashable_columns(conn, tmap.schema, table, cols)
+    row = conn.execute(checksum_query(tmap, table, cols, None, text_cols), {"tenant_id": tenant_id}).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
 
 
 def begin_rehearsal(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap | None = None) -> dict[str, Any]:

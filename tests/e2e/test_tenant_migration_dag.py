@@ -16,17 +16,6 @@ TENANT = 4
 FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "load_rate": 100, "load_seconds": 2}
 
 
-@pytest.fixture
-def dag(topo, tiny_dataset):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tenant_migration.sample import platform
-    from tenant_migration.stack.topology import REPO_ROOT
-
-    platform.demo_reset(topo)
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "tenant_migration.py"))
-    assert bag.import_errors == {}
-    return bag.dags["tenant_migration"]
 
 
 def _states(dagrun) -> dict[str, str]:

@@ -31,17 +31,6 @@ RUN = {"tenant_id": TENANT, "require_approval": False, "max_ttl_wait_s": NORMAL_
        "drain_seconds": 8, "load_rate": 100, "load_seconds": 2}
 
 
-@pytest.fixture
-def dag(topo, tiny_dataset):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tenant_migration.sample import platform
-    from tenant_migration.stack.topology import REPO_ROOT
-
-    platform.demo_reset(topo)
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "tenant_migration.py"))
-    assert bag.import_errors == {}
-    return bag.dags["tenant_migration"]
 
 
 def test_fleet_sees_no_downtime_and_loses_nothing(dag, topo, endpoints, reports, tmp_path) -> None:

@@ -16,8 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import pwd
+import re
 import stat
 import subprocess
 import time

@@ -180,6 +180,12 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
                                q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id))),
                                f"{table}: every row on the target belongs to tenant {tenant_id}"))
     checks.append(SqlCheck(
+        "registrations__back_on",
+        sql.SQL("SELECT tenant_id, registrations_suspended_until FROM {} WHERE tenant_id = {} "
+                "AND NOT registrations_enabled").format(
+            tmap.qualified("tenant_settings"), sql.Literal(int(tenant_id))).as_string(conn),
+        "the tenant's registrations are enabled again on the target"))
+    checks.append(SqlCheck(
         "ledger__every_chunk_done",
         sql.SQL("SELECT chunk_id, status FROM tm_control.chunks WHERE run_id = {} AND status <> 'done'").format(
             sql.Literal(run_id)).as_string(conn),
