@@ -83,8 +83,10 @@ def parse_rehearsal_spec(params: dict[str, Any]) -> RehearsalSpec:
         raise InvalidParams(f"unknown param(s): {', '.join(unknown)}")
     fields = {k: v for k, v in params.items() if v is not None}
     try:
-        spec = RehearsalSpec(**{k: (str(v) if isinstance(RehearsalSpec.__dataclass_fields__[k].default, str) else int(v))
-                                for k, v in fields.items()})
+        typed: dict[str, Any] = {
+            k: (str(v) if isinstance(RehearsalSpec.__dataclass_fields__[k].default, str) else int(v))
+            for k, v in fields.items()}
+        spec = RehearsalSpec(**typed)
     except (TypeError, ValueError) as exc:
         raise InvalidParams(f"rehearsal params: {exc}") from None
     if spec.tenant_id == spec.reference_tenant_id:
