@@ -32,6 +32,7 @@ from tenant_migration.endpoints import Endpoints
 from tenant_migration.rollback import RollbackRefused, RollbackSpec
 from tenant_migration.spec import InvalidParams, MigrationSpec, parse_spec
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.validation.gx_gate import json_safe
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS tm_control;
@@ -409,7 +410,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
               "sizes": {"rehearsal": test, "reference": ref}, "prediction": pred,
               "predicted_total_seconds": predicted_total, "history": history}
     json_path = folder / "rehearsal_report.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str))
+    json_path.write_text(json.dumps(json_safe(report), indent=2, default=str))
     (folder / "rehearsal_report.txt").write_text(render_text(report))
     png = plot_durations(measured, pred["tasks"], folder / "rehearsal_durations.png")
     with ep.target.connect(autocommit=True) as tconn:
@@ -418,7 +419,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
             "total_seconds = %s, pg_rows_per_s = %s, cql_partitions_per_s = %s, predicted_seconds = %s, "
             "gates_passed = %s, gates_failed = %s, report_path = %s, report = %s WHERE rehearsal_id = %s",
             (verdict, total, pg_rate, cq_rate, predicted_total, gates_passed, gates_failed, str(json_path),
-             Jsonb(json.loads(json.dumps(report, default=str))), rid))
+             Jsonb(json_safe(json.loads(json.dumps(report, default=str)))), rid))
     return {"verdict": verdict, "report": str(json_path), "plot": str(png) if png else None,
             "total_seconds": round(total, 1), "predicted_seconds": round(predicted_total, 1)}
 

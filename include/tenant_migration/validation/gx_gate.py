@@ -60,7 +60,7 @@ class GateResult:
         return f"{self.gate}: {len(self.failures)} of {len(self.checks)} checks failed: " + "; ".join(self.failures)
 
     def evidence(self) -> dict[str, Any]:
-        return _clean({"gate": self.gate, "passed": self.passed, "seconds": round(self.seconds, 3),
+        return json_safe({"gate": self.gate, "passed": self.passed, "seconds": round(self.seconds, 3),
                        "failures": self.failures, "checks": self.checks,
                        "html_report": str(self.html_path) if self.html_path else None})
 
@@ -200,12 +200,12 @@ def _trim(d: dict[str, Any]) -> dict[str, Any]:
     return d if len(text) < 20000 else {"success": d.get("success"), "statistics": d.get("statistics")}
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: NaN and infinities (pandas' missing values) become null, recursively."""
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
