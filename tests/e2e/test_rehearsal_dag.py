@@ -43,8 +43,9 @@ def test_rehearsal_goes_there_and_back_and_reports(dag, topo, endpoints, reports
         row = t.execute("SELECT verdict, report_path, predicted_seconds FROM tm_control.rehearsals "
                         "ORDER BY started_at DESC LIMIT 1").fetchone()
         assert t.execute("SELECT count(*) FROM platform.devices").fetchone() == (0,)  # purged
-        gates = dict(t.execute("SELECT gate, bool_and(passed) FROM tm_control.gates WHERE run_id LIKE 'tenant_rehearsal/%%' "
-                               "GROUP BY gate").fetchall())
+        # Only this rehearsal's gates (earlier runs' rows stay in the ledger's history).
+        gates = dict(t.execute("SELECT gate, bool_and(passed) FROM tm_control.gates WHERE run_id LIKE %s "
+                               "GROUP BY gate", (f"tenant_rehearsal/{dagrun.run_id}%",)).fetchall())
     assert row[0] == "GO"
     assert gates.get("shared_unchanged") is True and gates.get("copy_back") is True
     report = json.loads(Path(row[1]).read_text())
