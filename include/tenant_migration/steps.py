@@ -228,18 +228,11 @@ def plan_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     tmap = tmap or load_tenant_map()
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn, \
             ep.cassandra_source.session() as src:
-        if not ledger.pending_chunks(tconn, run_id, "cassandra") and not _chunks(tconn, run_id, "cassandra"):
+        if not ledger.run_chunks(tconn, run_id, "cassandra"):
             chunks = cql_plan.plan_tenant(rconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
                                           cql_plan.PlanOptions(days=spec.cassandra_days), session=src)
             ledger.plan_chunks(tconn, run_id, chunks)
         return [c.chunk_id for c in cql_plan.copy_order(ledger.pending_chunks(tconn, run_id, "cassandra"))]
-
-
-def _chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[ledger.Chunk]:
-    rows = conn.execute(
-        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks WHERE run_id = %s AND engine = %s "
-        "ORDER BY chunk_id", (run_id, engine)).fetchall()
-    return [ledger.Chunk(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -279,7 +272,7 @@ def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_
     tmap = tmap or load_tenant_map()
     with ep.target.connect(autocommit=True) as tconn:
         wanted = set(chunk_ids)
-        chunks = [c for c in _chunks(tconn, run_id, "cassandra") if c.chunk_id in wanted]
+        chunks = [c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.chunk_id in wanted]
         missing = wanted - {c.chunk_id for c in chunks}
         if missing:
             raise PreflightError(f"chunks not in the ledger of run {run_id}: {sorted(missing)[:5]}")
@@ -298,7 +291,7 @@ def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
     import pandas as pd
 
     with ep.target.connect(autocommit=True) as tconn:
-        chunks = _chunks(tconn, run_id, "cassandra")
+        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         _, commit_time = _detach_lsn(tconn, run_id)
     watermark = int(commit_time.timestamp() * 1_000_000) if commit_time else None
     with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
@@ -503,7 +496,7 @@ def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
     tmap = tmap or load_tenant_map()
     with ep.target.connect(autocommit=True) as tconn:
         _, commit_time = _detach_lsn(tconn, run_id)
-        chunks = _chunks(tconn, run_id, "cassandra")
+        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         watermark = commit_time or datetime.now(UTC)
         with step(tconn, run_id, "catch_up_cassandra") as detail:
             with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
@@ -528,7 +521,7 @@ def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | N
         with step(tconn, run_id, "warm_up") as detail:
             pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id).to_dict()
             with ep.cassandra_target.session() as dst:
-                cql_report = cql_warmup.warm_up(dst, tmap, _chunks(tconn, run_id, "cassandra")).to_dict()
+                cql_report = cql_warmup.warm_up(dst, tmap, ledger.run_chunks(tconn, run_id, "cassandra")).to_dict()
             detail.update({"postgres": pg_report, "cassandra": cql_report})
     return {"postgres": pg_report, "cassandra": cql_report}
 
@@ -560,7 +553,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
     with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
         lag = measure_cdc_lag(src, tconn, run_id)
         _, commit_time = _detach_lsn(tconn, run_id)
-        chunks = _chunks(tconn, run_id, "cassandra")
+        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
         with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
             # Devices keep writing: compare the cells written before the last Cassandra catch-up
@@ -685,7 +678,7 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
 
     tmap = tmap or load_tenant_map()
     with ep.target.connect(autocommit=True) as tconn:
-        chunks = _chunks(tconn, run_id, "cassandra")
+        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         with step(tconn, run_id, "drain_stragglers") as detail:
             since = datetime.now(UTC) - timedelta(minutes=15)
             with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:

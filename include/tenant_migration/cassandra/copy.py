@@ -19,9 +19,6 @@ The engine is a pipeline in one thread plus the driver's I/O thread:
 
 Several processes (``CopyOptions.processes``) split the ledger's pending chunks between them: one
 CPython process tops out at a few thousand to ~10 k writes/s, far below what the servers take.
-
-The pre-ledger API (``PartitionCopier``, ``plan_partitions``, ``retention_days``, ``table_shape``,
-``CopyStats``) is kept for ``steps.py`` until it is rewired to ``copy_pending``.
 """
 
 from __future__ import annotations
@@ -34,13 +31,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from tenant_migration import ledger
 from tenant_migration.cassandra.plan import ENGINE, ReadGroup, copy_order, read_groups
 from tenant_migration.cassandra.ratelimit import TokenBucket
-from tenant_migration.tenant_map import CassandraTableSpec, TenantMap
+from tenant_migration.tenant_map import TenantMap
 
 if TYPE_CHECKING:
     import psycopg
@@ -552,52 +549,3 @@ def copy_pending(ep: Endpoints, run_id: str, tmap: TenantMap, opts: CopyOptions 
     report.processes = nproc
     report.seconds = time.monotonic() - started
     return report
-
-
-# ----------------------------------------------------------------------------------- pre-ledger API
-
-
-def retention_days(today: date, days: int) -> list[date]:
-    """Day buckets of the window, newest first (recent data becomes usable on the target first)."""
-    return [today - timedelta(days=i) for i in range(days)]
-
-
-def plan_partitions(
-    replica: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec, tenant_id: int, days: Sequence[date]
-) -> list[tuple[Any, ...]]:
-    """Partition keys of the tenant in ``spec``'s table, from the replica's relational rows."""
-    from tenant_migration.cassandra.plan import tenant_bases
-
-    bases = tenant_bases(replica, tmap, spec, tenant_id)
-    if spec.day_column is None:
-        return bases
-    return [base + (day,) for day in days for base in bases]
-
-
-class PartitionCopier:
-    """Pre-ledger wrapper: copies explicit partition keys (in partition-key order) with the new engine."""
-
-    def __init__(self, source: Session, target: Session, shape: TableShape, concurrency: int = 64) -> None:
-        self.source = source
-        self.target = target
-        self.shape = shape
-        self.concurrency = concurrency
-        self._engine = ChunkCopier(source, target, shape, None, CopyOptions(concurrency=concurrency))
-        where = " AND ".join(f"{cql_ident(c)} = ?" for c in shape.partition_key)
-        self._count = target.prepare(f"SELECT count(*) FROM {shape.qualified} WHERE {where}")
-        self._count_src = source.prepare(f"SELECT count(*) FROM {shape.qualified} WHERE {where}")
-
-    def copy(self, partitions: Iterable[tuple[Any, ...]], batch: int = 512) -> CopyStats:
-        groups = [ReadGroup(tuple([v] for v in pk)) for pk in partitions]
-        return self._engine.copy_groups(groups)
-
-    def count(self, partitions: Iterable[tuple[Any, ...]], on_target: bool) -> int:
-        from cassandra.concurrent import execute_concurrent_with_args
-
-        session, stmt = (self.target, self._count) if on_target else (self.source, self._count_src)
-        total = 0
-        for ok, result in execute_concurrent_with_args(session, stmt, list(partitions), concurrency=self.concurrency):
-            if not ok:
-                raise result
-            total += int(result.one()[0])
-        return total

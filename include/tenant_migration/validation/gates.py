@@ -12,14 +12,13 @@ Every query is an aggregate or returns only violating rows: no gate reads whole 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from tenant_migration.postgres.catalog import schema_drift
+from tenant_migration.postgres.catalog import foreign_keys, schema_drift
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation.gx_gate import (
     FrameCheck,
@@ -29,28 +28,6 @@ from tenant_migration.validation.gx_gate import (
     run_frame_checks,
     run_sql_checks,
 )
-
-
-@dataclass(frozen=True)
-class ForeignKey:
-    table: str
-    columns: tuple[str, ...]
-    parent: str
-    parent_columns: tuple[str, ...]
-
-
-def foreign_keys(conn: psycopg.Connection, schema: str) -> list[ForeignKey]:
-    rows = conn.execute(
-        "SELECT c.relname, p.relname, "
-        "ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY u(n, i) "
-        "      JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i)::text[], "
-        "ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
-        "      JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i)::text[] "
-        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.contype = 'f' AND n.nspname = %s ORDER BY 1, 2",
-        (schema,),
-    ).fetchall()
-    return [ForeignKey(r[0], tuple(r[2]), r[1], tuple(r[3])) for r in rows]
 
 
 def _tenant_rows(tmap: TenantMap, table: str, alias: str = "t") -> sql.Composed:
@@ -83,27 +60,27 @@ def preflight_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: i
                 nulls=sql.SQL(" OR ").join(sql.SQL("t.{} IS NULL").format(sql.Identifier(c)) for c in key))),
             f"{table}: key ({', '.join(key)}) never null"))
     for fk in foreign_keys(conn, tmap.schema):
-        if fk.table not in tmap.tables or fk.parent not in tmap.tables:
+        if fk.table not in tmap.tables or fk.ref_table not in tmap.tables:
             continue
         child_cols = _cols("t", fk.columns)
         join = sql.SQL(" AND ").join(
             sql.SQL("p.{} = t.{}").format(sql.Identifier(pc), sql.Identifier(cc))
-            for pc, cc in zip(fk.parent_columns, fk.columns, strict=True))
+            for pc, cc in zip(fk.ref_columns, fk.columns, strict=True))
         not_null = sql.SQL(" AND ").join(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.columns)
         name = f"{fk.table}__{'_'.join(fk.columns)}"
         checks.append(SqlCheck(
             f"{name}__no_orphan",
             render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {j})").format(
                 kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
-                parent=tmap.qualified(fk.parent), j=join)),
-            f"{fk.table}.{','.join(fk.columns)} -> {fk.parent}: every referenced row exists"))
+                parent=tmap.qualified(fk.ref_table), j=join)),
+            f"{fk.table}.{','.join(fk.columns)} -> {fk.ref_table}: every referenced row exists"))
         checks.append(SqlCheck(
             f"{name}__same_tenant",
             render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND EXISTS (SELECT 1 FROM {parent} AS p WHERE {j}) "
                            "AND NOT EXISTS (SELECT 1 FROM {prows} AND {j})").format(
                 kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
-                parent=tmap.qualified(fk.parent), j=join, prows=_tenant_rows(tmap, fk.parent, "p"))),
-            f"{fk.table}.{','.join(fk.columns)} -> {fk.parent}: the referenced row belongs to the same tenant"))
+                parent=tmap.qualified(fk.ref_table), j=join, prows=_tenant_rows(tmap, fk.ref_table, "p"))),
+            f"{fk.table}.{','.join(fk.columns)} -> {fk.ref_table}: the referenced row belongs to the same tenant"))
     return checks
 
 
