@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the machine packages the local stack needs, only when something is missing:
-# PostgreSQL 15 server (+ contrib for pg_prewarm), Java 17, Maven, util-linux (setpriv).
+# PostgreSQL 15 server (+ contrib for pg_prewarm), Java 17, Maven, util-linux (setpriv), a C
+# compiler (the chunk copier's checksum tool, include/tenant_migration/postgres/rowsum.c).
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,7 @@ missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]} == 0)); then

@@ -20,7 +20,7 @@ from helpers import admin
 
 from tenant_migration import ledger
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.postgres import catalog, planner
+from tenant_migration.postgres import catalog, planner, rowsum
 from tenant_migration.postgres.copy import (
     ChecksumMismatch,
     ChunkCopier,
@@ -222,6 +222,24 @@ def test_copy_is_exact_and_a_second_run_gives_the_same_result(endpoints, clean_t
     copy_pending_chunks(endpoints.replica, endpoints.target, TMAP, _start(endpoints), TENANT, CHUNK_ROWS * 3)
     assert {t: table_checksum(target_admin, TMAP, t, TENANT) for t in TMAP.tables} == first
     assert _counts(target_admin, TENANT, tenant_only=False) == source
+
+
+def test_without_a_c_compiler_the_python_checksum_tool_gives_the_same_ledger(
+    endpoints, clean_target, target_admin, monkeypatch
+) -> None:
+    fast = _start(endpoints)
+    copy_pending_chunks(endpoints.replica, endpoints.target, TMAP, fast, TENANT, CHUNK_ROWS)
+    with endpoints.target.connect() as t:
+        ledger.finish_run(t, fast, "succeeded")
+    monkeypatch.setattr(rowsum, "build", lambda cache=None: None)
+    slow = _start(endpoints)
+    copy_pending_chunks(endpoints.replica, endpoints.target, TMAP, slow, TENANT, CHUNK_ROWS)
+
+    def sums(run_id: str) -> dict[str, tuple[int, str, str]]:
+        return {cid: (c["rows_copied"], c["source_checksum"], c["target_checksum"])
+                for cid, c in _chunks(target_admin, run_id).items()}
+    assert sums(slow) == sums(fast)
+    assert all(c[1] == c[2] and c[1].startswith(f"{c[0]}:") for c in sums(fast).values())
 
 
 def test_empty_tenant_copies_its_two_rows_and_nothing_else(endpoints, clean_target, target_admin) -> None:
