@@ -20,12 +20,14 @@ import uuid
 import psycopg
 from psycopg import sql
 
+from tenant_migration import ledger
 from tenant_migration.endpoints import Endpoints, PgEndpoint
 from tenant_migration.postgres import cdc
+from tenant_migration.postgres.copy import copy_pending_chunks
 from tenant_migration.replica import LocalReplicaController
 from tenant_migration.stack import postgres
 from tenant_migration.stack.topology import default_topology
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import load_tenant_map
 
 
 def write_load(ep: PgEndpoint, tenant_id: int, rate: float, seconds: float, out: mp.Queue) -> None:
@@ -55,22 +57,6 @@ def write_load(ep: PgEndpoint, tenant_id: int, rate: float, seconds: float, out:
         out.put((done, now))
 
 
-def snapshot_copy(replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> None:
-    with target.transaction():
-        target.execute("SET LOCAL session_replication_role = replica")
-        for table in tmap.load_order():
-            cols = [r[0] for r in replica.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-                "ORDER BY attnum", (f"{tmap.schema}.{table}",)).fetchall()]
-            out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(tmap.select_tenant_rows(table, cols))
-            into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                tmap.qualified(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
-            with replica.cursor() as rc, target.cursor() as tc, rc.copy(out, {"tenant_id": tenant_id}) as src, \
-                    tc.copy(into) as dst:
-                for block in src:
-                    dst.write(block)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tenant", type=int, default=1)
@@ -82,6 +68,11 @@ def main() -> None:
     tmap = load_tenant_map()
     with psycopg.connect(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname), autocommit=True) as adm:
         adm.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(tmap.qualified(t) for t in tmap.tables)))
+    with ep.target.connect() as t:
+        ledger.ensure_schema(t)
+        with t.transaction():
+            t.execute("UPDATE tm_control.runs SET status = 'aborted', finished_at = clock_timestamp() "
+                      "WHERE tenant_id = %s AND status = 'running'", (args.tenant,))
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     slot = cdc.slot_name_for(run_id)
     src_ep = PgEndpoint(topo.pg_primary.host, topo.pg_primary.port, ep.replica.user, ep.replica.password, ep.replica.dbname)
@@ -91,8 +82,11 @@ def main() -> None:
             info = cdc.create_slot(source, slot)
             point = LocalReplicaController(ep.replica_control, min_lsn=info.consistent_lsn).detach()
             assert point.lsn is not None
-            with ep.replica.connect() as rconn:
-                snapshot_copy(rconn, target, tmap, args.tenant)
+            # The copy phase, through the project's copier, bound to the detach point.
+            ledger.start_run(target, run_id, args.tenant, "bench", {"bench": True})
+            ledger.record_detach(target, run_id, point.lsn, point.commit_time)
+            target.commit()
+            copy_pending_chunks(ep.replica, ep.target, tmap, run_id, args.tenant, workers=2)
             q: mp.Queue = mp.Queue()
             writer = mp.Process(target=write_load, args=(ep.source_primary, args.tenant, args.rate, args.seconds, q))
             writer.start()
@@ -104,6 +98,9 @@ def main() -> None:
             final = cdc.catch_up(source, target, tmap, args.tenant, run_id, slot, point.lsn,
                                  max_lag_bytes=0, timeout=args.seconds * 10)
         finally:
+            target.rollback()
+            ledger.finish_run(target, run_id, "aborted")
+            target.commit()
             cdc.drop_slot(source, slot)
             replica_ctl.reattach()
     write_rate = writes / write_seconds

@@ -15,8 +15,10 @@ import pytest
 from helpers import admin
 from psycopg import sql
 
+from tenant_migration import ledger
 from tenant_migration.endpoints import Endpoints, PgEndpoint
 from tenant_migration.postgres import cdc
+from tenant_migration.postgres.copy import copy_pending_chunks
 from tenant_migration.replica import LocalReplicaController
 from tenant_migration.stack.topology import Topology
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
@@ -29,23 +31,6 @@ TENANT, OTHER = 3, 4
 def cdc_endpoint(topo: Topology, ep: Endpoints) -> PgEndpoint:
     """migration_reader on the PRIMARY (what a `tm_source_cdc` connection would hold)."""
     return PgEndpoint(topo.pg_primary.host, topo.pg_primary.port, ep.replica.user, ep.replica.password, ep.replica.dbname)
-
-
-def snapshot_copy(replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> None:
-    """The tenant's rows from the detached replica to the (emptied) target, like the copy phase."""
-    with target.transaction():
-        target.execute("SET LOCAL session_replication_role = replica")
-        for table in tmap.load_order():
-            cols = [r[0] for r in replica.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-                "ORDER BY attnum", (f"{tmap.schema}.{table}",)).fetchall()]
-            out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(tmap.select_tenant_rows(table, cols))
-            into = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-                tmap.qualified(table), sql.SQL(", ").join(map(sql.Identifier, cols)))
-            with replica.cursor() as rc, target.cursor() as tc:
-                with rc.copy(out, {"tenant_id": tenant_id}) as src, tc.copy(into) as dst:
-                    for block in src:
-                        dst.write(block)
 
 
 def tenant_rows(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int | None) -> dict[str, list[str]]:
@@ -98,8 +83,11 @@ def open_seam(topo: Topology, endpoints: Endpoints, racing_writes: bool = False)
         info = cdc.create_slot(source, slot)
         detached = LocalReplicaController(endpoints.replica_control, min_lsn=info.consistent_lsn).detach()
         assert detached.lsn is not None
-        with endpoints.replica.connect() as rconn, endpoints.target.connect() as tconn:
-            snapshot_copy(rconn, tconn, tmap, TENANT)
+        # The copy phase, through the real engine: a ledger run bound to the detach point.
+        with endpoints.target.connect() as tconn:
+            ledger.start_run(tconn, run_id, TENANT, "cdc-test", {"tenant_id": TENANT})
+            ledger.record_detach(tconn, run_id, detached.lsn, detached.commit_time)
+        copy_pending_chunks(endpoints.replica, endpoints.target, tmap, run_id, TENANT)
         stop.set()
         if racing_writes:
             racer.join()
@@ -107,6 +95,8 @@ def open_seam(topo: Topology, endpoints: Endpoints, racing_writes: bool = False)
             yield Seam(tmap, run_id, slot, detached.lsn, source, target, app, padmin)
     finally:
         stop.set()
+        with endpoints.target.connect() as tconn:
+            ledger.finish_run(tconn, run_id, "aborted")
         cdc.drop_slot(source, slot)
         LocalReplicaController(endpoints.replica_control).reattach()
         source.close()
