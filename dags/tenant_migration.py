@@ -23,18 +23,25 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 | task | safe to clear? | notes |
 |---|---|---|
 | `preflight`, gates, `load_check` | yes | re-evaluate the data as it is now; evidence under the reports folder |
-| `create_cdc_slot`, `detach_replica`, `reattach_replica` | yes | idempotent |
+| `create_cdc_slot`, `detach_replica` | yes | idempotent |
+| `reattach_replica`, `drop_cdc_slot` (teardowns) | yes | release once `post_copy` / `post_flip` passed; after an earlier failure they **keep** the replica detached / the slot (ADR 7) and fail on purpose: red = still held |
 | `copy_shared_tables` | yes | replaces the small reference tables whole, in one transaction each |
 | `plan_*` | yes | the plan is stored once per run; a re-run returns only chunks not done |
-| `copy_*_batch` | yes | clear only the failed map indexes: done chunks are skipped (backfill) |
+| `copy_*_batch` | yes | backfill: *Clear → Only failed* with *Downstream* on the failed map indexes; done chunks are skipped, the kept teardowns re-run and release |
 | `catch_up_*`, `final_catch_up`, `drain_stragglers` | yes | resume from `tm_control.cdc_progress` |
 | `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed |
 | `flip_dns` | **by hand only** (no automatic retry) | UPSERT converges; check the records first |
 | `report` | yes | |
 
-**Abort.** Before `flip_dns`: mark the run failed; teardowns reattach the replica, resume
-registrations and drop the slot; nothing user-visible changed. After `flip_dns`: run the
-`tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate).
+**Resume** after a failure before the flip: fix the cause, then clear only the failed task
+instances with downstream (UI, or REST `clearTaskInstances` with `only_failed` and
+`include_downstream`): same snapshot, same change stream, only unfinished chunks copied.
+**Abort.** Before `flip_dns`: mark the run failed (registrations resume by teardown; nothing
+user-visible changed), then give up the held replica and slot:
+`python -m tenant_migration.abort tenant_migration/<run id>` and clear `ready.reattach_replica` and
+`drop_cdc_slot`. After `flip_dns`: run the
+`tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate); it
+marks the migration run aborted, so a red `drop_cdc_slot` cleared afterwards drops the slot.
 """
 
 from __future__ import annotations
@@ -155,7 +162,9 @@ def tenant_migration() -> None:
         ttl >> flipped >> drained >> post_flip >> resumed
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     pre >> slot
-    post_flip >> dropped >> gate_final() >> report(flipped)
+    final = gate_final()
+    post_flip >> dropped >> final >> report(flipped)
+    post_flip >> final  # directly too: a task after a teardown alone would run when the work failed
     reattached >> dropped
 
 

@@ -81,7 +81,7 @@ def tenant_rehearsal() -> None:
     @task(**CUTOVER, trigger_rule="none_failed")
     def gate_post_copy(**ctx) -> dict: return _call("steps.gate_post_copy", ctx)
     @task(**RETRY)
-    def reattach_replica(**ctx) -> dict: return _call("steps.reattach_replica", ctx)
+    def reattach_replica(**ctx) -> dict: return _call("steps.reattach_replica", ctx, False)  # unattended: release
     @task(**RETRY)
     def catch_up_postgres(**ctx) -> dict: return _call("steps.catch_up_postgres", ctx)
     @task(**RETRY)
@@ -107,7 +107,7 @@ def tenant_rehearsal() -> None:
     @task(**RETRY)
     def resume_registrations(**ctx) -> dict: return _call("steps.resume_registrations", ctx)
     @task(**RETRY)
-    def drop_cdc_slot(**ctx) -> dict: return _call("steps.drop_cdc_slot", ctx)
+    def drop_cdc_slot(**ctx) -> dict: return _call("steps.drop_cdc_slot", ctx, False)  # unattended: release
     @task(**CUTOVER)
     def gate_final(**ctx) -> dict: return _call("steps.gate_final", ctx)
     @task(retries=1)
@@ -155,7 +155,9 @@ def tenant_rehearsal() -> None:
         flipped >> drained >> post_flip >> resumed
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     migrated = report_migration(flipped)
-    post_flip >> dropped >> gate_final() >> migrated
+    final = gate_final()
+    post_flip >> dropped >> final >> migrated
+    post_flip >> final  # directly too: a task after a teardown alone would run when the work failed
     reattached >> dropped
     with TaskGroup("back"):
         checked = check_way_back()

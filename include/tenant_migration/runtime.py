@@ -22,10 +22,10 @@ PERMANENT: tuple[type[BaseException], ...] = (InvalidParams, LedgerError)
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
     from tenant_migration.postgres.copy import ChecksumMismatch
-    from tenant_migration.steps import PreflightError
+    from tenant_migration.steps import KeptForResume, PreflightError
     from tenant_migration.validation.counts import GateFailed
 
-    return PERMANENT + (PreflightError, GateFailed, ChecksumMismatch)
+    return PERMANENT + (PreflightError, GateFailed, ChecksumMismatch, KeptForResume)
 
 
 @contextmanager

@@ -149,8 +149,42 @@ def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, min_lsn: str
     return point.to_dict()
 
 
-def reattach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
-    """Always resume replay (runs as a teardown, also when the migration failed)."""
+class KeptForResume(RuntimeError):
+    """A teardown kept its resource (detached replica, change-capture slot) because the work that
+    needs it failed and can be resumed by clearing the failed tasks (ADR 7). The teardown fails so
+    that the held resource shows red in the UI and is re-run by a *Clear -> Only failed*."""
+
+
+def _gate_passed(tconn: psycopg.Connection, run_id: str, gate: str) -> bool:
+    row = tconn.execute("SELECT passed FROM tm_control.gates WHERE run_id = %s AND gate = %s "
+                        "ORDER BY attempt DESC LIMIT 1", (run_id, gate)).fetchone()
+    return bool(row and row[0])
+
+
+def _keep_for_resume(ep: Endpoints, run_id: str, gate: str, resource: str) -> None:
+    """Raise ``KeptForResume`` when the run is live and the phase needing ``resource`` has not
+    passed ``gate``: a clear of its failed tasks needs the same snapshot and the same stream.
+    Releases (returns) when the phase passed, or when the run is not live (never registered:
+    dry run or refused preflight; finished; or aborted -- the way to give the resource up)."""
+    with ep.target.connect(autocommit=True) as tconn:
+        row = tconn.execute("SELECT to_regclass('tm_control.runs') IS NOT NULL").fetchone()
+        run = ledger.run_row(tconn, run_id) if row and row[0] else None
+        if run is None or run["status"] != "running" or _gate_passed(tconn, run_id, gate):
+            return
+        ledger.record_event(tconn, run_id, f"keep_{resource}", "info", {"until_gate": gate})
+    raise KeptForResume(
+        f"{resource} kept for a resume: the {gate!r} gate of run {run_id} has not passed. Fix the cause, then "
+        f"clear the failed task instances (only failed, with downstream): this teardown runs again and releases "
+        f"it. To give up instead: mark the ledger run aborted (runbook: Abort), then clear this task.")
+
+
+def reattach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_for_resume: bool = True) -> dict[str, Any]:
+    """Teardown of the detach: resume replay once the copy passed its gate, or whenever the run is
+    not live. After a failed copy the replica stays at the run's snapshot (``KeptForResume``) so
+    that clearing the failed chunk tasks copies from the same point in time the gate compares.
+    ``keep_for_resume=False`` (unattended rehearsals) always releases."""
+    if keep_for_resume:
+        _keep_for_resume(ep, run_id, "post_copy", "detached replica")
     with ep.replica_control.connect(autocommit=True) as rc:
         before = replica.reattach(rc)
     return {"state_before": before}
@@ -450,8 +484,12 @@ def create_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str
     return {"slot": name, "consistent_lsn": slot.consistent_lsn}
 
 
-def drop_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
-    """Teardown: drop the run's slot, also on failure and abort (no WAL retention left behind)."""
+def drop_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_for_resume: bool = True) -> dict[str, Any]:
+    """Teardown: drop the run's slot once the flip passed its gate, or whenever the run is not live
+    (abort). After an earlier failure the slot is kept (``KeptForResume``): a resumed run replays
+    from its first detach point, and a slot re-created later would miss changes (ADR 4)."""
+    if keep_for_resume:
+        _keep_for_resume(ep, run_id, "post_flip", "change-capture slot")
     name = cdc.slot_name_for(run_id)
     with ep.source_cdc.connect(autocommit=True) as src:
         dropped = cdc.drop_slot(src, name)
