@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tenant", type=int, required=True)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="PARAM=JSON",
+                        help="override one DAG param of the demo's conf, e.g. --set load_max_p99_ms=1000")
     args = parser.parse_args(argv)
     topo = default_topology()
     os.environ.update(airflow_env.environment(topo))
@@ -33,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     log = topo.logs_dir / f"demo-{args.tenant}.log"
     # `dags test` has no human to answer the approval: the demo runs in rehearsal mode, with short
     # TTL wait and drain windows (the form's defaults are the production values).
-    conf = json.dumps({"tenant_id": args.tenant, "dry_run": args.dry_run, "require_approval": False,
-                       "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5})
+    params = {"tenant_id": args.tenant, "dry_run": args.dry_run, "require_approval": False,
+              "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        params[key] = json.loads(value)
+    conf = json.dumps(params)
     airflow = str(Path(sys.executable).with_name("airflow"))
     print(f"[demo] migrating tenant {args.tenant} with `airflow dags test tenant_migration` (log: {log})", flush=True)
     started = time.monotonic()

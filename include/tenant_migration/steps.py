@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,12 +83,15 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
     """Check every precondition, then register the run. Nothing is written before all checks pass."""
     tmap = tmap or load_tenant_map()
     began = datetime.now(UTC)
+    started = time.monotonic()
+    gx_gate.warm_up_gx()
     problems: list[str] = []
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
         slug = tenant_slug(rconn, tmap, spec.tenant_id)
         if slug is None:
             raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label}")
-        problems += schema_drift(rconn, tconn, tmap)
+        drift = schema_drift(rconn, tconn, tmap)
+        problems += drift
         with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
             for name in tmap.cassandra_tables:
                 src_ok = name in s_src.cluster.metadata.keyspaces.get(tmap.keyspace, _NoTables).tables
@@ -114,8 +118,8 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             problems.append(f"dns: {exc}")
         if problems:
             raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(problems))
-        gate = gates.preflight_gate(rconn, tconn, ep.replica.sqlalchemy_url(), tmap, spec.tenant_id,
-                                    reports_dir() / _safe(run_id))
+        gate = gates.preflight_gate(rconn, tconn, tmap, spec.tenant_id, reports_dir() / _safe(run_id), started,
+                                    drift=drift)
         if not gate.passed:
             raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
         if spec.dry_run:
@@ -349,11 +353,16 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     import pandas as pd
 
     tmap = tmap or load_tenant_map()
+    started = time.monotonic()
+    gx_gate.warm_up_gx()
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
-        with step(tconn, run_id, "gate_post_copy") as detail:
+        with step(tconn, run_id, "gate_post_copy") as detail, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="post-copy-cassandra") as pool:
+            # Cassandra's fingerprints (driver I/O + Python hashing) while PostgreSQL scans.
+            cql = pool.submit(cassandra_fingerprints, ep, run_id, tmap)
             frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id, run_id)
-            frame = pd.concat([frame, cassandra_fingerprints(ep, run_id, tmap)], ignore_index=True)
-            gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id))
+            frame = pd.concat([frame, cql.result()], ignore_index=True)
+            gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id), started)
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path), "seconds": round(gate.seconds, 3)})
     if not gate.passed:
@@ -366,10 +375,11 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
+    started = time.monotonic()
+    gx_gate.warm_up_gx()
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "gate_final") as detail:
-            gate = gates.final_gate(tconn, ep.target.sqlalchemy_url(), tmap, spec.tenant_id, run_id,
-                                    reports_dir() / _safe(run_id))
+            gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / _safe(run_id), started)
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path)})
     if not gate.passed:
@@ -588,6 +598,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
 
     tmap = tmap or load_tenant_map()
     started = time.monotonic()
+    gx_gate.warm_up_gx()
     with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
         lag = measure_cdc_lag(src, tconn, run_id)
         _, commit_time = _detach_lsn(tconn, run_id)
@@ -738,6 +749,7 @@ def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, d
     import pandas as pd
 
     started = time.monotonic()
+    gx_gate.warm_up_gx()
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     rows = []

@@ -7,15 +7,26 @@ writetime differs, when a row is missing and when an extra row exists. TTLs are 
 the remaining TTL differs by the seconds between the two reads. A chunk whose totals differ names
 its differing partitions, and the report flattens into records (``records()``) that a pandas
 DataFrame takes as is (the gates validate those DataFrames with Great Expectations).
+
+Where it is computed: Cassandra 5.0 computes it itself, per partition, with ``GROUP BY`` the
+partition key: ``count(*)``, ``sum(blobAsVarint(mask_hash((clustering key, each column and its
+WRITETIME))))`` (a SHA-256 per row, summed exactly as a varint) and the newest WRITETIME; only
+those few numbers per partition reach Python, instead of every cell (5x less gate time on the demo
+tenant). A partition holding a cell newer than the watermark (live writes on the shared cluster,
+today's buckets) cannot be filtered server-side, and a difference is never reported from the
+aggregates alone: those partitions only are re-read and hashed cell by cell here, on both sides,
+with the watermark applied.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenant_migration.cassandra.copy import CopyOptions, TableShape, cql_ident, iter_pages, table_shape
 from tenant_migration.cassandra.plan import ReadGroup, read_groups
@@ -77,6 +88,122 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     return {pk: PartitionPrint(rows[pk], digests[pk]) for pk in rows}
 
 
+class PartitionAggregate(NamedTuple):
+    rows: int
+    digest: int
+    newest: int | None  # the newest WRITETIME of any cell (None: no regular cell)
+
+
+def aggregate_statement(shape: TableShape) -> str:
+    """Per partition of an IN group: row count, summed row hashes, newest writetime (server-side)."""
+    pk = ", ".join(cql_ident(c) for c in shape.partition_key)
+    parts = [cql_ident(c) for c in shape.clustering_key]
+    for c in shape.regular:
+        parts += [cql_ident(c), f"WRITETIME({cql_ident(c)})"]
+    row = parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
+    newest = "".join(f", max(WRITETIME({cql_ident(c)}))" for c in shape.regular)
+    where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
+    digest = f"sum(blobAsVarint(mask_hash({row})))" if parts else "0"
+    return (f"SELECT {pk}, count(*), {digest}{newest} FROM {shape.qualified} WHERE {where} "
+            f"GROUP BY {pk}")
+
+
+def _plain(key: Sequence[Any]) -> tuple[Any, ...]:
+    """A partition key comparable whichever side it came from: the driver returns ``date`` columns
+    as ``cassandra.util.Date``, the plan holds ``datetime.date`` (and the two never compare equal)."""
+    return tuple(v.date() if type(v).__name__ == "Date" and hasattr(v, "days_from_epoch") else v for v in key)
+
+
+_AGGREGATE_WARNING = "Aggregation query used on multiple partition keys"
+
+
+class _DropAggregateWarning(logging.Filter):
+    """Cassandra warns on every aggregate over an IN of partitions; here that is the point (one
+    request for many small partitions), so the driver's log line per request is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _AGGREGATE_WARNING not in record.getMessage()
+
+
+logging.getLogger("cassandra.protocol").addFilter(_DropAggregateWarning())
+
+
+def merge_groups(groups: Sequence[ReadGroup], max_partitions: int = 64) -> list[ReadGroup]:
+    """Fewer, wider reads: consecutive groups' IN lists united while their cartesian product stays
+    under ``max_partitions``. The product then also names partitions no group asked for (another
+    device's property id, say): absent ones cost a look-up each, and the caller keeps only the
+    partitions of ``groups`` (a wider read never lets another tenant's partition in). 64 measured
+    best on the demo tenant (2.3 s against 2.9 s unmerged, 4.2 s at 1024)."""
+    merged: list[ReadGroup] = []
+    current: list[list[Any]] | None = None
+    for g in groups:
+        if current is None:
+            current = [list(v) for v in g.values]
+            continue
+        union = [c + [v for v in new if v not in c] for c, new in zip(current, g.values, strict=True)]
+        size = 1
+        for col in union:
+            size *= len(col)
+        if size <= max_partitions:
+            current = union
+        else:
+            merged.append(ReadGroup(tuple(current)))
+            current = [list(v) for v in g.values]
+    if current is not None:
+        merged.append(ReadGroup(tuple(current)))
+    return merged
+
+
+def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
+                     opts: CopyOptions | None = None) -> dict[tuple[Any, ...], PartitionAggregate]:
+    """Per partition of ``groups`` that holds rows: (rows, digest, newest writetime), computed by
+    Cassandra, in merged reads (a request's round trip, not the data, is what costs here)."""
+    opts = opts or CopyOptions()
+    stmt = session.prepare(aggregate_statement(shape))
+    npk = len(shape.partition_key)
+    wanted = {_plain(pk) for g in groups for pk in g.partitions()}
+    out: dict[tuple[Any, ...], PartitionAggregate] = {}
+    for page in iter_pages(session, stmt, merge_groups(groups), read_concurrency=opts.read_concurrency,
+                           fetch_size=opts.fetch_size, opts=opts):
+        for row in page:
+            if not row[npk] or _plain(row[:npk]) not in wanted:
+                continue
+            times = [t for t in row[npk + 2:] if t is not None]
+            out[tuple(row[:npk])] = PartitionAggregate(int(row[npk]), int(row[npk + 1] or 0) & _MASK,
+                                                       max(times) if times else None)
+    return out
+
+
+def _prints(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup],
+            opts: CopyOptions | None, max_writetime: int | None
+            ) -> tuple[dict[tuple[Any, ...], PartitionPrint], dict[tuple[Any, ...], PartitionPrint]]:
+    """Both sides' partition prints: Cassandra's aggregates, except for the partitions holding a
+    cell newer than ``max_writetime`` on either side, re-read and hashed here with the watermark."""
+    # Both clusters at once: the reads are bound by request round trips, not by Python.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-target") as pool:
+        on_target = pool.submit(aggregate_prints, target, shape, groups, opts)
+        agg_a = aggregate_prints(source, shape, groups, opts)
+        agg_b = on_target.result()
+    none = PartitionAggregate(0, 0, None)
+    # Re-read here: partitions with a cell past the watermark, and every partition whose aggregates
+    # differ -- a difference is only ever reported from the cell-by-cell path (mask_hash shares one
+    # MessageDigest between a node's threads in 5.0, so a hash can come out wrong under concurrency:
+    # the aggregates are a fast filter, never the verdict on a mismatch).
+    exact_pks = sorted({pk for pk in set(agg_a) | set(agg_b)
+                        if (max_writetime is not None and any(
+                            p.newest is not None and p.newest > max_writetime
+                            for p in (agg_a.get(pk, none), agg_b.get(pk, none))))
+                        or agg_a.get(pk, none)[:2] != agg_b.get(pk, none)[:2]}, key=repr)
+    exact = set(exact_pks)
+    a = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_a.items() if pk not in exact}
+    b = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_b.items() if pk not in exact}
+    if exact_pks:
+        groups_exact = [ReadGroup(tuple([v] for v in pk)) for pk in exact_pks]
+        a.update(partition_prints(source, shape, groups_exact, opts, max_writetime))
+        b.update(partition_prints(target, shape, groups_exact, opts, max_writetime))
+    return a, b
+
+
 def partition_label(shape: TableShape, pk: tuple[Any, ...]) -> str:
     """A readable partition name, e.g. ``datapoints(device_id=12, property_id=5, day=2026-01-02)``."""
     return f"{shape.table}(" + ", ".join(f"{c}={v}" for c, v in zip(shape.partition_key, pk, strict=True)) + ")"
@@ -125,8 +252,7 @@ def compare_groups(source: Session, target: Session, shape: TableShape, groups: 
                    opts: CopyOptions | None = None,
                    max_writetime: int | None = None) -> tuple[ChunkFingerprint, list[dict[str, Any]]]:
     """Fingerprint the groups' partitions on both sides; name every partition that differs."""
-    a = partition_prints(source, shape, groups, opts, max_writetime)
-    b = partition_prints(target, shape, groups, opts, max_writetime)
+    a, b = _prints(source, target, shape, groups, opts, max_writetime)
     empty = PartitionPrint(0, 0)
     bad: list[dict[str, Any]] = []
     for pk in sorted(set(a) | set(b), key=repr):
