@@ -4,6 +4,7 @@ the table and the offending keys, when the data was broken on purpose."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -56,6 +57,14 @@ def broken_source(topo, request):
     _replayed(topo)
 
 
+def _reattach(endpoints) -> None:
+    """Resume the replica's replay whatever the run's state (these tests leave runs half-done)."""
+    from tenant_migration import replica
+
+    with endpoints.replica_control.connect(autocommit=True) as rc:
+        replica.reattach(rc)
+
+
 def test_preflight_gate_passes_on_sound_data(endpoints, reset, reports) -> None:
     pre = steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT, dry_run=True), f"gate/{uuid.uuid4().hex[:8]}")
     html = Path(pre["report"]).read_text()
@@ -93,7 +102,7 @@ def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoint
     try:
         steps.copy_postgres(endpoints, spec, run_id)
     finally:
-        steps.reattach_replica(endpoints, spec, run_id)
+        _reattach(endpoints)
     with admin(topo, "primary") as p:
         foreign = p.execute("SELECT * FROM platform.api_keys WHERE tenant_id = %s LIMIT 1", (OTHER,)).fetchone()
     with target_admin.transaction():
@@ -104,3 +113,141 @@ def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoint
     row = target_admin.execute("SELECT passed, report_path FROM tm_control.gates WHERE run_id = %s AND gate = 'final'",
                                (run_id,)).fetchone()
     assert row[0] is False and Path(row[1]).exists()
+
+
+# ------------------------------------------------------------------------------ post-flip (moto)
+
+DRAINED = {"cassandra_passes": [{"rows": 0}]}  # what drain_stragglers returns after one pass
+
+
+@pytest.fixture
+def flipped(endpoints, reset, reports):
+    """A registered run of TENANT whose records were flipped through the moto server (over HTTP)."""
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = f"gate/{uuid.uuid4().hex[:8]}"
+    pre = steps.preflight(endpoints, spec, run_id)
+    steps.flip_dns(endpoints, spec, run_id, pre["slug"])
+    return spec, run_id, pre["slug"]
+
+
+def _gate_row(conn, run_id: str, gate: str):
+    return conn.execute("SELECT passed, summary, evidence, report_path FROM tm_control.gates WHERE run_id = %s "
+                        "AND gate = %s ORDER BY attempt DESC LIMIT 1", (run_id, gate)).fetchone()
+
+
+def test_post_flip_gate_passes_when_every_record_answers_the_target(endpoints, flipped, target_admin) -> None:
+    spec, run_id, slug = flipped
+    out = steps.gate_post_flip(endpoints, spec, run_id, slug, DRAINED)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "post_flip")
+    assert out["passed"] and passed is True
+    assert {c["name"] for c in evidence["checks"]} == {"records_answer_target", "drain_ran"}
+    assert all(c["success"] for c in evidence["checks"])
+    assert Path(report_path).exists() and "passed" in Path(report_path).read_text()
+
+
+def test_post_flip_gate_names_a_record_still_answering_the_source(endpoints, flipped, target_admin, reports) -> None:
+    from tenant_migration.cutover import dns
+
+    spec, run_id, slug = flipped
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    stale = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)[1]
+    # One record goes back to the shared (source) endpoint behind the flip's back, through moto.
+    dns.point_records(r53, zid, [stale], to_tenant=False)
+    assert dns.resolve(r53, zid, stale.name)[1] == stale.shared_target
+
+    with pytest.raises(GateFailed, match=rf"records_answer_target .*observed 1, offending: {re.escape(stale.name)}") as exc:
+        steps.gate_post_flip(endpoints, spec, run_id, slug, DRAINED)
+    assert stale.shared_target in str(exc.value), "the message says what the record answers"
+    passed, summary, evidence, report_path = _gate_row(target_admin, run_id, "post_flip")
+    assert passed is False and stale.name in summary
+    failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
+    assert set(failed) == {"records_answer_target"}
+    assert failed["records_answer_target"]["unexpected"] == [stale.name]
+    assert failed["records_answer_target"]["numbers"] == [
+        {"unit": stale.name, "answer": stale.shared_target, "expected": stale.tenant_target}]
+    on_disk = json.loads((reports / steps._safe(run_id) / "gate_post_flip.json").read_text())
+    assert on_disk["passed"] is False and on_disk["failures"] == evidence["failures"]
+    assert report_path in str(exc.value)
+    page = Path(report_path).read_text()
+    assert "FAILED" in page and stale.name in page
+
+
+def test_post_flip_gate_fails_when_the_drain_never_ran(endpoints, flipped, target_admin) -> None:
+    spec, run_id, slug = flipped
+    with pytest.raises(GateFailed, match=r"drain_ran .*observed 0"):
+        steps.gate_post_flip(endpoints, spec, run_id, slug, {"cassandra_passes": []})
+    assert _gate_row(target_admin, run_id, "post_flip")[0] is False
+
+
+# ------------------------------------------------------------------------------ post-copy
+
+
+@pytest.fixture
+def copied(endpoints, reset, reports):
+    """TENANT copied (both engines) from the detached replica; the replica is reattached after."""
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = f"gate/{uuid.uuid4().hex[:8]}"
+    steps.preflight(endpoints, spec, run_id)
+    steps.detach_replica(endpoints, spec, run_id)
+    try:
+        steps.copy_postgres(endpoints, spec, run_id)
+        steps.copy_cassandra(endpoints, spec, run_id)
+        yield spec, run_id
+    finally:
+        _reattach(endpoints)
+
+
+def _break_target(kind: str, endpoints, target_admin, topo) -> str:
+    """Break the copied target on purpose; return the prefix of the unit the gate must name."""
+    if kind == "changed value":
+        target_admin.execute("UPDATE platform.devices SET name = name || ' (edited)' WHERE device_id = "
+                             "(SELECT min(device_id) FROM platform.devices WHERE tenant_id = %s)", (TENANT,))
+        return "pg:devices:"
+    if kind == "foreign row":
+        with admin(topo, "primary") as p:
+            foreign = p.execute("SELECT * FROM platform.api_keys WHERE tenant_id = %s LIMIT 1", (OTHER,)).fetchone()
+        with target_admin.transaction():
+            target_admin.execute("SET LOCAL session_replication_role = replica")
+            target_admin.execute("INSERT INTO platform.api_keys VALUES (%s, %s, %s, %s, %s, %s)", foreign)
+        return "pg:api_keys:"
+    # A Cassandra cell changed on the target (newer writetime, still before the detach watermark).
+    with endpoints.cassandra_target.session() as dst:
+        row = next(r for r in dst.execute("SELECT device_id, property_id, day, ts, WRITETIME(value) "
+                                          "FROM telemetry.datapoints LIMIT 1"))
+        dst.execute("UPDATE telemetry.datapoints USING TIMESTAMP %s SET value = %s WHERE device_id = %s "
+                    "AND property_id = %s AND day = %s AND ts = %s", (row[4] + 1, 1e9, *row[:4]))
+    return "cql:datapoints:"
+
+
+def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin) -> None:
+    spec, run_id = copied
+    out = steps.gate_post_copy(endpoints, spec, run_id)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "post_copy")
+    assert out["passed"] and passed is True and evidence["seconds"] > 0
+    units = {c["name"]: c for c in evidence["checks"]}
+    assert set(units) == {"post_copy_rows_equal", "post_copy_checksums_equal"}
+    assert Path(report_path).exists()
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param("changed value", id="a changed PostgreSQL value (counts equal, checksum not)"),
+    pytest.param("foreign row", id="another tenant's row in a chunk's range on the target"),
+    pytest.param("cassandra cell", id="a changed Cassandra cell"),
+])
+def test_post_copy_gate_fails_naming_the_chunk(endpoints, copied, target_admin, topo, kind: str) -> None:
+    spec, run_id = copied
+    prefix = _break_target(kind, endpoints, target_admin, topo)
+    with pytest.raises(GateFailed, match=rf"post_copy_checksums_equal .*offending: {re.escape(prefix)}") as exc:
+        steps.gate_post_copy(endpoints, spec, run_id)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "post_copy")
+    assert passed is False and report_path in str(exc.value) and Path(report_path).exists()
+    failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
+    bad = failed["post_copy_checksums_equal"]["numbers"]
+    assert len(bad) == 1 and bad[0]["unit"].startswith(prefix)
+    assert bad[0]["source_checksum"] != bad[0]["target_checksum"]
+    if kind == "foreign row":
+        assert bad[0]["target_rows"] == bad[0]["source_rows"] + 1
+        assert "post_copy_rows_equal" in failed
+    else:
+        assert bad[0]["target_rows"] == bad[0]["source_rows"] and "post_copy_rows_equal" not in failed

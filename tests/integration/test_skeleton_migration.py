@@ -221,7 +221,8 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         with pytest.raises(GateFailed, match=r"post_copy_rows_equal .*observed 1, offending: pg:rule_actions:0000") as exc:
             steps.gate_post_copy(endpoints, spec, run_id)
     finally:
-        steps.reattach_replica(endpoints, spec, run_id)
+        # The gate failed on purpose: release the replica instead of keeping it for a resume (ADR 7).
+        steps.reattach_replica(endpoints, spec, run_id, keep_for_resume=False)
     row = target_admin.execute(
         "SELECT passed, evidence, report_path FROM tm_control.gates WHERE run_id = %s AND gate = 'post_copy' "
         "ORDER BY attempt DESC LIMIT 1", (run_id,)).fetchone()
