@@ -10,7 +10,7 @@ DEMO_TENANT ?= 3
 PRESET ?= demo
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
-        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates airflow-standalone
+        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow airflow-standalone
 
 help:
 	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset"
@@ -89,6 +89,10 @@ bench-load: stack-up
 # Gate time against copy time on the demo dataset (runs the demo migration; RUNS=3 for a spread).
 bench-gates: stack-up
 	$(PY) bench/bench_gates.py --tenant $(DEMO_TENANT) --runs $${RUNS:-1}
+
+# Airflow's overhead on the last successful migration run (run `make demo` first).
+bench-airflow: stack-up
+	$(PY) bench/bench_airflow_overhead.py
 
 airflow-standalone: stack-up
 	$(STACK) run -- $(VENV)/bin/airflow standalone

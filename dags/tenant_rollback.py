@@ -14,7 +14,7 @@ id `tenant_rollback/<dag run>/back`.
 #### Runbook
 | task | safe to clear? | notes |
 |---|---|---|
-| `check_rollback` | yes | refuses (writes nothing) unless confirmed; marks a live migration run aborted; plans the chunks |
+| `check_rollback` | yes | refuses (writes nothing) unless confirmed; marks a live migration run aborted (a red `drop_cdc_slot` of that run, cleared, then drops its slot: ADR 7); plans the chunks |
 | `flip_dns_back` | **by hand only** (retries=0) | UPSERT converges; then waits out the record TTL (`max_ttl_wait_s`) |
 | `copy_back_postgres` | yes | tables already done are skipped; a failed table rolled back as a whole |
 | `copy_back_cassandra` | yes | chunks already done are skipped; re-copy is idempotent |

@@ -12,8 +12,10 @@ MIGRATION_PARAMS = {
                      description="Run every check and write nothing: no ledger run, no copy, no DNS change."),
     "chunk_rows": Param(50_000, type="integer", minimum=100, maximum=10_000_000, title="Chunk rows",
                         description="Target number of rows per PostgreSQL chunk."),
-    "max_tasks": Param(8, type="integer", minimum=1, maximum=256, title="Copy tasks per store",
-                       description="Chunks are dealt into at most this many mapped copy tasks per store."),
+    "max_tasks": Param(2, type="integer", minimum=1, maximum=256, title="Copy tasks per store",
+                       description="Chunks are dealt into at most this many mapped copy tasks per store. "
+                                   "2 = the copy pools' slots: more tasks add Airflow start-up per task "
+                                   "without more parallelism (bench/bench_airflow_overhead.py)."),
     "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
                                    description="Requests in flight per Cassandra copy."),
     "cassandra_days": Param(4, type="integer", minimum=1, maximum=3650, title="Cassandra days",

@@ -59,7 +59,7 @@ class RehearsalSpec:
     reference_tenant_id: int = 1
     history: int = 8
     chunk_rows: int = 50_000
-    max_tasks: int = 8
+    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
     cassandra_days: int = 4
     max_ttl_wait_s: int = 5
     drain_seconds: int = 5

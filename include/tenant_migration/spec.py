@@ -34,7 +34,7 @@ class MigrationSpec:
     max_ttl_wait_s: int = 300
     drain_seconds: int = 60
     require_approval: bool = True
-    max_tasks: int = 8
+    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
     load_rate: int = 500
     load_seconds: int = 10
     load_max_p99_ms: int = 50
