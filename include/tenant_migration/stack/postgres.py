@@ -155,6 +155,9 @@ def server_settings(topo: Topology, role: Role) -> dict[str, ConfValue]:
         "wal_level": "logical",
         "max_wal_senders": 10,
         "max_replication_slots": 10,
+        # A failed run keeps its logical slot until resumed or aborted (ADR 7): bound the WAL it
+        # can hold on the shared primary (an invalidated slot makes the resume fail loudly).
+        "max_slot_wal_keep_size": "4GB",
         "hot_standby": True,
         "hot_standby_feedback": True,
         "shared_preload_libraries": "pg_prewarm",
