@@ -115,6 +115,41 @@ def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoint
     assert row[0] is False and Path(row[1]).exists()
 
 
+@pytest.mark.parametrize(("kind", "expected"), [
+    pytest.param("none", None, id="passes on the copied tenant"),
+    pytest.param("registrations off", rf"registrations__back_on .*observed 1, offending: {TENANT}\b",
+                 id="registrations still suspended on the target"),
+    pytest.param("chunk not done", r"ledger__every_chunk_done .*observed 1, offending: pg:users:",
+                 id="a chunk of the run not done in the ledger"),
+])
+def test_final_gate_checks_registrations_and_the_ledger(endpoints, reset, target_admin, reports, kind: str,
+                                                        expected: str | None) -> None:
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = f"gate/{uuid.uuid4().hex[:8]}"
+    steps.preflight(endpoints, spec, run_id)
+    steps.detach_replica(endpoints, spec, run_id)
+    try:
+        steps.copy_postgres(endpoints, spec, run_id)
+    finally:
+        _reattach(endpoints)
+    if kind == "registrations off":
+        target_admin.execute("UPDATE platform.tenant_settings SET registrations_enabled = false WHERE tenant_id = %s",
+                             (TENANT,))
+    elif kind == "chunk not done":
+        target_admin.execute("UPDATE tm_control.chunks SET status = 'pending' WHERE chunk_id = "
+                             "(SELECT min(chunk_id) FROM tm_control.chunks WHERE run_id = %s "
+                             "AND chunk_id LIKE 'pg:users:%%') AND run_id = %s", (run_id, run_id))
+    if expected is None:
+        assert steps.gate_final(endpoints, spec, run_id)["passed"]
+    else:
+        with pytest.raises(GateFailed, match=expected):
+            steps.gate_final(endpoints, spec, run_id)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "final")
+    assert passed is (expected is None) and Path(report_path).exists()
+    assert [c["name"] for c in evidence["checks"] if not c["success"]] == (
+        [] if expected is None else [expected.split(" ")[0]])
+
+
 # ------------------------------------------------------------------------------ post-flip (moto)
 
 DRAINED = {"cassandra_passes": [{"rows": 0}]}  # what drain_stragglers returns after one pass
