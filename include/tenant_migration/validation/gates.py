@@ -5,6 +5,8 @@
 - ``post_copy``: per table (and per chunk where the ledger has them), row counts and checksums equal
   on replica and target, recomputed now (re-running the gate re-evaluates the data as it is).
 - ``final``: no row of another tenant on the target, every chunk of the run done.
+- ``dns_shift_<p>``: between two steps of a weighted DNS shift, every record read back with the
+  step's weights and the target answering (a few light probes, no data scan).
 
 Every query is an aggregate or returns only violating rows: no gate reads whole tables into Python.
 """
@@ -196,3 +198,18 @@ def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_
     started = time.monotonic() if started is None else started
     checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
     return finish_gate("final", checks, folder, started)
+
+
+def dns_shift_gate(percent: int, weights: Any, probes: Any, folder: Path, started: float | None = None) -> GateResult:
+    """Between weighted DNS steps: ``weights`` (unit = record, ``target_weight`` read back,
+    ``expected``) and ``probes`` (unit = probe, ``ok`` 1 or 0, ``detail``) of the target."""
+    started = time.monotonic() if started is None else started
+    gate = f"dns_shift_{percent}"
+    checks = run_frame_checks(gate, weights, [FrameCheck(
+        "records_at_step_weights", "ExpectColumnPairValuesToBeEqual",
+        {"column_A": "target_weight", "column_B": "expected"},
+        f"every record of the tenant sends {percent} % of answers to the target")], "unit")
+    checks += run_frame_checks(gate, probes, [FrameCheck(
+        "target_healthy", "ExpectColumnValuesToBeBetween", {"column": "ok", "min_value": 1, "max_value": 1},
+        "the target's PostgreSQL, Cassandra and endpoint records answer")], "unit")
+    return finish_gate(gate, checks, folder, started)
