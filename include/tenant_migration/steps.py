@@ -228,15 +228,11 @@ def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_i
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
-    rows = copied = skipped = 0
     started = time.monotonic()
-    for chunk_id in chunk_ids:
-        res = pg_copy.copy_chunk(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_id)
-        skipped += int(res.skipped)
-        copied += int(not res.skipped)
-        rows += res.rows
-    return {"chunks": len(chunk_ids), "copied": copied, "skipped": skipped, "rows": rows,
-            "seconds": round(time.monotonic() - started, 3)}
+    results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
+    skipped = sum(int(r.skipped) for r in results)
+    return {"chunks": len(chunk_ids), "copied": len(results) - skipped, "skipped": skipped,
+            "rows": sum(r.rows for r in results), "seconds": round(time.monotonic() - started, 3)}
 
 
 def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@
   ``load_order`` (every real FK among tenant-scoped tables);
 * ``planner``  ``plan_postgres`` splits each table's rows of the tenant into key ranges, once per
   run, persisted in the ledger;
-* ``copy``     ``copy_chunk`` (one chunk by id) and ``copy_pending_chunks`` (every chunk not done):
+* ``copy``     ``copy_chunks`` (planned chunks by id) and ``copy_pending_chunks`` (every chunk not done):
   server-to-server COPY through two psql processes, delete + load + verify + mark done in one
   target transaction; ``verify_chunks`` re-checks every chunk after the fact.
 

@@ -453,15 +453,25 @@ def _psql_quote(text: str) -> str:
 # ------------------------------------------------------------------------------------ entry points
 
 
+def copy_chunks(
+    replica_ep: PgEndpoint, target_ep: PgEndpoint, tmap: TenantMap, run_id: str, tenant_id: int,
+    chunk_ids: Sequence[str],
+) -> list[ChunkResult]:
+    """Copy planned chunks by id, in the given order (one mapped DAG task's batch). Safe to retry
+    or clear: chunks already done are skipped. One copier (connections, drift check) serves the
+    whole batch, so a batch of many small chunks does not pay that set-up per chunk."""
+    with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id) as copier:
+        chunks = [ledger.get_chunk(copier.target, run_id, chunk_id) for chunk_id in chunk_ids]
+        copier.target.commit()
+        copier.refuse_drift()
+        return [copier.copy(chunk) for chunk in chunks]
+
+
 def copy_chunk(
     replica_ep: PgEndpoint, target_ep: PgEndpoint, tmap: TenantMap, run_id: str, tenant_id: int, chunk_id: str
 ) -> ChunkResult:
-    """Copy ONE planned chunk by id (one mapped DAG task per chunk). Safe to retry or clear."""
-    with ChunkCopier(replica_ep, target_ep, tmap, run_id, tenant_id) as copier:
-        chunk = ledger.get_chunk(copier.target, run_id, chunk_id)
-        copier.target.commit()
-        copier.refuse_drift()
-        return copier.copy(chunk)
+    """Copy ONE planned chunk by id. Safe to retry or clear."""
+    return copy_chunks(replica_ep, target_ep, tmap, run_id, tenant_id, [chunk_id])[0]
 
 
 def copy_pending_chunks(
