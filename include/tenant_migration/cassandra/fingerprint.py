@@ -175,10 +175,17 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
 
 
 def _prints(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup],
-            opts: CopyOptions | None, max_writetime: int | None
+            opts: CopyOptions | None, max_writetime: int | None, exact: bool = False,
             ) -> tuple[dict[tuple[Any, ...], PartitionPrint], dict[tuple[Any, ...], PartitionPrint]]:
     """Both sides' partition prints: Cassandra's aggregates, except for the partitions holding a
-    cell newer than ``max_writetime`` on either side, re-read and hashed here with the watermark."""
+    cell newer than ``max_writetime`` on either side, re-read and hashed here with the watermark.
+
+    The two paths hash differently, so a chunk's total mixes them: comparable between the two
+    sides of ONE call, not across calls. ``exact`` hashes every partition here (deterministic:
+    for digests stored and compared later, like the rehearsal's baseline)."""
+    if exact:
+        return (partition_prints(source, shape, groups, opts, max_writetime),
+                partition_prints(target, shape, groups, opts, max_writetime))
     # Both clusters at once: the reads are bound by request round trips, not by Python.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-target") as pool:
         on_target = pool.submit(aggregate_prints, target, shape, groups, opts)
@@ -194,9 +201,9 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
                             p.newest is not None and p.newest > max_writetime
                             for p in (agg_a.get(pk, none), agg_b.get(pk, none))))
                         or agg_a.get(pk, none)[:2] != agg_b.get(pk, none)[:2]}, key=repr)
-    exact = set(exact_pks)
-    a = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_a.items() if pk not in exact}
-    b = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_b.items() if pk not in exact}
+    reread = set(exact_pks)
+    a = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_a.items() if pk not in reread}
+    b = {pk: PartitionPrint(p.rows, p.digest) for pk, p in agg_b.items() if pk not in reread}
     if exact_pks:
         groups_exact = [ReadGroup(tuple([v] for v in pk)) for pk in exact_pks]
         a.update(partition_prints(source, shape, groups_exact, opts, max_writetime))
@@ -250,9 +257,10 @@ class FingerprintReport:
 
 def compare_groups(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup], chunk_id: str,
                    opts: CopyOptions | None = None,
-                   max_writetime: int | None = None) -> tuple[ChunkFingerprint, list[dict[str, Any]]]:
+                   max_writetime: int | None = None, exact: bool = False,
+                   ) -> tuple[ChunkFingerprint, list[dict[str, Any]]]:
     """Fingerprint the groups' partitions on both sides; name every partition that differs."""
-    a, b = _prints(source, target, shape, groups, opts, max_writetime)
+    a, b = _prints(source, target, shape, groups, opts, max_writetime, exact)
     empty = PartitionPrint(0, 0)
     bad: list[dict[str, Any]] = []
     for pk in sorted(set(a) | set(b), key=repr):
@@ -272,9 +280,10 @@ def compare_groups(source: Session, target: Session, shape: TableShape, groups: 
 
 def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks: Sequence[Chunk],
                        opts: CopyOptions | None = None, days: Sequence[date] | None = None,
-                       max_writetime: int | None = None) -> FingerprintReport:
+                       max_writetime: int | None = None, exact: bool = False) -> FingerprintReport:
     """Fingerprints of ``chunks`` (optionally only the buckets ``days`` of day-bucketed tables, and
-    only cells written at or before ``max_writetime``)."""
+    only cells written at or before ``max_writetime``). ``exact``: every partition hashed cell by
+    cell here, so the digests can be stored and compared with a later call's (see ``_prints``)."""
     opts = opts or CopyOptions()
     report = FingerprintReport()
     shapes: dict[str, TableShape] = {}
@@ -291,7 +300,7 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
         if same is not None and same in done:
             report.chunks.append(replace(done[same], chunk_id=chunk.chunk_id, mismatched=list(done[same].mismatched)))
             continue
-        fp, bad = compare_groups(source, target, shape, groups, chunk.chunk_id, opts, max_writetime)
+        fp, bad = compare_groups(source, target, shape, groups, chunk.chunk_id, opts, max_writetime, exact)
         if same is not None:
             done[same] = fp
         report.chunks.append(fp)
