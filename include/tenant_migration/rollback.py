@@ -174,13 +174,15 @@ def plan_cassandra_back(tconn: psycopg.Connection, ep: Endpoints, tmap: TenantMa
 
 
 def flip_dns_back(ep: Endpoints, spec: RollbackSpec, run_id: str, slug: str) -> dict[str, Any]:
-    """Point the tenant's records back at the shared platform (UPSERT converges), then wait out
+    """Point the tenant's records back at the shared platform as one simple record each (from a
+    flipped record or from the weighted set of a shift stopped midway; converges), then wait out
     the TTL so the target stops receiving writes before the copy-back."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
     before = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
-    ttl = max((int(dns.records(r53, zid).get(p.name, {}).get("TTL", 0)) for p in plans), default=0)
+    sets = dns.record_sets(r53, zid)  # a weighted set, when a shift stopped midway: every member
+    ttl = max((int(rr.get("TTL", 0)) for p in plans for rr in sets.get(p.name, [])), default=0)
     started = time.monotonic()
     dns.point_records(r53, zid, plans, to_tenant=False)
     after = {p.name: dns.resolve(r53, zid, p.name) for p in plans}

@@ -7,7 +7,9 @@ devices fetched their answers at different moments, so after the flip they move 
 across a whole TTL, not all at once. One shared cache would make every client switch at the same
 instant and hide the straggler window. Route53 (moto locally) is asked at most once per
 ``upstream_ttl`` seconds for the whole fleet: a recursive resolver in front of the authoritative
-servers, which keeps the API rate bounded whatever the fleet size.
+servers, which keeps the API rate bounded whatever the fleet size. In the middle of a weighted
+shift a name has several record sets: each client gets the member ``dns.pick`` chooses for it
+(stable per client, in proportion to the weights), as Route53 spreads answers by weight.
 """
 
 from __future__ import annotations
@@ -39,17 +41,17 @@ class CachingResolver:
         self.clock = clock
         self.upstream_ttl = upstream_ttl
         self._cache: dict[tuple[str, str], Answer] = {}
-        self._sets: dict[str, dict[str, Any]] = {}
+        self._sets: dict[str, list[dict[str, Any]]] = {}
         self._sets_at = float("-inf")
         self._lock = threading.Lock()
         self._upstream_lock = threading.Lock()
         self.lookups = 0  # answers (re)fetched by a client: cache misses
         self.upstream_queries = 0  # Route53 API calls
 
-    def _records(self, now: float) -> dict[str, dict[str, Any]]:
+    def _records(self, now: float) -> dict[str, list[dict[str, Any]]]:
         with self._upstream_lock:
             if now - self._sets_at >= self.upstream_ttl:
-                self._sets = dns.records(self.client, self.zone_id)
+                self._sets = dns.record_sets(self.client, self.zone_id)
                 self._sets_at = now
                 self.upstream_queries += 1
             return self._sets
@@ -61,9 +63,10 @@ class CachingResolver:
             hit = self._cache.get(key)
             if hit is not None and now - hit.fetched_at < hit.ttl:
                 return hit
-        rr = self._records(now).get(name)
-        if rr is None:
+        sets = self._records(now).get(name)
+        if not sets:
             raise dns.DnsError(f"{name} has no record")
+        rr = dns.pick(sets, client)
         answer = Answer(name, rr["ResourceRecords"][0]["Value"], int(rr.get("TTL", 60)), now)
         with self._lock:
             self._cache[key] = answer
