@@ -223,13 +223,31 @@ def _copy_back_table(back: WayBack, tmap: TenantMap, table: str, tenant_id: int)
     return src_rows, src_sum, dst_sum
 
 
+def catch_up_unfinished_flip(ep: Endpoints, tconn: psycopg.Connection, run_id: str,
+                             tmap: TenantMap) -> dict[str, Any] | None:
+    """When the migration's flip never passed ``post_flip`` (a weighted shift stopped midway, or a
+    drain that never ran), the source took writes the target has not got: stream them over first
+    (the run's change stream, kept for exactly this), or the copy-back would overwrite them."""
+    from tenant_migration import steps
+    from tenant_migration.spec import parse_spec
+
+    migration = str(check_rollback_detail(tconn, run_id).get("migration_run") or "")
+    run = ledger.run_row(tconn, migration) if migration else None
+    if run is None or steps._gate_passed(tconn, migration, "post_flip"):
+        return None
+    spec = parse_spec({k: v for k, v in dict(run["spec"]).items() if v is not None})
+    return steps.catch_up_postgres(ep, spec, migration, until_now=True, tmap=tmap, step_name="catch_up_before_rollback")
+
+
 def copy_back_postgres(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
-    """Every table not done yet, children first; done tables are skipped (safe to clear)."""
+    """Every table not done yet, children first; done tables are skipped (safe to clear). A flip
+    that never finished first brings the source's late writes to the target."""
     tmap = tmap or load_tenant_map()
     back = way_back(ep)
     out: dict[str, int] = {}
     started = time.monotonic()
     with back.ledger.connect(autocommit=True) as tconn:
+        caught_up = catch_up_unfinished_flip(ep, tconn, run_id, tmap)
         for chunk in ledger.pending_chunks(tconn, run_id, "postgres"):
             ledger.mark_chunk_running(tconn, run_id, chunk.chunk_id)
             try:
@@ -240,7 +258,7 @@ def copy_back_postgres(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: Ten
             with tconn.transaction():
                 ledger.mark_chunk_done(tconn, run_id, chunk.chunk_id, rows, 0, a, b)
             out[chunk.table_name] = rows
-        detail = {"tables": out, "seconds": round(time.monotonic() - started, 3)}
+        detail = {"tables": out, "seconds": round(time.monotonic() - started, 3), "caught_up": caught_up}
         ledger.record_event(tconn, run_id, "copy_back_postgres", "info", detail)
     return detail
 
