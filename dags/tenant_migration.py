@@ -19,6 +19,17 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 `flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
 `drop_cdc_slot` (teardown) → `gate_final` → `report`.
 
+**Weighted shift** (optional, `dns_shift_percent_steps`, e.g. `10,50,100`; empty = flip at once):
+`flip_dns` moves each record in steps. Each step is ONE Route53 change batch (a weighted pair per
+record: source `100-p`, target `p`; the first step replaces the simple record, the 100 % step leaves
+the simple target record the direct flip leaves), waited INSYNC and read back; then the records hold
+for `dns_shift_dwell_s`, then the `dns_shift_<p>` gate (every record at the step's weights; the
+target's PostgreSQL, Cassandra and endpoint records answer) before the next step. While shifting,
+both deployments take the tenant's writes; `drain_stragglers` brings the source's over (from the
+shift's start) once it is at 100 %. Registrations stay suspended through the shift: the step list is
+refused up front if its dwell outlasts half the suspension, and a malformed list before anything is
+written.
+
 #### Runbook
 | task | safe to clear? | notes |
 |---|---|---|
@@ -30,7 +41,7 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 | `copy_*_batch` | yes | backfill: *Clear → Only failed* with *Downstream* on the failed map indexes; done chunks are skipped, the kept teardowns re-run and release |
 | `catch_up_*`, `final_catch_up`, `drain_stragglers` | yes | resume from `tm_control.cdc_progress` |
 | `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed |
-| `flip_dns` | **by hand only** (no automatic retry) | UPSERT converges; check the records first |
+| `flip_dns` | **by hand only** (no automatic retry: a cutover task) | converges from the records as they are now; a cleared shift resumes at the first step at or above the weight it finds (never back towards the source); check the records and the `dns_shift_<p>` gate report first |
 | `report` | yes | |
 
 **Resume** after a failure before the flip: fix the cause, then clear only the failed task
@@ -39,7 +50,10 @@ instances with downstream (UI, or REST `clearTaskInstances` with `only_failed` a
 **Abort.** Before `flip_dns`: mark the run failed (registrations resume by teardown; nothing
 user-visible changed), then give up the held replica and slot:
 `python -m tenant_migration.abort tenant_migration/<run id>` and clear `ready.reattach_replica` and
-`drop_cdc_slot`. After `flip_dns`: run the
+`drop_cdc_slot`. **Mid-shift** (a `dns_shift_<p>` gate failed, or you mark `flip_dns` failed
+while it dwells): the records stay weighted where they are; run `tenant_rollback`: its flip-back
+turns every weighted pair back into the simple source record (one batch) and copies back what the
+target took. After `flip_dns`: run the
 `tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate); it
 marks the migration run aborted, so a red `drop_cdc_slot` cleared afterwards drops the slot.
 """

@@ -45,6 +45,13 @@ MIGRATION_PARAMS = {
                           description="How long the load check drives the target."),
     "load_max_p99_ms": Param(50, type="integer", minimum=1, title="Load check p99 limit (ms)",
                              description="The load check fails above this write latency p99 or on any error."),
+    "dns_shift_percent_steps": Param("", type="string", pattern=r"^\s*$|^\s*\d{1,3}(\s*,\s*\d{1,3})*\s*$",
+                                     examples=["", "10,50,100", "25,50,75,100"], title="Weighted DNS shift (%)",
+                                     description="Empty: flip every record at once. Otherwise the share of answers "
+                                                 "sent to the target at each step, ascending and ending at 100 "
+                                                 "(e.g. 10,50,100), with a gate and a dwell between steps."),
+    "dns_shift_dwell_s": Param(300, type="integer", minimum=0, maximum=86_400, title="Dwell between shift steps (s)",
+                               description="How long each weighted step holds before its gate and the next step."),
     "require_approval": Param(True, type="boolean", title="Require approval",
                               description="A human approves the DNS flip (off for rehearsals and tests)."),
 }

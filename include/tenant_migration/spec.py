@@ -38,6 +38,8 @@ class MigrationSpec:
     load_rate: int = 500
     load_seconds: int = 10
     load_max_p99_ms: int = 50
+    dns_shift_percent_steps: tuple[int, ...] = ()  # empty: the direct flip
+    dns_shift_dwell_s: int = 300
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +69,28 @@ def _bool(params: dict[str, Any], name: str, default: bool) -> bool:
     raise InvalidParams(f"param '{name}' must be true or false, got {raw!r}")
 
 
+def _percent_steps(params: dict[str, Any], name: str) -> tuple[int, ...]:
+    """``"10,50,100"`` (the form) or ``[10, 50, 100]`` (REST conf): ascending, each 1..100, the
+    last 100. Empty means the direct flip."""
+    raw = params.get(name) or ()
+    parts = [p.strip() for p in raw.split(",")] if isinstance(raw, str) else list(raw)
+    try:
+        if any(isinstance(p, bool) or (isinstance(p, float) and p != int(p)) for p in parts):
+            raise ValueError
+        steps = tuple(int(p) for p in parts if p != "")
+    except (TypeError, ValueError):
+        raise InvalidParams(f"param '{name}' must be comma-separated percentages like '10,50,100', got {raw!r}") from None
+    if not steps:
+        return ()
+    if any(not 1 <= p <= 100 for p in steps):
+        raise InvalidParams(f"param '{name}': every step must be between 1 and 100 %, got {raw!r}")
+    if list(steps) != sorted(set(steps)):
+        raise InvalidParams(f"param '{name}': steps must be strictly ascending, got {raw!r}")
+    if steps[-1] != 100:
+        raise InvalidParams(f"param '{name}': the last step must be 100 (all traffic on the target), got {raw!r}")
+    return steps
+
+
 def parse_spec(params: dict[str, Any]) -> MigrationSpec:
     """Build a ``MigrationSpec`` from trigger params or raise ``InvalidParams``."""
     known = set(MigrationSpec.__dataclass_fields__)
@@ -81,7 +105,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
     prefix = str(params.get("target_endpoint_prefix", MigrationSpec.target_endpoint_prefix))
     if not _SLUG.match(prefix):
         raise InvalidParams(f"param 'target_endpoint_prefix' must be a DNS label, got {prefix!r}")
-    return MigrationSpec(
+    spec = MigrationSpec(
         tenant_id=_int(params, "tenant_id", 0, 1, 2**62),
         dry_run=_bool(params, "dry_run", MigrationSpec.dry_run),
         chunk_rows=_int(params, "chunk_rows", MigrationSpec.chunk_rows, 100, 10_000_000),
@@ -101,4 +125,13 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         load_rate=_int(params, "load_rate", MigrationSpec.load_rate, 0, 1_000_000),
         load_seconds=_int(params, "load_seconds", MigrationSpec.load_seconds, 1, 3600),
         load_max_p99_ms=_int(params, "load_max_p99_ms", MigrationSpec.load_max_p99_ms, 1, 60_000),
+        dns_shift_percent_steps=_percent_steps(params, "dns_shift_percent_steps"),
+        dns_shift_dwell_s=_int(params, "dns_shift_dwell_s", MigrationSpec.dns_shift_dwell_s, 0, 86_400),
     )
+    # Registrations stay suspended for the whole shift: it must end well before their expiry.
+    shift_s = spec.dns_shift_dwell_s * max(0, len(spec.dns_shift_percent_steps) - 1)
+    if shift_s >= spec.suspension_minutes * 60 // 2:
+        raise InvalidParams(f"params 'dns_shift_percent_steps' / 'dns_shift_dwell_s': the shift dwells {shift_s} s, "
+                            f"more than half of the registrations' suspension ('suspension_minutes' = "
+                            f"{spec.suspension_minutes}): shorten the dwell or raise the suspension")
+    return spec

@@ -396,7 +396,8 @@ def _safe(run_id: str) -> str:
 
 
 def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
-    """Point the tenant's records at its dedicated endpoints. Safe to retry: UPSERT converges."""
+    """Point the tenant's records at its dedicated endpoints: at once, or in the weighted steps of
+    ``dns_shift_percent_steps``. Converges when run again (not retried blindly: a cutover task)."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
@@ -405,10 +406,82 @@ def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict
         return {"skipped": "dry run", "before": before}
     with ep.target.connect() as tconn, step(tconn, run_id, "flip_dns") as detail:
         started = time.monotonic()
-        dns.point_records(r53, zid, plans, to_tenant=True)
+        if spec.dns_shift_percent_steps:
+            detail["shift"] = shift_dns(ep, spec, run_id, slug, tconn)
+        else:
+            dns.point_records(r53, zid, plans, to_tenant=True)
         after = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
         detail.update({"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)})
     return {"before": before, "after": after}
+
+
+def shift_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn: psycopg.Connection,
+              tmap: TenantMap | None = None) -> list[dict[str, Any]]:
+    """The weighted shift: each step ONE change batch (wait INSYNC, read back), then the dwell,
+    then the ``dns_shift_<p>`` gate, then the next step; the 100 % step leaves the simple record
+    the direct flip leaves. Run again after a failure, it resumes at the first step at or above
+    the weight the records have now: traffic never moves back to the source."""
+    r53 = ep.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    now = dns.record_sets(r53, zid)
+    at = min((dns.target_weight(now.get(p.name, []), p) or 0) for p in plans)
+    done: list[dict[str, Any]] = []
+    for percent in [p for p in spec.dns_shift_percent_steps if p >= at]:
+        weights = dns.shift_records(r53, zid, plans, percent, comment=f"tenant migration shift {percent} %")
+        ledger.record_event(tconn, run_id, "dns_shift", "info", {"percent": percent, "weights": weights})
+        done.append({"percent": percent, "weights": weights})
+        if percent == 100:
+            break
+        time.sleep(spec.dns_shift_dwell_s)
+        done[-1]["gate"] = gate_dns_shift(ep, spec, run_id, slug, percent, tconn, tmap)
+    return done
+
+
+def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, percent: int,
+                   tconn: psycopg.Connection, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Between two shift steps: the records still carry the step's weights and the target answers
+    (the tenant's root row on its PostgreSQL, its Cassandra node, its endpoint records)."""
+    import pandas as pd
+
+    tmap = tmap or load_tenant_map()
+    started = time.monotonic()
+    gx_gate.warm_up_gx()
+    r53 = ep.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    sets = dns.record_sets(r53, zid)
+    weights = pd.DataFrame([{"unit": p.name, "target_weight": dns.target_weight(sets.get(p.name, []), p),
+                             "expected": percent, "records": dns.describe_sets(sets.get(p.name, []))} for p in plans])
+    weights["target_weight"] = weights["target_weight"].fillna(-1).astype(int)
+
+    def probe(name: str, check: Any) -> dict[str, Any]:
+        try:
+            ok, detail = check()
+        except Exception as exc:  # a probe that cannot answer is a failed probe, named with its error
+            ok, detail = False, f"{type(exc).__name__}: {exc}"[:300]
+        return {"unit": name, "ok": int(bool(ok)), "detail": str(detail)}
+
+    def pg() -> tuple[bool, str]:
+        with ep.target.connect(autocommit=True) as conn:
+            found = tenant_slug(conn, tmap, spec.tenant_id)
+        return found == slug, f"tenant row: {found!r}"
+
+    def cql() -> tuple[bool, str]:
+        with ep.cassandra_target.session() as s:
+            row = s.execute("SELECT release_version FROM system.local").one()
+        return row is not None, f"release {row[0] if row else None}"
+
+    probes = pd.DataFrame([probe("postgres target", pg), probe("cassandra target", cql)]
+                          + [probe(f"dns {p.tenant_target}",
+                                   lambda p=p: (True, " -> ".join(dns.resolve(r53, zid, p.tenant_target))))
+                             for p in plans])
+    gate = gates.dns_shift_gate(percent, weights, probes, reports_dir() / _safe(run_id), started)
+    _record_gate(tconn, run_id, gate)
+    if not gate.passed:
+        raise GateFailed(f"{gate.summary()} (report: {gate.html_path}); the records stay at {percent} %: "
+                         f"clear flip_dns to resume the shift, or run tenant_rollback to go back")
+    return {"passed": True, "report": str(gate.html_path)}
 
 
 def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str, Any] | None) -> dict[str, Any]:
@@ -726,6 +799,10 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         with step(tconn, run_id, "drain_stragglers") as detail:
             since = datetime.now(UTC) - timedelta(minutes=15)
+            from tenant_migration.rollback import flip_time
+
+            flipped = flip_time(tconn, run_id)  # a weighted shift sent writes to both sides since it began
+            since = min(since, flipped - timedelta(minutes=1)) if flipped else since
             with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
                 passes = cql_catchup.drain_stragglers(
                     src, dst, tmap, chunks, since, duration=timedelta(seconds=spec.drain_seconds),

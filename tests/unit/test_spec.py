@@ -34,3 +34,30 @@ def test_the_form_sends_strings_for_booleans() -> None:
 def test_malformed_params_are_rejected_with_the_param_named(params: dict, message: str) -> None:
     with pytest.raises(InvalidParams, match=message):
         parse_spec(params)
+
+
+@pytest.mark.parametrize(("raw", "steps"), [
+    pytest.param("", (), id="empty: the direct flip"),
+    pytest.param("10,50,100", (10, 50, 100), id="the form's string"),
+    pytest.param(" 25 , 100 ", (25, 100), id="spaces"),
+    pytest.param([10, 50, 100], (10, 50, 100), id="a list from REST conf"),
+    pytest.param("100", (100,), id="one step"),
+])
+def test_dns_shift_steps_are_parsed(raw: object, steps: tuple[int, ...]) -> None:
+    assert parse_spec({"tenant_id": 1, "dns_shift_percent_steps": raw}).dns_shift_percent_steps == steps
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    pytest.param({"dns_shift_percent_steps": "50,10,100"}, "strictly ascending", id="descending"),
+    pytest.param({"dns_shift_percent_steps": "10,10,100"}, "strictly ascending", id="repeated"),
+    pytest.param({"dns_shift_percent_steps": "10,50"}, "last step must be 100", id="does not end at 100"),
+    pytest.param({"dns_shift_percent_steps": "0,100"}, "between 1 and 100", id="zero"),
+    pytest.param({"dns_shift_percent_steps": "10,101"}, "between 1 and 100", id="over 100"),
+    pytest.param({"dns_shift_percent_steps": "10;100"}, "comma-separated", id="wrong separator"),
+    pytest.param({"dns_shift_percent_steps": [True, 100]}, "comma-separated", id="boolean step"),
+    pytest.param({"dns_shift_percent_steps": "10,50,100", "dns_shift_dwell_s": 600, "suspension_minutes": 30},
+                 "suspension", id="dwell outlasts half the suspension"),
+])
+def test_bad_dns_shift_params_are_rejected(params: dict, message: str) -> None:
+    with pytest.raises(InvalidParams, match=message):
+        parse_spec({"tenant_id": 1, **params})
