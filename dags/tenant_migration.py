@@ -52,8 +52,9 @@ user-visible changed), then give up the held replica and slot:
 `python -m tenant_migration.abort tenant_migration/<run id>` and clear `ready.reattach_replica` and
 `drop_cdc_slot`. **Mid-shift** (a `dns_shift_<p>` gate failed, or you mark `flip_dns` failed
 while it dwells): the records stay weighted where they are; run `tenant_rollback`: its flip-back
-turns every weighted pair back into the simple source record (one batch) and copies back what the
-target took. After `flip_dns`: run the
+turns every weighted pair back into the simple source record (one batch); its copy-back first
+streams what the source took during the shift to the target (the run's kept change stream), then
+copies the target's rows back. After `flip_dns`: run the
 `tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate); it
 marks the migration run aborted, so a red `drop_cdc_slot` cleared afterwards drops the slot.
 """

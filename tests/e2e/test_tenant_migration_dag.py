@@ -24,7 +24,9 @@ def _states(dagrun) -> dict[str, str]:
 
 
 def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None:
-    dagrun = dag.test(run_conf={"tenant_id": TENANT, **FAST})
+    # With the weighted shift as the form sends it (the direct flip runs end to end in test_zero_downtime).
+    dagrun = dag.test(run_conf={"tenant_id": TENANT, **FAST, "dns_shift_percent_steps": "50,100",
+                                "dns_shift_dwell_s": 1})
     states = _states(dagrun)
     assert str(dagrun.state) == "success", states
     assert states.pop("go.approve_flip") == "skipped"  # rehearsal mode: no human in the loop
@@ -35,6 +37,10 @@ def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None
         assert run == ("succeeded",)
         assert t.execute("SELECT count(*) FROM platform.devices WHERE tenant_id = %s", (TENANT,)).fetchone()[0] > 0
         assert t.execute("SELECT count(*) FROM platform.devices WHERE tenant_id <> %s", (TENANT,)).fetchone() == (0,)
+        shift = t.execute("SELECT gate, passed FROM tm_control.gates WHERE gate LIKE 'dns_shift_%%' AND run_id = "
+                          "(SELECT run_id FROM tm_control.runs WHERE tenant_id = %s ORDER BY started_at DESC LIMIT 1)",
+                          (TENANT,)).fetchall()
+        assert shift == [("dns_shift_50", True)], "the gate between the 50 % and 100 % steps ran and passed"
     with admin(topo, "standby") as s:
         assert s.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() == ("not paused",)
     r53 = endpoints.aws.client("route53")
