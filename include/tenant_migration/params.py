@@ -45,6 +45,9 @@ MIGRATION_PARAMS = {
                           description="How long the load check drives the target."),
     "load_max_p99_ms": Param(50, type="integer", minimum=1, title="Load check p99 limit (ms)",
                              description="The load check fails above this write latency p99 or on any error."),
+    "load_min_rate_pct": Param(95, type="integer", minimum=1, maximum=100, title="Load check minimum rate (%)",
+                               description="The load check fails when the target acknowledges less than this "
+                                           "share of the offered writes/s."),
     "dns_shift_percent_steps": Param("", type="string", pattern=r"^\s*$|^\s*\d{1,3}(\s*,\s*\d{1,3})*\s*$",
                                      examples=["", "10,50,100", "25,50,75,100"], title="Weighted DNS shift (%)",
                                      description="Empty: flip every record at once. Otherwise the share of answers "

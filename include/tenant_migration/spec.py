@@ -38,6 +38,7 @@ class MigrationSpec:
     load_rate: int = 500
     load_seconds: int = 10
     load_max_p99_ms: int = 50
+    load_min_rate_pct: int = 95
     dns_shift_percent_steps: tuple[int, ...] = ()  # empty: the direct flip
     dns_shift_dwell_s: int = 300
 
@@ -125,6 +126,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         load_rate=_int(params, "load_rate", MigrationSpec.load_rate, 0, 1_000_000),
         load_seconds=_int(params, "load_seconds", MigrationSpec.load_seconds, 1, 3600),
         load_max_p99_ms=_int(params, "load_max_p99_ms", MigrationSpec.load_max_p99_ms, 1, 60_000),
+        load_min_rate_pct=_int(params, "load_min_rate_pct", MigrationSpec.load_min_rate_pct, 1, 100),
         dns_shift_percent_steps=_percent_steps(params, "dns_shift_percent_steps"),
         dns_shift_dwell_s=_int(params, "dns_shift_dwell_s", MigrationSpec.dns_shift_dwell_s, 0, 86_400),
     )

@@ -651,7 +651,8 @@ def load_check(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any
 
     try:
         return loadcheck.load_check(ep, spec, run_id, rate=spec.load_rate, seconds=spec.load_seconds,
-                                    max_p99_ms=spec.load_max_p99_ms, max_errors=0)
+                                    max_p99_ms=spec.load_max_p99_ms, max_errors=0,
+                                    min_rate_fraction=spec.load_min_rate_pct / 100)
     except loadcheck.LoadCheckFailed as exc:
         raise GateFailed(str(exc)) from exc
 
