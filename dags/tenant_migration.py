@@ -13,7 +13,7 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 `reattach_replica` (teardown: also on failure).
 **SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
 `load_check` (the target takes the tenant's write shape at `load_rate`; p99 and errors gate it) →
-`gate_catch_up`.
+`gate_catch_up` (first applies what the primary committed meanwhile, then checks lag and recent buckets).
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
 `final_catch_up` → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
 `flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
