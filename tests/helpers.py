@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from tenant_migration.stack import postgres
@@ -21,3 +23,14 @@ def ledger_runs(conn: psycopg.Connection, run_id: str | None = None) -> int:
     if run_id is None:
         return int(conn.execute("SELECT count(*) FROM tm_control.runs").fetchone()[0])
     return int(conn.execute("SELECT count(*) FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone()[0])
+
+
+def parse_dag(dag_id: str) -> Any:
+    """A DAG parsed from its own file (``dag_id`` == file stem), failing on any import error."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tenant_migration.stack.topology import REPO_ROOT
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / f"{dag_id}.py"))
+    assert bag.import_errors == {}
+    return bag.dags[dag_id]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import admin
+from helpers import admin, parse_dag
 
 from tenant_migration.cutover import dns
 from tenant_migration.sample import data
@@ -19,15 +19,10 @@ FAST = {"max_ttl_wait_s": 1, "drain_seconds": 3}
 
 @pytest.fixture
 def dag(topo, tiny_dataset):
-    from airflow.dag_processing.dagbag import DagBag
-
     from tenant_migration.sample import platform
-    from tenant_migration.stack.topology import REPO_ROOT
 
     platform.demo_reset(topo)
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "tenant_rehearsal.py"))
-    assert bag.import_errors == {}
-    return bag.dags["tenant_rehearsal"]
+    return parse_dag("tenant_rehearsal")
 
 
 def test_rehearsal_goes_there_and_back_and_reports(dag, topo, endpoints, reports) -> None:

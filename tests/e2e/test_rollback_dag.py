@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from helpers import admin
+from helpers import admin, parse_dag
 
 from tenant_migration.cutover import dns
 from tenant_migration.postgres.copy import table_checksum
@@ -26,13 +26,7 @@ FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "loa
 @pytest.fixture
 def rollback_dag(dag):
     """The rollback DAG (after the ``dag`` fixture reset the target and DNS)."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tenant_migration.stack.topology import REPO_ROOT
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "tenant_rollback.py"))
-    assert bag.import_errors == {}
-    return bag.dags["tenant_rollback"]
+    return parse_dag("tenant_rollback")
 
 
 def _answers(endpoints, slug: str) -> set[str]:

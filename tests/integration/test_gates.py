@@ -65,6 +65,19 @@ def _reattach(endpoints) -> None:
         replica.reattach(rc)
 
 
+def _copied_postgres(endpoints) -> tuple[MigrationSpec, str]:
+    """A run of TENANT whose PostgreSQL rows were copied from the detached replica (reattached after)."""
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = f"gate/{uuid.uuid4().hex[:8]}"
+    steps.preflight(endpoints, spec, run_id)
+    steps.detach_replica(endpoints, spec, run_id)
+    try:
+        steps.copy_postgres(endpoints, spec, run_id)
+    finally:
+        _reattach(endpoints)
+    return spec, run_id
+
+
 def test_preflight_gate_passes_on_sound_data(endpoints, reset, reports) -> None:
     pre = steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT, dry_run=True), f"gate/{uuid.uuid4().hex[:8]}")
     html = Path(pre["report"]).read_text()
@@ -95,14 +108,7 @@ def test_preflight_gate_fails_naming_table_and_row(endpoints, reset, target_admi
 
 
 def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoints, reset, target_admin, reports) -> None:
-    spec = MigrationSpec(tenant_id=TENANT)
-    run_id = f"gate/{uuid.uuid4().hex[:8]}"
-    steps.preflight(endpoints, spec, run_id)
-    steps.detach_replica(endpoints, spec, run_id)
-    try:
-        steps.copy_postgres(endpoints, spec, run_id)
-    finally:
-        _reattach(endpoints)
+    spec, run_id = _copied_postgres(endpoints)
     with admin(topo, "primary") as p:
         foreign = p.execute("SELECT * FROM platform.api_keys WHERE tenant_id = %s LIMIT 1", (OTHER,)).fetchone()
     with target_admin.transaction():
@@ -124,14 +130,7 @@ def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoint
 ])
 def test_final_gate_checks_registrations_and_the_ledger(endpoints, reset, target_admin, reports, kind: str,
                                                         expected: str | None) -> None:
-    spec = MigrationSpec(tenant_id=TENANT)
-    run_id = f"gate/{uuid.uuid4().hex[:8]}"
-    steps.preflight(endpoints, spec, run_id)
-    steps.detach_replica(endpoints, spec, run_id)
-    try:
-        steps.copy_postgres(endpoints, spec, run_id)
-    finally:
-        _reattach(endpoints)
+    spec, run_id = _copied_postgres(endpoints)
     if kind == "registrations off":
         target_admin.execute("UPDATE platform.tenant_settings SET registrations_enabled = false WHERE tenant_id = %s",
                              (TENANT,))

@@ -139,15 +139,20 @@ def test_a_failure_between_steps_then_a_retry_converges(endpoints, run, target_a
     assert min(retried) >= stopped_at, "a retry never moves traffic back to the source"
 
 
-def test_rollback_from_the_middle_of_a_shift_converges_to_the_source(endpoints, run, monkeypatch) -> None:
+def _stop_shift_at_50(monkeypatch) -> None:
+    """The gate after the 50 % step fails (an operator stopping the shift there)."""
     real = steps.gate_dns_shift
 
     def stop_at_50(ep, spec, run_id, slug, percent, tconn, tmap=None):
         if percent == 50:
-            raise GateFailed("injected: operator stops the shift at 50 %")
+            raise GateFailed("injected: the shift stops at 50 %")
         return real(ep, spec, run_id, slug, percent, tconn, tmap)
 
     monkeypatch.setattr(steps, "gate_dns_shift", stop_at_50)
+
+
+def test_rollback_from_the_middle_of_a_shift_converges_to_the_source(endpoints, run, monkeypatch) -> None:
+    _stop_shift_at_50(monkeypatch)
     with pytest.raises(GateFailed, match="injected"):
         steps.flip_dns(endpoints, run.spec, run.run_id, run.slug)
     assert _state(run) == _weighted(run, 50)
@@ -232,14 +237,7 @@ def test_abort_mid_shift_keeps_the_writes_the_source_took_during_the_shift(topo,
         finally:
             steps.reattach_replica(endpoints, spec, run_id, keep_for_resume=False)
         steps.catch_up_postgres(endpoints, spec, run_id, until_now=True)
-        real = steps.gate_dns_shift
-
-        def stop_at_50(ep, spec_, run_id_, slug, percent, tconn, tmap=None):
-            if percent == 50:
-                raise GateFailed("injected: the shift stops at 50 %")
-            return real(ep, spec_, run_id_, slug, percent, tconn, tmap)
-
-        monkeypatch.setattr(steps, "gate_dns_shift", stop_at_50)
+        _stop_shift_at_50(monkeypatch)
         with pytest.raises(GateFailed, match="injected"):
             steps.flip_dns(endpoints, spec, run_id, run.slug)
         late = uuid.uuid4()  # a user a device-app created through the source while it held 50 %
