@@ -711,21 +711,33 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
 
 def measure_cdc_lag(src: psycopg.Connection, tconn: psycopg.Connection, run_id: str) -> dict[str, Any]:
     """Lag of the run's change stream as it is now, without consuming it: WAL bytes between the
-    slot's confirmed position and the head when a decodable change is pending (else 0), and
-    seconds since the stream was last processed when something is pending (else 0)."""
+    slot's confirmed position and the head when a decodable change is pending (else 0), and the
+    age of the oldest pending change (else 0)."""
     slot = cdc.slot_name_for(run_id)
     row = src.execute(
         "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
         (slot,)).fetchone()
     if row is None:
         raise GateFailed(f"the run's change-capture slot {slot} does not exist")
-    pending_row = src.execute("SELECT count(*) FROM pg_logical_slot_peek_changes(%s, NULL, 1)", (slot,)).fetchone()
-    pending = bool(pending_row and pending_row[0])
+    first = src.execute("SELECT xid::text FROM pg_logical_slot_peek_changes(%s, NULL, 1)", (slot,)).fetchone()
+    pending = first is not None
     prog = cdc.read_progress(tconn, run_id)
-    since = tconn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8 FROM tm_control.cdc_progress "
-                          "WHERE run_id = %s", (run_id,)).fetchone() if prog else None
-    return {"lag_bytes": int(row[0] or 0) if pending else 0,
-            "lag_seconds": float(since[0]) if pending and since and since[0] is not None else 0.0,
+    age = None
+    if first is not None:
+        # How old the oldest change not yet applied is (commit timestamps are on: the stack sets
+        # track_commit_timestamp); else, on a primary without them, seconds since the stream was
+        # last processed (an upper bound).
+        try:
+            got = src.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - pg_xact_commit_timestamp(%s::xid))::float8",
+                              (first[0],)).fetchone()
+            age = got[0] if got else None
+        except psycopg.Error:
+            age = None
+        if age is None and prog:
+            got = tconn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8 "
+                                "FROM tm_control.cdc_progress WHERE run_id = %s", (run_id,)).fetchone()
+            age = got[0] if got else None
+    return {"lag_bytes": int(row[0] or 0) if pending else 0, "lag_seconds": max(0.0, float(age or 0.0)),
             "pending": pending, "applied_lsn": prog.applied_lsn if prog else None}
 
 
