@@ -9,7 +9,8 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 **READY** — `preflight` gate → `create_cdc_slot` (logical slot on the primary, *before* the detach)
 → `detach_replica` (pause WAL replay past the slot's consistent point) → `copy_shared_tables`
 (reference data the tenant's rows point at) + `plan_*` → `copy_*_batch`
-(mapped; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
+(mapped: as many tasks per store as the chunks' estimated work fills with `min_task_seconds` each,
+at most `max_tasks`; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
 `reattach_replica` (teardown: also on failure).
 **SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
 `load_check` (the target takes the tenant's write shape at `load_rate`; p99 and errors gate it) →

@@ -16,6 +16,11 @@ MIGRATION_PARAMS = {
                        description="Chunks are dealt into at most this many mapped copy tasks per store. "
                                    "2 = the copy pools' slots: more tasks add Airflow start-up per task "
                                    "without more parallelism (bench/bench_airflow_overhead.py)."),
+    "min_task_seconds": Param(30, type="integer", minimum=0, maximum=86_400, title="Copy work per task (s)",
+                              description="Chunks are dealt into as many copy tasks as their estimated work "
+                                          "fills with this many seconds each (at most max_tasks): Airflow's "
+                                          "fixed cost per task stays under 10 % when a task copies at least "
+                                          "9x it. 0 = always max_tasks."),
     "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
                                    description="Requests in flight per Cassandra copy."),
     "cassandra_days": Param(4, type="integer", minimum=1, maximum=3650, title="Cassandra days",

@@ -35,6 +35,7 @@ class MigrationSpec:
     drain_seconds: int = 60
     require_approval: bool = True
     max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
+    min_task_seconds: int = 30  # estimated copy work per mapped copy task (sizing.py, README)
     load_rate: int = 500
     load_seconds: int = 10
     load_max_p99_ms: int = 50
@@ -123,6 +124,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         drain_seconds=_int(params, "drain_seconds", MigrationSpec.drain_seconds, 0, 86_400),
         require_approval=_bool(params, "require_approval", MigrationSpec.require_approval),
         max_tasks=_int(params, "max_tasks", MigrationSpec.max_tasks, 1, 256),
+        min_task_seconds=_int(params, "min_task_seconds", MigrationSpec.min_task_seconds, 0, 86_400),
         load_rate=_int(params, "load_rate", MigrationSpec.load_rate, 0, 1_000_000),
         load_seconds=_int(params, "load_seconds", MigrationSpec.load_seconds, 1, 3600),
         load_max_p99_ms=_int(params, "load_max_p99_ms", MigrationSpec.load_max_p99_ms, 1, 60_000),

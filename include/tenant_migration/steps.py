@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration import ledger, replica
+from tenant_migration import ledger, replica, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
@@ -283,19 +283,14 @@ def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
 
 
 def batches(ep: Endpoints, spec: MigrationSpec, run_id: str, engine: str) -> list[list[str]]:
-    """Plan one store's chunks and deal the ids not done yet into at most ``max_tasks`` batches."""
+    """Plan one store's chunks and deal the ids not done yet, in order, into mapped copy tasks
+    sized by estimated work (``sizing``): ``min_task_seconds`` each at least, ``max_tasks`` at most."""
     ids = plan_postgres(ep, spec, run_id) if engine == "postgres" else plan_cassandra(ep, spec, run_id)
-    return batch_ids(ids, spec.max_tasks)
-
-
-def batch_ids(ids: list[str], max_tasks: int) -> list[list[str]]:
-    """Deal chunk ids into at most ``max_tasks`` contiguous batches (one mapped task each): few
-    enough that Airflow's per-task overhead stays small against the copy, while keeping order."""
     if not ids:
         return []
-    n = max(1, min(max_tasks, len(ids)))
-    size = -(-len(ids) // n)
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
+    with ep.target.connect(autocommit=True) as tconn:
+        planned = {c.chunk_id: c for c in ledger.run_chunks(tconn, run_id, engine)}
+    return sizing.size_batches([planned[i] for i in ids], spec.max_tasks, spec.min_task_seconds)
 
 
 def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_ids: list[str],
