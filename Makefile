@@ -10,7 +10,7 @@ DEMO_TENANT ?= 3
 PRESET ?= demo
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
-        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow airflow-standalone
+        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow bench-airflow-standalone airflow-standalone
 
 help:
 	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset"
@@ -18,7 +18,7 @@ help:
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
 	@echo "make data PRESET=tiny|demo|bench"
 	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:18080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
-	@echo "make bench-postgres | bench-cassandra | bench-load | bench-gates - benchmarks against a raw ceiling"
+	@echo "make bench-postgres | bench-cassandra | bench-load | bench-gates | bench-airflow | bench-airflow-standalone - benchmarks"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -93,6 +93,11 @@ bench-gates: stack-up
 # Airflow's overhead on the last successful migration run (run `make demo` first).
 bench-airflow: stack-up
 	$(PY) bench/bench_airflow_overhead.py
+
+# The same under a real `airflow standalone`: loads the demo data, resets the target, triggers the
+# migration through the REST API with the form's conf RUNS times (default 2), measures each run.
+bench-airflow-standalone: stack-up
+	$(PY) bench/bench_airflow_overhead.py --standalone --tenant $(DEMO_TENANT) --runs $${RUNS:-2}
 
 airflow-standalone: stack-up
 	$(STACK) run -- $(VENV)/bin/airflow standalone

@@ -1,9 +1,19 @@
 """Airflow's overhead on a migration run: task instance timings (Airflow's metadata DB) against the
 chunk work recorded in the ledger (``tm_control.chunks``), for the copy phase and the whole DAG.
 
-Run it after ``make demo`` (or after any run of ``tenant_migration`` on the local stack):
+Two ways to run it:
 
+    # measure a run that already happened (after ``make demo``, or ``--run-id`` of any run)
     .venv/bin/python bench/bench_airflow_overhead.py [--run-id RUN_ID]
+
+    # run the demo migration under a real ``airflow standalone`` and measure it (make bench-airflow-standalone)
+    .venv/bin/python bench/bench_airflow_overhead.py --standalone [--tenant 3] [--runs 2] [--set PARAM=JSON]
+
+``--standalone`` loads the demo dataset (a no-op when loaded), resets the demo target
+(``platform.demo_reset``), starts ``airflow standalone`` on the stack, then for each run triggers
+``tenant_migration`` through the REST API with the conf the UI form sends (every param at its
+default, the demo's rehearsal values filled in: no approval), waits for it, measures it, and
+stops the standalone it started.
 
 Definitions (all from recorded timestamps, nothing re-run):
 
@@ -14,27 +24,38 @@ Definitions (all from recorded timestamps, nothing re-run):
   no queue time, as under ``dags test``). ``airflow_copy_overhead = 1 - chunk work / slot time``:
   the share of the copy tasks' time spent on anything but copying chunks (scheduling, task runner
   start, DAG parse, connections, the batch's own bookkeeping).
+* per copy task (its chunks are the plan task's XCom entry at its map index): ``queued`` =
+  queued -> start (the executor picking it up, the task runner starting and parsing the DAG),
+  ``before`` = start -> its first chunk starts (imports, connections, the batch's ledger reads),
+  ``between`` = gaps between its chunks, ``after`` = its last chunk ends -> task end (return
+  value to XCom, state through the execution API, runner exit).
 * whole DAG: ``DAG wall`` from the run's (or its first task's) start to its end; ``idle`` is the part of it when no task
   instance was running (the scheduler between dependent tasks, task runner start-up). The whole
   DAG also spends time on work that is not copying (gates, catch-up, TTL wait, drain), so
   ``chunk work / DAG wall`` is printed but is not an overhead figure; ``idle / DAG wall`` is.
 
-Prints the numbers, and last ``airflow_copy_overhead=<ratio>`` (target: under 0.10).
+Prints the numbers, and last ``airflow_copy_overhead=<ratio>`` (target: under 0.10; with several
+runs, the median, the spread printed above it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
+import time
 from datetime import datetime
+from typing import Any
 
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.stack import airflow_env
-from tenant_migration.stack.topology import default_topology
+from tenant_migration.stack.topology import Topology, default_topology
 
 DAG_ID = "tenant_migration"
-COPY_TASKS = ("ready.copy_postgres_batch", "ready.copy_cassandra_batch")
+COPY_TASKS = {"ready.copy_postgres_batch": ("ready.plan_postgres", "postgres"),
+              "ready.copy_cassandra_batch": ("ready.plan_cassandra", "cassandra")}
 
 
 def union_seconds(spans: list[tuple[datetime, datetime]]) -> float:
@@ -52,31 +73,43 @@ def union_seconds(spans: list[tuple[datetime, datetime]]) -> float:
     return total
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-id", help="Airflow run id (default: the latest successful run of tenant_migration)")
-    args = parser.parse_args(argv)
-    topo = default_topology()
-    os.environ.update(airflow_env.environment(topo))  # Airflow reads its configuration at import
+def _airflow_run(run_id: str | None) -> tuple[Any, list[tuple[str, int, Any, Any, Any]], dict[str, list]] | None:
+    """The run, its task instance timings, and each copy task's planned batches (the plan's XCom)."""
     from airflow.models import DagRun, TaskInstance
+    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         query = select(DagRun).where(DagRun.dag_id == DAG_ID)
-        query = (query.where(DagRun.run_id == args.run_id) if args.run_id
+        query = (query.where(DagRun.run_id == run_id) if run_id
                  else query.where(DagRun.state == "success").order_by(DagRun.start_date.desc()).limit(1))
         run = session.scalars(query).first()
         if run is None:
-            print(f"no {'run ' + args.run_id if args.run_id else 'successful run'} of {DAG_ID} in the Airflow DB "
-                  "(run `make demo` first)", file=sys.stderr)
-            return 1
+            return None
         tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID,
                                                          TaskInstance.run_id == run.run_id)).all()
         timings = [(ti.task_id, ti.map_index, ti.queued_dttm, ti.start_date, ti.end_date) for ti in tis
                    if ti.start_date and ti.end_date]
-        run_id, run_start, run_end = run.run_id, run.start_date, run.end_date
-    ledger_run = f"{DAG_ID}/{run_id}"
+        plans: dict[str, list] = {}
+        for plan_task, _ in COPY_TASKS.values():
+            row = session.scalars(select(XComModel).where(
+                XComModel.dag_id == DAG_ID, XComModel.run_id == run.run_id, XComModel.task_id == plan_task,
+                XComModel.key == "return_value")).first()
+            plans[plan_task] = XComModel.deserialize_value(row) if row is not None else []
+        session.expunge(run)
+    return run, timings, plans
+
+
+def measure(topo: Topology, run_id: str | None) -> dict[str, Any] | None:
+    """Print the numbers of one run (the latest successful one when ``run_id`` is None); return them."""
+    found = _airflow_run(run_id)
+    if found is None:
+        print(f"no {'run ' + run_id if run_id else 'successful run'} of {DAG_ID} in the Airflow DB "
+              "(run `make demo` first)", file=sys.stderr)
+        return None
+    run, timings, plans = found
+    ledger_run = f"{DAG_ID}/{run.run_id}"
     ep = Endpoints.from_file(topo.state_dir / "connections.json")
     with ep.target.connect() as conn:
         rows = conn.execute(
@@ -84,26 +117,118 @@ def main(argv: list[str] | None = None) -> int:
             "COALESCE(sum(EXTRACT(EPOCH FROM finished_at - started_at)), 0)::float8 "
             "FROM tm_control.chunks WHERE run_id = %s AND status = 'done' GROUP BY engine ORDER BY engine",
             (ledger_run,)).fetchall()
+        chunk_times = {r[0]: (r[1], r[2]) for r in conn.execute(
+            "SELECT chunk_id, started_at, finished_at FROM tm_control.chunks WHERE run_id = %s AND status = 'done'",
+            (ledger_run,))}
     if not rows:
         print(f"the ledger has no done chunks for {ledger_run}", file=sys.stderr)
-        return 1
+        return None
     chunk_work = sum(r[3] for r in rows)
-    copies = [t for t in timings if t[0] in COPY_TASKS]
+    copies = sorted((t for t in timings if t[0] in COPY_TASKS), key=lambda t: (t[0], t[1]))
     slot_time = sum((end - (queued or start)).total_seconds() for _, _, queued, start, end in copies)
     copy_wall = (max(t[4] for t in copies) - min(t[2] or t[3] for t in copies)).total_seconds()
     # A cleared run's start_date is reset at the clear: take the earliest task start when earlier.
-    first = min([run_start, *(t[3] for t in timings)])
-    dag_wall = (max([run_end, *(t[4] for t in timings)]) - first).total_seconds()
+    first = min([run.start_date, *(t[3] for t in timings)])
+    dag_wall = (max([run.end_date, *(t[4] for t in timings)]) - first).total_seconds()
     busy = union_seconds([(t[3], t[4]) for t in timings])
 
-    print(f"run {run_id} ({len(timings)} task instances, {len(copies)} copy tasks)")
+    print(f"run {run.run_id} ({len(timings)} task instances, {len(copies)} copy tasks)")
     for engine, n, nrows, secs in rows:
         print(f"  chunk work {engine:<10} {n:5d} chunks {nrows:>10} rows {secs:9.2f} s")
+    print("  per copy task (s):        chunks   queued   before  between    after    fixed     work")
+    fixed_total: dict[str, float] = {"queued": 0.0, "before": 0.0, "between": 0.0, "after": 0.0}
+    for task_id, map_index, queued, start, end in copies:
+        batches = plans.get(COPY_TASKS[task_id][0]) or []
+        ids = batches[map_index] if 0 <= map_index < len(batches) else []
+        spans = sorted(chunk_times[c] for c in ids if c in chunk_times)
+        if not spans:
+            print(f"  {task_id}[{map_index}]: no done chunk of its batch (cleared run?)")
+            continue
+        # Only chunks this instance ran count (a cleared batch skips chunks done earlier).
+        spans = [s for s in spans if s[0] >= start] or spans
+        work = sum((b - a).total_seconds() for a, b in spans)
+        parts = {"queued": ((start - queued).total_seconds() if queued else 0.0),
+                 "before": (spans[0][0] - start).total_seconds(),
+                 "between": (spans[-1][1] - spans[0][0]).total_seconds() - work,
+                 "after": (end - spans[-1][1]).total_seconds()}
+        for k, v in parts.items():
+            fixed_total[k] += v
+        print(f"  {task_id.split('.')[-1]:<21}[{map_index}] {len(spans):6d} " + " ".join(
+            f"{v:8.2f}" for v in parts.values()) + f" {sum(parts.values()):8.2f} {work:8.2f}")
+    n = max(1, len(copies))
+    print("  mean fixed cost per copy task: " + ", ".join(f"{k} {v / n:.2f} s" for k, v in fixed_total.items())
+          + f" (total {sum(fixed_total.values()) / n:.2f} s)")
     print(f"copy phase: wall {copy_wall:.2f} s, slot time {slot_time:.2f} s, chunk work {chunk_work:.2f} s")
     print(f"whole DAG:  wall {dag_wall:.2f} s, tasks running {busy:.2f} s, idle {dag_wall - busy:.2f} s "
           f"({(dag_wall - busy) / dag_wall:.3f} of the wall), chunk work / wall {chunk_work / dag_wall:.3f}")
+    overhead = 1 - chunk_work / slot_time
     print(f"airflow_dag_idle_ratio={(dag_wall - busy) / dag_wall:.3f}")
-    print(f"airflow_copy_overhead={1 - chunk_work / slot_time:.3f}")
+    return {"run_id": run.run_id, "copy_tasks": len(copies), "slot_time": slot_time, "chunk_work": chunk_work,
+            "overhead": overhead, "dag_wall": dag_wall, "idle": dag_wall - busy,
+            "fixed_per_task": {k: v / n for k, v in fixed_total.items()}}
+
+
+def run_standalone(topo: Topology, tenant: int, runs: int, overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """Trigger the demo migration ``runs`` times through a real ``airflow standalone`` and measure each."""
+    from tenant_migration.demo import demo_params
+    from tenant_migration.sample import platform
+    from tenant_migration.stack.airflow_rest import start_standalone, stop
+
+    platform.load_data(topo, "demo", 7)
+    log = topo.logs_dir / "bench-airflow-standalone.log"
+    print(f"[bench] starting airflow standalone (log: {log})", flush=True)
+    proc, api = start_standalone(topo, log)
+    results: list[dict[str, Any]] = []
+    try:
+        api.wait_for_dag(DAG_ID)
+        api.call("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
+        for i in range(runs):
+            platform.demo_reset(topo)
+            conf = api.form_conf(DAG_ID, **{**demo_params(tenant), **overrides})
+            began = time.monotonic()
+            run_id = api.trigger(DAG_ID, conf)
+            state = api.wait_run(DAG_ID, run_id)
+            print(f"[bench] run {i + 1}/{runs} {run_id}: {state} after {time.monotonic() - began:.1f} s "
+                  "(trigger to end, as the REST client saw it)", flush=True)
+            if state != "success":
+                raise SystemExit(f"run {run_id} ended {state}; see {log} and the task logs")
+            result = measure(topo, run_id)
+            if result is None:
+                raise SystemExit(f"run {run_id} could not be measured")
+            print(f"airflow_copy_overhead={result['overhead']:.3f}", flush=True)
+            results.append(result)
+    finally:
+        stop(proc)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", help="Airflow run id (default: the latest successful run of tenant_migration)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="run the demo migration under airflow standalone (REST trigger) and measure it")
+    parser.add_argument("--tenant", type=int, default=int(os.environ.get("DEMO_TENANT", "3")))
+    parser.add_argument("--runs", type=int, default=1, help="with --standalone: migrations to run and measure")
+    parser.add_argument("--set", action="append", default=[], metavar="PARAM=JSON",
+                        help="with --standalone: override one param of the form's conf")
+    args = parser.parse_args(argv)
+    topo = default_topology()
+    os.environ.update(airflow_env.environment(topo))  # Airflow reads its configuration at import
+    if not args.standalone:
+        result = measure(topo, args.run_id)
+        if result is None:
+            return 1
+        print(f"airflow_copy_overhead={result['overhead']:.3f}")
+        return 0
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    results = run_standalone(topo, args.tenant, args.runs, overrides)
+    print("\nrun                                   copy tasks  slot time  chunk work  overhead  DAG wall")
+    for r in results:
+        print(f"{r['run_id']:<38}{r['copy_tasks']:>10}{r['slot_time']:>10.1f} s{r['chunk_work']:>10.1f} s"
+              f"{r['overhead']:>9.3f}{r['dag_wall']:>9.1f} s")
+    overheads = [r["overhead"] for r in results]
+    print(f"copy overhead over {len(results)} runs: min {min(overheads):.3f}, max {max(overheads):.3f}")
+    print(f"airflow_copy_overhead={statistics.median(overheads):.3f}")
     return 0
 
 

@@ -14,12 +14,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tenant_migration import steps
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.stack import airflow_env
 from tenant_migration.stack.common import tail
 from tenant_migration.stack.topology import default_topology
+
+
+def demo_params(tenant: int, dry_run: bool = False) -> dict[str, Any]:
+    """The demo's conf (also what ``bench/bench_airflow_overhead.py --standalone`` fills in the form).
+
+    `dags test` has no human to answer the approval: the demo runs in rehearsal mode, with short
+    TTL wait and drain windows (the form's defaults are the production values). The load check's
+    limits are p99 250 ms and 80 % of the offered rate, not the production 50 ms and 95 %: here
+    the target shares 2 cores with the whole stack and Airflow, and says little about a real one.
+    """
+    return {"tenant_id": tenant, "dry_run": dry_run, "require_approval": False,
+            "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5,
+            "load_max_p99_ms": 250, "load_min_rate_pct": 80}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(airflow_env.environment(topo))
     env = dict(os.environ)
     log = topo.logs_dir / f"demo-{args.tenant}.log"
-    # `dags test` has no human to answer the approval: the demo runs in rehearsal mode, with short
-    # TTL wait and drain windows (the form's defaults are the production values). The load check's
-    # limits are p99 250 ms and 80 % of the offered rate, not the production 50 ms and 95 %: here
-    # the target shares 2 cores with the whole stack and Airflow, and says little about a real one.
-    params = {"tenant_id": args.tenant, "dry_run": args.dry_run, "require_approval": False,
-              "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5,
-              "load_max_p99_ms": 250, "load_min_rate_pct": 80}
+    params = demo_params(args.tenant, args.dry_run)
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = json.loads(value)

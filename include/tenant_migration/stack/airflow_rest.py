@@ -1,5 +1,6 @@
 """A real Airflow (``airflow standalone``: api-server, scheduler, dag-processor, triggerer) on the
-test stack, driven through its public REST API exactly as the UI drives it."""
+local stack, driven through its public REST API exactly as the UI drives it (the REST e2e test and
+``bench/bench_airflow_overhead.py --standalone``)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def _token(base: str, password: str) -> str:
     return str(resp.json()["access_token"])
 
 
-def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen, AirflowRest]:
+def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], AirflowRest]:
     """Start ``airflow standalone`` in its own process group (stopped with ``stop``) and log in."""
     log = log_path.open("wb")
     proc = subprocess.Popen(
@@ -106,7 +107,7 @@ def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tu
         time.sleep(2)
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the standalone's process group (only the one this module started)."""
     if proc.poll() is not None:
         return
