@@ -324,7 +324,7 @@ def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
         _, commit_time = _detach_lsn(tconn, run_id)
     watermark = int(commit_time.timestamp() * 1_000_000) if commit_time else None
     with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
-        report = fingerprint_chunks(src, dst, tmap, chunks, max_writetime=watermark)
+        report = fingerprint_chunks(src, dst, tmap, chunks, max_writetime=watermark, scan_target=True)
     frame = pd.DataFrame([{
         "unit": f"{r['chunk_id']}", "source_rows": r["source_rows"], "target_rows": r["target_rows"],
         "source_checksum": r["source_hash"], "target_checksum": r["target_hash"],

@@ -13,6 +13,7 @@ from helpers import admin, ledger_runs
 
 from tenant_migration import steps
 from tenant_migration.spec import MigrationSpec
+from tenant_migration.tenant_map import load_tenant_map
 from tenant_migration.validation.counts import GateFailed
 
 pytestmark = pytest.mark.integration
@@ -245,6 +246,12 @@ def _break_target(kind: str, endpoints, target_admin, topo) -> str:
             target_admin.execute("SET LOCAL session_replication_role = replica")
             target_admin.execute("INSERT INTO platform.api_keys VALUES (%s, %s, %s, %s, %s, %s)", foreign)
         return "pg:api_keys:"
+    if kind == "cassandra partition":
+        # A whole partition of the tenant missing on the target (one the plan names).
+        with endpoints.cassandra_target.session() as dst:
+            row = next(r for r in dst.execute("SELECT device_id, property_id, day FROM telemetry.datapoints LIMIT 1"))
+            dst.execute("DELETE FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s", row)
+        return "cql:datapoints:"
     # A Cassandra cell changed on the target (newer writetime, still before the detach watermark).
     with endpoints.cassandra_target.session() as dst:
         row = next(r for r in dst.execute("SELECT device_id, property_id, day, ts, WRITETIME(value) "
@@ -264,10 +271,32 @@ def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin)
     assert Path(report_path).exists()
 
 
+def test_post_copy_reads_the_target_in_one_scan_per_table(endpoints, copied, monkeypatch) -> None:
+    """The target holds the tenant only: the gate scans each Cassandra table there once instead of
+    looking up every planned partition (the source, shared, is still read partition by partition)."""
+    from tenant_migration.cassandra import fingerprint
+
+    spec, run_id = copied
+    calls: list[tuple[str, str, str]] = []
+    for name in ("scan_prints", "aggregate_prints"):
+        real = getattr(fingerprint, name)
+
+        def spy(session, shape, *args, _real=real, _name=name, **kwargs):
+            side = "target" if session.cluster.contact_points[0] == endpoints.cassandra_target.host else "source"
+            calls.append((_name, side, shape.table))
+            return _real(session, shape, *args, **kwargs)
+        monkeypatch.setattr(fingerprint, name, spy)
+    steps.gate_post_copy(endpoints, spec, run_id)
+    scans = [c for c in calls if c[0] == "scan_prints"]
+    assert sorted(t for _, _, t in scans) == sorted(load_tenant_map().cassandra_tables) and {s for _, s, _ in scans} == {"target"}
+    assert {s for n, s, _ in calls if n == "aggregate_prints"} == {"source"}
+
+
 @pytest.mark.parametrize("kind", [
     pytest.param("changed value", id="a changed PostgreSQL value (counts equal, checksum not)"),
     pytest.param("foreign row", id="another tenant's row in a chunk's range on the target"),
     pytest.param("cassandra cell", id="a changed Cassandra cell"),
+    pytest.param("cassandra partition", id="a Cassandra partition missing on the target"),
 ])
 def test_post_copy_gate_fails_naming_the_chunk(endpoints, copied, target_admin, topo, kind: str) -> None:
     spec, run_id = copied
@@ -283,5 +312,8 @@ def test_post_copy_gate_fails_naming_the_chunk(endpoints, copied, target_admin, 
     if kind == "foreign row":
         assert bad[0]["target_rows"] == bad[0]["source_rows"] + 1
         assert "post_copy_rows_equal" in failed
+    elif kind == "cassandra partition":
+        assert bad[0]["target_rows"] < bad[0]["source_rows"] and "post_copy_rows_equal" in failed
+        assert bad[0]["mismatched"].startswith("datapoints(device_id=")  # the partition, by its key
     else:
         assert bad[0]["target_rows"] == bad[0]["source_rows"] and "post_copy_rows_equal" not in failed
