@@ -1,0 +1,139 @@
+"""The SET and GO gates before the flip (``catch_up``, ``pre_flip``) on the real servers: they pass
+on a caught-up target, and fail with evidence naming the chunk or the numbers when the target was
+broken on purpose (a recent Cassandra row missing, a recent cell changed), when the change stream
+is behind, or when registrations are not suspended."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers import admin
+
+from tenant_migration import ledger, replica, steps
+from tenant_migration.spec import MigrationSpec
+from tenant_migration.validation.counts import GateFailed
+
+pytestmark = pytest.mark.integration
+
+TENANT = 2
+
+
+@pytest.fixture
+def caught_up(topo, tiny_dataset, endpoints, reports):
+    """TENANT copied from the detached replica, the replica reattached, both stores caught up; a
+    datapoint written today on the source before the catch-up (so the recent buckets hold data).
+    Yields (spec, run_id, the recent row's key); drops the slot after."""
+    from tenant_migration.sample import platform
+
+    platform.demo_reset(topo)
+    spec = MigrationSpec(tenant_id=TENANT)
+    run_id = f"gate/{uuid.uuid4().hex[:8]}"
+    steps.preflight(endpoints, spec, run_id)
+    slot = steps.create_cdc_slot(endpoints, spec, run_id)
+    try:
+        steps.detach_replica(endpoints, spec, run_id, slot["consistent_lsn"])
+        try:
+            steps.copy_postgres(endpoints, spec, run_id)
+            steps.copy_cassandra(endpoints, spec, run_id)
+        finally:
+            with endpoints.replica_control.connect(autocommit=True) as rc:
+                replica.reattach(rc)
+        with endpoints.target.connect() as tconn:
+            chunk = next(c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.table_name == "datapoints")
+        device, prop = chunk.bounds["bases"][0]
+        today = datetime.now(UTC).date()
+        ts = datetime.now(UTC).replace(microsecond=0)
+        with endpoints.cassandra_source.session() as src:
+            src.execute("INSERT INTO telemetry.datapoints (device_id, property_id, day, ts, value, quality) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)", (device, prop, today, ts, 21.5, 1))
+        steps.catch_up_postgres(endpoints, spec, run_id)
+        steps.catch_up_cassandra(endpoints, spec, run_id)
+        yield spec, run_id, (device, prop, today, ts)
+    finally:
+        with endpoints.cassandra_source.session() as src:
+            src.execute("DELETE FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s",
+                        (device, prop, datetime.now(UTC).date()))
+        steps.drop_cdc_slot(endpoints, spec, run_id, keep_for_resume=False)
+
+
+def _gate_row(conn, run_id: str, gate: str):
+    return conn.execute("SELECT passed, summary, evidence, report_path FROM tm_control.gates WHERE run_id = %s "
+                        "AND gate = %s ORDER BY attempt DESC LIMIT 1", (run_id, gate)).fetchone()
+
+
+def test_catch_up_gate_passes_on_a_caught_up_target(endpoints, caught_up, target_admin) -> None:
+    spec, run_id, _ = caught_up
+    out = steps.gate_catch_up(endpoints, spec, run_id)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "catch_up")
+    assert out["passed"] and passed is True and Path(report_path).exists()
+    checks = {c["name"]: c for c in evidence["checks"]}
+    assert set(checks) == {"lag_bytes_under_threshold", "lag_seconds_under_threshold",
+                           "recent_buckets_rows_equal", "recent_buckets_checksums_equal"}
+    assert all(c["success"] for c in checks.values())
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param("missing", id="today's row missing on the target"),
+    pytest.param("changed", id="today's value changed on the target"),
+])
+def test_catch_up_gate_names_the_chunk_of_a_broken_recent_bucket(endpoints, caught_up, target_admin, kind) -> None:
+    spec, run_id, (device, prop, day, ts) = caught_up
+    with endpoints.cassandra_target.session() as dst:
+        (wt,) = dst.execute("SELECT WRITETIME(value) FROM telemetry.datapoints WHERE device_id = %s AND "
+                            "property_id = %s AND day = %s AND ts = %s", (device, prop, day, ts)).one()
+        if kind == "missing":
+            dst.execute("DELETE FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s "
+                        "AND ts = %s", (device, prop, day, ts))
+        else:  # another value, written before the catch-up began: only the checksum can tell
+            dst.execute("UPDATE telemetry.datapoints USING TIMESTAMP %s SET value = %s WHERE device_id = %s AND "
+                        "property_id = %s AND day = %s AND ts = %s", (wt + 1, 99.0, device, prop, day, ts))
+    with pytest.raises(GateFailed, match=r"recent_buckets_checksums_equal .*offending: cql:datapoints:") as exc:
+        steps.gate_catch_up(endpoints, spec, run_id)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "catch_up")
+    assert passed is False and report_path in str(exc.value)
+    failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
+    bad = failed["recent_buckets_checksums_equal"]["numbers"]
+    assert bad and all(b["unit"].startswith("cql:datapoints:") for b in bad)
+    if kind == "missing":
+        assert "recent_buckets_rows_equal" in failed and bad[0]["target_rows"] == bad[0]["source_rows"] - 1
+    else:
+        assert "recent_buckets_rows_equal" not in failed
+
+
+def test_catch_up_gate_fails_with_the_lag_when_the_stream_is_behind(topo, endpoints, caught_up, target_admin) -> None:
+    """60,000 changes of the tenant committed on the primary after the catch-up, and a stream
+    allowed one second: the gate's own refresh cannot apply them, and the lag checks fail with the
+    numbers (bytes and seconds behind) instead of the gate waiting or passing."""
+    spec, run_id, _ = caught_up
+    with admin(topo, "primary") as p:
+        n = p.execute("SELECT count(*) FROM platform.devices WHERE tenant_id = %s", (TENANT,)).fetchone()[0]
+        for _ in range(-(-60_000 // n)):
+            p.execute("UPDATE platform.devices SET name = name WHERE tenant_id = %s", (TENANT,))
+    slow = MigrationSpec(tenant_id=TENANT, catch_up_timeout_s=1, max_lag_bytes=64 * 1024, max_lag_seconds=3600)
+    with pytest.raises(GateFailed, match=r"lag_bytes_under_threshold .*observed 1, offending: postgres:cdc") as exc:
+        steps.gate_catch_up(endpoints, slow, run_id)
+    lag = re.search(r'"lag_bytes": (\d+)', str(exc.value))
+    assert lag and int(lag.group(1)) > 64 * 1024
+    passed, _, evidence, _ = _gate_row(target_admin, run_id, "catch_up")
+    failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
+    assert passed is False and failed["lag_bytes_under_threshold"]["numbers"][0]["lag_bytes"] > 64 * 1024
+    # Given the time, the same gate catches up and passes: re-running re-evaluates the data as it is.
+    assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
+
+
+def test_pre_flip_gate_requires_registrations_suspended(endpoints, caught_up, target_admin) -> None:
+    spec, run_id, _ = caught_up
+    with pytest.raises(GateFailed, match=rf"registrations of tenant {TENANT} are not suspended"):
+        steps.gate_pre_flip(endpoints, spec, run_id)
+    steps.suspend_registrations(endpoints, spec, run_id)
+    try:
+        steps.catch_up_postgres(endpoints, spec, run_id, True)
+        assert steps.gate_pre_flip(endpoints, spec, run_id)["passed"]
+        passed, _, _, _ = _gate_row(target_admin, run_id, "pre_flip")
+        assert passed is True
+    finally:
+        steps.resume_registrations(endpoints, spec, run_id)
