@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,21 @@ class Endpoints:
                 secret_key=aws.get("password"),
             ),
         )
+
+    @contextmanager
+    def cassandra_sessions(self) -> Iterator[tuple[Session, Session]]:
+        """Sessions on the source and the target cluster, connected at the same time: a connect is
+        several round trips and a schema read (0.1-0.3 s each on the local stack), and most steps
+        need both. Both are shut down on the way out, whatever happened."""
+        target = self.cassandra_target.session()
+        with ExitStack() as stack, ThreadPoolExecutor(max_workers=1, thread_name_prefix="connect-target") as pool:
+            connecting = pool.submit(target.__enter__)
+            try:
+                src = stack.enter_context(self.cassandra_source.session())
+            finally:
+                dst = connecting.result()
+                stack.push(target)
+            yield src, dst
 
     @classmethod
     def from_file(cls, path: Path) -> Endpoints:

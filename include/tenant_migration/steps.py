@@ -92,7 +92,7 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label}")
         drift = schema_drift(rconn, tconn, tmap)
         problems += drift
-        with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
+        with ep.cassandra_sessions() as (s_src, s_dst):
             for name in tmap.cassandra_tables:
                 src_ok = name in s_src.cluster.metadata.keyspaces.get(tmap.keyspace, _NoTables).tables
                 dst_ok = name in s_dst.cluster.metadata.keyspaces.get(tmap.keyspace, _NoTables).tables
@@ -323,7 +323,7 @@ def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         _, commit_time = _detach_lsn(tconn, run_id)
     watermark = int(commit_time.timestamp() * 1_000_000) if commit_time else None
-    with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+    with ep.cassandra_sessions() as (src, dst):
         report = fingerprint_chunks(src, dst, tmap, chunks, max_writetime=watermark, scan_target=True)
     frame = pd.DataFrame([{
         "unit": f"{r['chunk_id']}", "source_rows": r["source_rows"], "target_rows": r["target_rows"],
@@ -611,7 +611,7 @@ def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         watermark = commit_time or datetime.now(UTC)
         with step(tconn, run_id, "catch_up_cassandra") as detail:
-            with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+            with ep.cassandra_sessions() as (src, dst):
                 passes = cql_catchup.catch_up(src, dst, tmap, chunks, watermark,
                                               opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
             out = {"passes": [p.to_dict() for p in passes], "converged": bool(passes and passes[-1].converged)}
@@ -675,7 +675,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
         _, commit_time = _detach_lsn(tconn, run_id)
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
-        with ep.cassandra_source.session() as s_src, ep.cassandra_target.session() as s_dst:
+        with ep.cassandra_sessions() as (s_src, s_dst):
             # Devices keep writing: compare the cells written before the last Cassandra catch-up
             # began (its converged pass began later, so every one of them must be on the target).
             row = tconn.execute("SELECT max(at) FROM tm_control.events WHERE run_id = %s "
@@ -817,7 +817,7 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
 
             flipped = flip_time(tconn, run_id)  # a weighted shift sent writes to both sides since it began
             since = min(since, flipped - timedelta(minutes=1)) if flipped else since
-            with ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+            with ep.cassandra_sessions() as (src, dst):
                 passes = cql_catchup.drain_stragglers(
                     src, dst, tmap, chunks, since, duration=timedelta(seconds=spec.drain_seconds),
                     poll_interval=timedelta(seconds=max(1, min(10, spec.drain_seconds // 3 or 1))),

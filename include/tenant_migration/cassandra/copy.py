@@ -482,7 +482,7 @@ def copy_chunks(ep: Endpoints, run_id: str, tmap: TenantMap, chunks: Sequence[le
     # crash) at once; on a non-autocommit connection a prior read would turn them into savepoints
     # of one long transaction that a SIGKILL rolls back.
     with ep.target.connect(autocommit=True, application_name="tenant_migration_cql") as tconn, \
-            ep.cassandra_source.session() as src, ep.cassandra_target.session() as dst:
+            ep.cassandra_sessions() as (src, dst):
         for chunk in chunks:
             if ledger.chunk_status(tconn, run_id, chunk.chunk_id) == ledger.ChunkStatus.DONE:
                 continue
