@@ -24,6 +24,7 @@ import importlib.abc
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import sys
 import threading
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     import psycopg
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# GX logs ~220 INFO lines while it imports (docs decorators "skipping registering function ...",
+# temporary docs directories): noise in every gate task's log, between the lines an on-call
+# engineer reads. Its warnings and errors still show.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
