@@ -25,7 +25,7 @@ def _uid_of(pid: int) -> int:
 def test_every_server_is_up(topo: Topology) -> None:
     rows = postgres.status(topo) + cassandra.status(topo) + moto.status(topo)
     assert [r.name for r in rows if not r.running] == []
-    assert len(rows) == 6
+    assert len(rows) == 7
 
 
 def test_servers_run_as_an_unprivileged_user(topo: Topology) -> None:
@@ -38,7 +38,7 @@ def test_servers_run_as_an_unprivileged_user(topo: Topology) -> None:
         pid = cassandra.node_pid(cassandra.node_paths(topo, node))
         assert pid is not None, node.name
         pids.append(pid)
-    assert len(pids) == 5
+    assert len(pids) == 6
     assert all(_uid_of(pid) != 0 for pid in pids)
 
 

@@ -65,8 +65,11 @@ def cmd_up(topo: Topology) -> dict[str, float]:
 
 
 def _airflow_db(topo: Topology) -> None:
-    db = topo.airflow_home / "airflow.db"
-    if db.exists() and (topo.airflow_home / ".migrated").exists():
+    """``airflow db migrate`` and the pools, once per metadata database (ADR 8: PostgreSQL; a stack
+    made when it was SQLite gets its PostgreSQL database migrated here, the old file is left alone)."""
+    marker = topo.airflow_home / ".migrated"
+    where = f"{topo.pg_airflow.host}:{topo.pg_airflow.port}/{topo.airflow_dbname}\n"
+    if postgres.airflow_db_migrated(topo) and marker.exists() and marker.read_text() == where:
         return
     env = {**os.environ, **airflow_env.environment(topo)}
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -78,7 +81,7 @@ def _airflow_db(topo: Topology) -> None:
         proc = subprocess.run([airflow, "pools", "set", pool, str(slots), what], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError(f"airflow pools set {pool} failed:\n{proc.stderr[-2000:]}")
-    (topo.airflow_home / ".migrated").write_text("ok\n")
+    marker.write_text(where)
 
 
 def cmd_down(topo: Topology) -> None:

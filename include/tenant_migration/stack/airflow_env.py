@@ -12,11 +12,15 @@ import os
 import secrets as pysecrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from tenant_migration.stack import prewarm
 from tenant_migration.stack.topology import REPO_ROOT, Topology
 
 ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
 AIRFLOW_ADMIN = "airflow_admin"  # the UI/REST user of the local Airflow (simple auth manager)
+AIRFLOW_DB = "airflow_db"  # Airflow's login role on its metadata server (ADR 8)
+SECRETS = (*ROLES, AIRFLOW_ADMIN, AIRFLOW_DB)
 
 # Connection ids used by the DAGs. One name per role and server: a task gets exactly the rights
 # its connection's role has.
@@ -32,13 +36,13 @@ CONN_AWS = "tm_aws"
 
 
 def load_secrets(topo: Topology) -> dict[str, str]:
-    """Passwords of the project's database roles, created on first use."""
+    """Passwords of the project's database roles, created on first use. A stack made before a
+    secret existed gains it; the passwords it already has are kept."""
     path = topo.state_dir / "secrets.json"
-    if path.exists():
-        data: dict[str, str] = json.loads(path.read_text())
-        if all(role in data for role in (*ROLES, AIRFLOW_ADMIN)):
-            return data
-    data = {role: pysecrets.token_urlsafe(18) for role in (*ROLES, AIRFLOW_ADMIN)}
+    data: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if all(name in data for name in SECRETS):
+        return data
+    data.update({name: pysecrets.token_urlsafe(18) for name in SECRETS if name not in data})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -50,6 +54,17 @@ def role_passwords(topo: Topology) -> dict[str, str]:
     """Passwords of the database roles only."""
     secrets = load_secrets(topo)
     return {role: secrets[role] for role in ROLES}
+
+
+def airflow_db_password(topo: Topology) -> str:
+    return load_secrets(topo)[AIRFLOW_DB]
+
+
+def sql_alchemy_conn(topo: Topology) -> str:
+    """Airflow's metadata database: its own PostgreSQL server of the stack (ADR 8), through psycopg2."""
+    pg = topo.pg_airflow
+    user, password = quote(topo.airflow_db_user, safe=""), quote(airflow_db_password(topo), safe="")
+    return f"postgresql+psycopg2://{user}:{password}@{pg.host}:{pg.port}/{topo.airflow_dbname}"
 
 
 def connections(topo: Topology) -> dict[str, dict[str, Any]]:
@@ -107,7 +122,7 @@ def environment(topo: Topology) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn(topo),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(topo.airflow_api_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{topo.airflow_api_port}/execution/",
@@ -126,12 +141,17 @@ def environment(topo: Topology) -> dict[str, str]:
 
 
 def write_files(topo: Topology) -> Path:
-    """Write ``connections.json`` and the Airflow UI password file (both 0600); return the first."""
+    """Write ``connections.json`` and the Airflow UI password file (both 0600) and Airflow's local
+    settings (the scheduler's import warm-up); return the first."""
     topo.airflow_home.mkdir(parents=True, exist_ok=True)
     users = topo.airflow_home / "simple_auth_manager_passwords.json"
     fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"admin": load_secrets(topo)[AIRFLOW_ADMIN]}, fh)
+    # Airflow imports $AIRFLOW_HOME/config/airflow_local_settings.py in every process: the
+    # scheduler warms its LocalExecutor workers' imports there (stack/prewarm.py).
+    (topo.airflow_home / "config").mkdir(exist_ok=True)
+    (topo.airflow_home / "config" / "airflow_local_settings.py").write_text(prewarm.LOCAL_SETTINGS)
     path = topo.state_dir / "connections.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -1,7 +1,8 @@
-"""PostgreSQL part of the local stack: a logical-decoding primary, its streaming hot standby, and a target.
+"""PostgreSQL part of the local stack: a logical-decoding primary, its streaming hot standby, a target,
+and Airflow's own metadata database.
 
-The three servers stand in for the shared platform's primary, the read replica the migration pauses, and
-the tenant's dedicated database. They run as the unprivileged service user (PostgreSQL refuses root),
+The first three servers stand in for the shared platform's primary, the read replica the migration
+pauses, and the tenant's dedicated database; the fourth holds Airflow's metadata only (ADR 8). They all run as the unprivileged service user (PostgreSQL refuses root),
 listen on 127.0.0.1 only, and keep everything under ``<state_dir>/pg``.
 
 Idempotence rules: a running server is left alone, a stopped one is started, a standby whose data
@@ -43,8 +44,8 @@ from tenant_migration.stack.common import (
 )
 from tenant_migration.stack.topology import PgServer, Topology
 
-Role = Literal["primary", "standby", "target"]
-ROLES: tuple[Role, ...] = ("primary", "standby", "target")
+Role = Literal["primary", "standby", "target", "airflow"]
+ROLES: tuple[Role, ...] = ("primary", "standby", "target", "airflow")
 
 DEFAULT_PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_BIN_ENV = "TM_PG_BIN"
@@ -103,7 +104,8 @@ def data_dir(topo: Topology, role: Role) -> Path:
 
 
 def server_of(topo: Topology, role: Role) -> PgServer:
-    return {"primary": topo.pg_primary, "standby": topo.pg_standby, "target": topo.pg_target}[role]
+    return {"primary": topo.pg_primary, "standby": topo.pg_standby, "target": topo.pg_target,
+            "airflow": topo.pg_airflow}[role]
 
 
 def log_file(topo: Topology, role: Role) -> Path:
@@ -144,7 +146,9 @@ def server_settings(topo: Topology, role: Role) -> dict[str, ConfValue]:
     Primary: ``wal_level=logical`` (logical decoding for CDC), slots and senders for the standby,
     commit timestamps for ordering. The standby mirrors the primary (hot standby requires its limits
     to be at least the primary's, and a promoted standby must keep decoding). The target only needs
-    ``replica``.
+    ``replica``. Airflow's metadata cluster commits asynchronously: a crash of this local server
+    loses at most the last few hundred milliseconds of task state (the tasks' own progress is in the
+    ledger), and every task state change, XCom and heartbeat stops waiting for a WAL flush.
     """
     server = server_of(topo, role)
     settings: dict[str, ConfValue] = {
@@ -170,9 +174,15 @@ def server_settings(topo: Topology, role: Role) -> dict[str, ConfValue]:
         "log_line_prefix": "%m [%p] %q%u@%d ",
         "cluster_name": server.name,
     }
-    if role == "target":
+    if role in ("target", "airflow"):
         settings["wal_level"] = "replica"
         settings["track_commit_timestamp"] = False
+    if role == "airflow":
+        settings["synchronous_commit"] = "off"
+        settings["shared_buffers"] = "128MB"
+        # standalone: api-server, scheduler, dag-processor, triggerer and LocalExecutor workers, each
+        # with its own SQLAlchemy pool (5 + 10 overflow)
+        settings["max_connections"] = 200
     return settings
 
 
@@ -497,6 +507,31 @@ def _ensure_database(topo: Topology, role: Role) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(topo.pg_dbname)))
 
 
+def _ensure_airflow_database(topo: Topology) -> None:
+    """Airflow's login role (password from the stack's secrets) owning its own database."""
+    import psycopg
+    from psycopg import sql
+
+    from tenant_migration.stack.airflow_env import airflow_db_password
+
+    user, dbname = topo.airflow_db_user, topo.airflow_dbname
+    with psycopg.connect(superuser_dsn(topo, "airflow", "postgres"), connect_timeout=3, autocommit=True) as conn:
+        password = sql.Literal(airflow_db_password(topo))
+        verb = "ALTER" if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), password))
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
+
+
+def airflow_db_migrated(topo: Topology) -> bool:
+    """True when Airflow's schema exists in its database (``airflow db migrate`` ran there)."""
+    try:
+        row = _query(topo, "airflow", "SELECT to_regclass('public.alembic_version') IS NOT NULL", topo.airflow_dbname)
+    except Exception:  # not up, or no database yet
+        return False
+    return row == (True,)
+
+
 # --------------------------------------------------------------------------------------------------
 # Starting and stopping
 # --------------------------------------------------------------------------------------------------
@@ -586,7 +621,9 @@ def _bring_up(topo: Topology, role: Role) -> StartRecord:
     elif action == "started":
         action = "already running"
 
-    if role != "standby":
+    if role == "airflow":
+        _ensure_airflow_database(topo)
+    elif role != "standby":
         _ensure_database(topo, role)
     elif (directory / "standby.signal").exists():
         # Also when it was already running: after a primary restart it reconnects within
@@ -601,7 +638,7 @@ def _bring_up(topo: Topology, role: Role) -> StartRecord:
 
 
 def up(topo: Topology) -> list[StartRecord]:
-    """Bring primary, standby and target up (idempotently) and return what was done, with timings.
+    """Bring primary, standby, target and Airflow's server up (idempotently); return what was done, with timings.
 
     The timings are also written to ``<state_dir>/pg/timings.json``.
     """
@@ -612,7 +649,7 @@ def up(topo: Topology) -> list[StartRecord]:
             server = server_of(topo, role)
             require_port_free(server.host, server.port, server.name)
     _prepare_dirs(topo)
-    records = [_bring_up(topo, role) for role in ("primary", "standby", "target")]
+    records = [_bring_up(topo, role) for role in ("primary", "standby", "target", "airflow")]
     timings_file(topo).write_text(
         json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "servers": [asdict(r) for r in records]}, indent=2)
         + "\n"
@@ -621,11 +658,11 @@ def up(topo: Topology) -> list[StartRecord]:
 
 
 def down(topo: Topology) -> None:
-    """Stop standby, primary, target with ``pg_ctl stop -m fast``; stopped or absent ones are skipped.
+    """Stop standby, primary, target, Airflow's server with ``pg_ctl stop -m fast``; stopped or absent ones are skipped.
 
     The standby goes first so it does not spin reconnecting to a primary that is going away.
     """
-    for role in ("standby", "primary", "target"):
+    for role in ("standby", "primary", "target", "airflow"):
         directory = data_dir(topo, role)
         if postmaster_pid(directory) is None:
             continue
@@ -730,6 +767,9 @@ def status(topo: Topology) -> list[ServiceStatus]:
                 detail = _primary_detail(topo)
             elif role == "standby":
                 detail = _standby_detail(topo)
+            elif role == "airflow":
+                (size,) = _query(topo, role, "SELECT pg_size_pretty(sum(pg_database_size(datname))) FROM pg_database")
+                detail = f"Airflow metadata ({size})"
             else:
                 (wal_level,) = _query(topo, role, "SELECT current_setting('wal_level')")
                 detail = f"wal_level={wal_level}"
@@ -748,6 +788,7 @@ __all__ = [
     "STANDBY_SLOT",
     "Role",
     "StartRecord",
+    "airflow_db_migrated",
     "data_dir",
     "data_dir_state",
     "down",

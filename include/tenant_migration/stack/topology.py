@@ -37,6 +37,8 @@ class Topology:
     pg_primary: PgServer = PgServer("pg-primary", "127.0.0.1", 15432)
     pg_standby: PgServer = PgServer("pg-standby", "127.0.0.1", 15433)
     pg_target: PgServer = PgServer("pg-target", "127.0.0.1", 15434)
+    # Airflow's own metadata database (ADR 8): a cluster of its own, never one the migration touches.
+    pg_airflow: PgServer = PgServer("pg-airflow", "127.0.0.1", 15435)
     cassandra_source: CassandraNode = CassandraNode(
         "cassandra-source", "127.0.0.2", 9042, 7000, "platform-shared", 7199
     )
@@ -47,6 +49,8 @@ class Topology:
     moto_port: int = 15500
     airflow_api_port: int = 18080
     pg_dbname: str = "platform"
+    airflow_dbname: str = "airflow"
+    airflow_db_user: str = "airflow"
     # Roles. The superuser is for the stack itself; the migration uses least-privilege roles
     # created by the schema (see sample/sql/roles.sql).
     pg_superuser: str = "stack_admin"
@@ -55,7 +59,7 @@ class Topology:
 
     @property
     def pg_servers(self) -> tuple[PgServer, ...]:
-        return (self.pg_primary, self.pg_standby, self.pg_target)
+        return (self.pg_primary, self.pg_standby, self.pg_target, self.pg_airflow)
 
     @property
     def cassandra_nodes(self) -> tuple[CassandraNode, ...]:
@@ -103,6 +107,7 @@ def slotted_topology(state_dir: Path, slot: int) -> Topology:
         pg_primary=replace(base.pg_primary, port=base.pg_primary.port + shift),
         pg_standby=replace(base.pg_standby, port=base.pg_standby.port + shift),
         pg_target=replace(base.pg_target, port=base.pg_target.port + shift),
+        pg_airflow=replace(base.pg_airflow, port=base.pg_airflow.port + shift),
         cassandra_source=replace(base.cassandra_source, host=f"127.0.{slot}.2", jmx_port=base.cassandra_source.jmx_port + 1000 * slot),
         cassandra_target=replace(base.cassandra_target, host=f"127.0.{slot}.3", jmx_port=base.cassandra_target.jmx_port + 1000 * slot),
         moto_port=base.moto_port + shift,

@@ -33,6 +33,11 @@ def test_compose_has_the_same_topology(tmp_path: Path) -> None:
         assert svc in services
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # ADR 8: Airflow's metadata lives in a PostgreSQL of its own there too, not on a platform server.
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert "@airflow-db/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert airflow_env.sql_alchemy_conn(topo).startswith("postgresql+psycopg2://")
+    assert f":{topo.pg_airflow.port}/" in airflow_env.sql_alchemy_conn(topo)
     assert services["airflow-scheduler"]["image"].startswith("apache/airflow:3.")
     local = airflow_env.connections(topo)
     host_of = {topo.pg_primary.port: "pg-primary", topo.pg_standby.port: "pg-standby", topo.pg_target.port: "pg-target"}

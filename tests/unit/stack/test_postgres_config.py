@@ -70,13 +70,23 @@ def test_target_needs_only_replica(topo: Topology) -> None:
 
 @pytest.mark.parametrize("role", pg.ROLES)
 def test_each_role_gets_its_own_topology_port(topo: Topology, role: pg.Role) -> None:
-    expected = {"primary": 15432, "standby": 15433, "target": 15434}[role]
+    expected = {"primary": 15432, "standby": 15433, "target": 15434, "airflow": 15435}[role]
     assert int(rendered(topo, role)["port"]) == expected == pg.server_of(topo, role).port
 
 
 def test_ports_are_distinct(topo: Topology) -> None:
     ports = [int(rendered(topo, role)["port"]) for role in pg.ROLES]
     assert len(set(ports)) == len(ports)
+
+
+def test_airflow_metadata_server_is_its_own_and_commits_asynchronously(topo: Topology) -> None:
+    conf = rendered(topo, "airflow")
+    assert conf["wal_level"] == "replica" and conf["track_commit_timestamp"] == "off"
+    assert conf["synchronous_commit"] == "off"
+    assert int(conf["max_connections"]) >= 100
+    for role in ("primary", "standby", "target"):  # the platform's servers keep durable commits
+        assert rendered(topo, role)["synchronous_commit"] == "on"
+        assert pg.server_of(topo, role).port != topo.pg_airflow.port
 
 
 @pytest.mark.parametrize("role", pg.ROLES)
@@ -134,7 +144,7 @@ def test_long_state_dir_socket_goes_to_tmp_stable_and_distinct() -> None:
 
 def test_data_dirs_are_per_role_under_state(topo: Topology) -> None:
     dirs = {pg.data_dir(topo, role) for role in pg.ROLES}
-    assert dirs == {topo.state_dir / "pg" / r for r in ("primary", "standby", "target")}
+    assert dirs == {topo.state_dir / "pg" / r for r in ("primary", "standby", "target", "airflow")}
 
 
 def test_superuser_dsn_targets_each_server_and_default_db(topo: Topology) -> None:
@@ -163,7 +173,7 @@ def test_superuser_dsn_rejects_unknown_server(topo: Topology) -> None:
 def test_pgpass_escapes_and_covers_every_server(tmp_path: Path) -> None:
     topo = Topology(state_dir=tmp_path, pg_superpassword="a:b\\c")
     lines = pg.pgpass_content(topo).splitlines()
-    assert lines == [f"127.0.0.1:{port}:*:stack_admin:a\\:b\\\\c" for port in (15432, 15433, 15434)]
+    assert lines == [f"127.0.0.1:{port}:*:stack_admin:a\\:b\\\\c" for port in (15432, 15433, 15434, 15435)]
 
 
 def test_pg_bin_defaults_to_debian_15_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,66 @@
+"""The scheduler-only import warm-up of the local stack's LocalExecutor (stack/prewarm.py)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tenant_migration.stack import prewarm
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    pytest.param(["/x/.venv/bin/airflow", "scheduler"], True, id="standalone's scheduler"),
+    pytest.param(["/x/.venv/bin/airflow", "dag-processor"], False, id="dag-processor parses with nothing warmed"),
+    pytest.param(["/x/.venv/bin/airflow", "api-server"], False, id="api-server"),
+    pytest.param(["/x/.venv/bin/airflow", "dags", "test", "tenant_migration"], False, id="dags test (in-process)"),
+    pytest.param(["/x/bin/pytest", "scheduler"], False, id="not airflow"),
+    pytest.param(["python"], False, id="bare interpreter"),
+])
+def test_only_the_scheduler_installs_the_hook(argv: list[str], expected: bool, monkeypatch) -> None:
+    hooks: list[object] = []
+    monkeypatch.setattr(prewarm.os, "register_at_fork", lambda **kw: hooks.append(kw["before"]))
+    assert prewarm.install(argv) is expected
+    assert hooks == ([prewarm.warm] if expected else [])
+
+
+def test_warm_imports_every_module_once(monkeypatch) -> None:
+    imported: list[str] = []
+    monkeypatch.setattr(prewarm, "_warmed", False)
+    monkeypatch.setattr(prewarm.importlib, "import_module", imported.append)
+    assert prewarm.warm() == []
+    assert imported == list(prewarm.MODULES)
+    assert prewarm.warm() == [] and imported == list(prewarm.MODULES)  # the second fork imports nothing
+
+
+def test_warm_never_raises_and_names_what_failed(monkeypatch) -> None:
+    def boom(name: str) -> None:
+        if name == "psycopg":
+            raise ImportError(name)
+
+    monkeypatch.setattr(prewarm, "_warmed", False)
+    monkeypatch.setattr(prewarm.importlib, "import_module", boom)
+    assert prewarm.warm() == ["psycopg"]
+
+
+def test_every_warmed_module_exists() -> None:
+    import importlib.util
+
+    assert [m for m in prewarm.MODULES if importlib.util.find_spec(m) is None] == []
+
+
+def test_local_settings_export_nothing_into_airflow_settings() -> None:
+    tree = ast.parse(prewarm.LOCAL_SETTINGS)
+    alls = [n for n in tree.body if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "__all__"]
+    assert len(alls) == 1 and isinstance(alls[0].value, ast.List) and alls[0].value.elts == []
+
+
+def test_stack_files_put_the_local_settings_where_airflow_imports_them(tmp_path) -> None:
+    from tenant_migration.stack import airflow_env
+    from tenant_migration.stack.topology import Topology
+
+    topo = Topology(state_dir=tmp_path)
+    airflow_env.write_files(topo)
+    # Airflow puts $AIRFLOW_HOME/config on sys.path and imports airflow_local_settings from it.
+    assert (topo.airflow_home / "config" / "airflow_local_settings.py").read_text() == prewarm.LOCAL_SETTINGS
+    assert airflow_env.environment(topo)["AIRFLOW_HOME"] == str(topo.airflow_home)
