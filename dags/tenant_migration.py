@@ -97,11 +97,13 @@ def tenant_migration() -> None:
     def plan_postgres(**ctx) -> list: return _call("batches", ctx, "postgres")
     @task(**RETRY)
     def plan_cassandra(**ctx) -> list: return _call("batches", ctx, "cassandra")
-    @task(**RETRY, pool="tm_postgres", map_index_template="{{ batch_label }}")
+    # Copy batches push no XCom: nothing reads it (the ledger holds their results; the log shows the
+    # summary), and under standalone each push is one more execution API call per mapped task.
+    @task(**RETRY, pool="tm_postgres", map_index_template="{{ batch_label }}", do_xcom_push=False)
     def copy_postgres_batch(chunk_ids: list, **ctx) -> dict:
         get_current_context()["batch_label"] = f"{chunk_ids[0]} .. {chunk_ids[-1]} ({len(chunk_ids)})"
         return _call("copy_postgres_batch", ctx, chunk_ids)
-    @task(**RETRY, pool="tm_cassandra", map_index_template="{{ batch_label }}")
+    @task(**RETRY, pool="tm_cassandra", map_index_template="{{ batch_label }}", do_xcom_push=False)
     def copy_cassandra_batch(chunk_ids: list, **ctx) -> dict:
         get_current_context()["batch_label"] = f"{chunk_ids[0]} .. {chunk_ids[-1]} ({len(chunk_ids)})"
         return _call("copy_cassandra_batch", ctx, chunk_ids)

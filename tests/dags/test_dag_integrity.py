@@ -131,6 +131,15 @@ def test_copies_are_bounded_by_pools(dagbag) -> None:
     assert dag.get_task("ready.copy_cassandra_batch").pool == "tm_cassandra"
 
 
+def test_copy_batches_push_no_xcom_plans_do(dagbag) -> None:
+    """Mapped copy batches report through the ledger: an XCom push is one more execution API call
+    per task under standalone. The plans' XCom is what the batches are mapped over."""
+    dag = dagbag.dags["tenant_migration"]
+    for task_id in ("ready.copy_postgres_batch", "ready.copy_cassandra_batch"):
+        assert dag.get_task(task_id).partial_kwargs["do_xcom_push"] is False, task_id
+    assert dag.get_task("ready.plan_postgres").do_xcom_push is True
+
+
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.stem)
 def test_dag_files_stay_thin(path: Path) -> None:
     text = path.read_text()
