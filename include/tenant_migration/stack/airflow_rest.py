@@ -4,6 +4,7 @@ local stack, driven through its public REST API exactly as the UI drives it (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,6 +95,7 @@ def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tu
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
+            stop(proc)  # what it started may still run
             raise AssertionError(f"airflow standalone exited ({proc.returncode}); see {log_path}")
         try:
             health = httpx.get(f"{base}/api/v2/monitor/health", timeout=5).json()
@@ -107,13 +109,39 @@ def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tu
         time.sleep(2)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the standalone's process group (only the one this module started)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+def stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """Stop the standalone's process group (only the one this module started: its own session).
+
+    A component can outlive ``airflow standalone`` itself (seen: a scheduler hung in its shutdown
+    with its LocalExecutor workers, an hour later): whatever is left of the group ``grace`` seconds
+    after the standalone process ended is killed."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    deadline = time.monotonic() + grace
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if group_members(proc.pid):
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group ``pgid``, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
