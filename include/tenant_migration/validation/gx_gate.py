@@ -115,9 +115,10 @@ class _DeferredImports(importlib.abc.MetaPathFinder):
         return None
 
 
-def _gx() -> Any:
+def import_gx() -> Any:
     """``great_expectations``, imported with ``_DEFERRED`` made lazy for the duration of the import
-    only (the finder is removed afterwards: nothing else in the process is affected)."""
+    only (the finder is removed afterwards: nothing else in the process is affected). The local
+    stack's scheduler calls it before forking its workers (``stack/prewarm.py``)."""
     if "great_expectations" in sys.modules:
         import great_expectations as gx
 
@@ -139,7 +140,7 @@ def _context() -> tuple[Any, Any]:
         if _CONTEXT is None:
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
-            ctx = _gx().get_context(mode="ephemeral")
+            ctx = import_gx().get_context(mode="ephemeral")
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
             # One pandas asset for every frame the process validates: a new data source, asset,
             # suite and validation definition per validation each saved the context's config
@@ -226,7 +227,7 @@ def run_frame_checks(gate: str, frame: Any, checks: list[FrameCheck], id_column:
     validation run; failing rows are named by ``id_column``."""
     if not checks:
         return []
-    gx = _gx()
+    gx = import_gx()
     import great_expectations.expectations as gxe
 
     _, frames = _context()

@@ -24,23 +24,44 @@ def test_only_the_scheduler_installs_the_hook(argv: list[str], expected: bool, m
     assert hooks == ([prewarm.warm] if expected else [])
 
 
-def test_warm_imports_every_module_once(monkeypatch) -> None:
+def test_warm_imports_every_module_and_runs_every_call_once(monkeypatch) -> None:
+    from types import SimpleNamespace
+
     imported: list[str] = []
+    called: list[str] = []
+
+    def import_module(name: str) -> SimpleNamespace:
+        imported.append(name)
+        return SimpleNamespace(import_gx=lambda: called.append(name))
     monkeypatch.setattr(prewarm, "_warmed", False)
-    monkeypatch.setattr(prewarm.importlib, "import_module", imported.append)
+    monkeypatch.setattr(prewarm.importlib, "import_module", import_module)
     assert prewarm.warm() == []
-    assert imported == list(prewarm.MODULES)
-    assert prewarm.warm() == [] and imported == list(prewarm.MODULES)  # the second fork imports nothing
+    calls = [c.partition(":")[0] for c in prewarm.CALLS]
+    assert imported == [*prewarm.MODULES, *calls] and called == calls
+    assert prewarm.warm() == [] and called == calls  # the second fork imports nothing
+
+
+def test_great_expectations_is_warmed_the_way_the_gates_import_it() -> None:
+    from tenant_migration.validation import gx_gate
+
+    module, _, function = prewarm.CALLS[0].partition(":")
+    assert module == gx_gate.__name__ and getattr(gx_gate, function) is gx_gate.import_gx
 
 
 def test_warm_never_raises_and_names_what_failed(monkeypatch) -> None:
-    def boom(name: str) -> None:
+    from types import SimpleNamespace
+
+    def fail(name: str) -> None:
+        raise RuntimeError(name)
+
+    def boom(name: str) -> SimpleNamespace:
         if name == "psycopg":
             raise ImportError(name)
+        return SimpleNamespace(import_gx=lambda: fail(name))
 
     monkeypatch.setattr(prewarm, "_warmed", False)
     monkeypatch.setattr(prewarm.importlib, "import_module", boom)
-    assert prewarm.warm() == ["psycopg"]
+    assert prewarm.warm() == ["psycopg", *prewarm.CALLS]
 
 
 def test_every_warmed_module_exists() -> None:
