@@ -714,17 +714,17 @@ def measure_cdc_lag(src: psycopg.Connection, tconn: psycopg.Connection, run_id: 
         (slot,)).fetchone()
     if row is None:
         raise GateFailed(f"the run's change-capture slot {slot} does not exist")
-    first = src.execute("SELECT xid::text FROM pg_logical_slot_peek_changes(%s, NULL, 1)", (slot,)).fetchone()
-    pending = first is not None
+    first_xid = cdc.first_pending_xid(src, slot)
+    pending = first_xid is not None
     prog = cdc.read_progress(tconn, run_id)
     age = None
-    if first is not None:
+    if first_xid is not None:
         # How old the oldest change not yet applied is (commit timestamps are on: the stack sets
         # track_commit_timestamp); else, on a primary without them, seconds since the stream was
         # last processed (an upper bound).
         try:
             got = src.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp() - pg_xact_commit_timestamp(%s::xid))::float8",
-                              (first[0],)).fetchone()
+                              (first_xid,)).fetchone()
             age = got[0] if got else None
         except psycopg.Error:
             age = None

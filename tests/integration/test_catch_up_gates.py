@@ -14,6 +14,7 @@ import pytest
 from helpers import admin
 
 from tenant_migration import ledger, replica, steps
+from tenant_migration.postgres import cdc
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
 
@@ -137,3 +138,17 @@ def test_pre_flip_gate_requires_registrations_suspended(endpoints, caught_up, ta
         assert passed is True
     finally:
         steps.resume_registrations(endpoints, spec, run_id)
+
+
+def test_an_empty_transaction_on_the_primary_is_not_lag(topo, endpoints, caught_up) -> None:
+    """An ANALYZE (what autovacuum runs after a burst of writes) gets an xid and no row change:
+    the stream never consumes it, so it must not read as pending (it did, as lag of its age)."""
+    _, run_id, _ = caught_up
+    with admin(topo, "primary") as p:
+        p.execute("ANALYZE platform.devices")
+    with endpoints.source_cdc.connect(autocommit=True) as src, endpoints.target.connect(autocommit=True) as tconn:
+        lag = steps.measure_cdc_lag(src, tconn, run_id)
+        raw = src.execute("SELECT count(*) FROM pg_logical_slot_peek_changes(%s, NULL, NULL)",
+                          (cdc.slot_name_for(run_id),)).fetchone()[0]
+    assert raw > 0  # the empty transaction is in the slot (BEGIN/COMMIT without skip-empty-xacts)...
+    assert lag == {**lag, "pending": False, "lag_bytes": 0, "lag_seconds": 0.0}  # ...and is no lag
