@@ -138,6 +138,28 @@ def _retryable() -> tuple[type[BaseException], ...]:
     return (ReadTimeout, WriteTimeout, OperationTimedOut, Unavailable, OverloadedErrorMessage)
 
 
+class _ServerFailure(RuntimeError):
+    """The server answered a read with an exception of its own (``ServerError``), on every host."""
+
+
+def _server_failure(result: Callable[[], Any]) -> Any:
+    """``result()``, with a server-side exception raised as ``_ServerFailure``: Cassandra 5.0's
+    ``mask_hash`` shares one digest between a node's threads, and besides wrong hashes it
+    sometimes throws (``ArrayIndexOutOfBoundsException: arraycopy: last destination index 66 out
+    of bounds for byte[64]``), which the driver reports as ``NoHostAvailable`` of ``ServerError``."""
+    from cassandra.cluster import NoHostAvailable
+    from cassandra.protocol import ServerError
+
+    try:
+        return result()
+    except ServerError as exc:
+        raise _ServerFailure(str(exc)) from exc
+    except NoHostAvailable as exc:
+        if exc.errors and all(isinstance(e, ServerError) for e in exc.errors.values()):
+            raise _ServerFailure(str(exc)) from exc
+        raise
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter: spreads retries of many requests that failed together."""
     return random.uniform(0, min(cap, base * (2 ** attempt)))
@@ -168,13 +190,15 @@ def iter_pages(
     opts: CopyOptions,
     limiter: TokenBucket | None = None,
     on_retry: Callable[[], None] | None = None,
+    retry_server_errors: bool = False,
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Pages of rows of every group's partitions, pages in no particular order.
 
     At most ``read_concurrency`` requests are in flight; a page is requested again from its paging
-    state when it fails with a retryable error.
+    state when it fails with a retryable error (``retry_server_errors``: also when the server
+    failed with an exception of its own, for reads that are safe to repeat).
     """
-    retryable = _retryable()
+    retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())
     profile = _tuple_profile(session)
     pending: deque[tuple[Any, tuple[Any, ...], Any, int]] = deque()
     source = iter(groups)
@@ -196,7 +220,7 @@ def iter_pages(
     while pending:
         fut, params, paging_state, attempt = pending.popleft()
         try:
-            rs = fut.result()
+            rs = _server_failure(fut.result) if retry_server_errors else fut.result()
         except retryable as exc:
             if attempt + 1 >= opts.max_attempts:
                 raise RetryExhausted(f"read failed {attempt + 1} times: {type(exc).__name__}: {exc}") from exc

@@ -68,7 +68,7 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     rows: dict[tuple[Any, ...], int] = {}
     digests: dict[tuple[Any, ...], int] = {}
     for page in iter_pages(session, stmt, groups, read_concurrency=opts.read_concurrency, fetch_size=opts.fetch_size,
-                           opts=opts):
+                           opts=opts, retry_server_errors=True):
         for row in page:
             pk, key = tuple(row[:npk]), tuple(row[:nkey])
             d = digests.get(pk, 0)
@@ -168,8 +168,9 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     npk = len(shape.partition_key)
     wanted = {_plain(pk) for g in groups for pk in g.partitions()}
     out: dict[tuple[Any, ...], PartitionAggregate] = {}
+    # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
     for page in iter_pages(session, stmt, merge_groups(groups), read_concurrency=opts.read_concurrency,
-                           fetch_size=opts.fetch_size, opts=opts):
+                           fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True):
         for row in page:
             if not row[npk] or _plain(row[:npk]) not in wanted:
                 continue
@@ -200,7 +201,7 @@ def scan_prints(session: Session, shape: TableShape, wanted: set[tuple[Any, ...]
     npk = len(shape.partition_key)
     out: dict[tuple[Any, ...], PartitionAggregate] = {}
     for page in iter_pages(session, stmt, [ReadGroup(())], read_concurrency=1, fetch_size=opts.fetch_size,
-                           opts=opts):
+                           opts=opts, retry_server_errors=True):
         for row in page:
             if not row[npk] or _plain(row[:npk]) not in wanted:
                 continue
@@ -422,10 +423,7 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
     ``scan_target``: the target holds the tenant only, so read its side in one scan per table
     (``scan_prints``) instead of a look-up per planned partition; whole chunks only (no ``days``):
     a scan reads every day."""
-    # 32 aggregate requests in flight by default: the copy's 16 left the source's node idle between
-    # answers (post-copy fingerprints of the demo tenant 1.38-1.53 s at 16, 1.19-1.27 s at 32, 1.93 s
-    # at 4); the races it adds on mask_hash are asked again serially (``_prints``).
-    opts = opts or CopyOptions(read_concurrency=32)
+    opts = opts or CopyOptions()
     report = FingerprintReport()
     tables: dict[str, list[Chunk]] = {}
     for chunk in chunks:
