@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,17 +68,27 @@ def _reattach(endpoints) -> None:
         replica.reattach(rc)
 
 
-def _copied_postgres(endpoints) -> tuple[MigrationSpec, str]:
-    """A run of TENANT whose PostgreSQL rows were copied from the detached replica (reattached after)."""
+@contextmanager
+def _detached_copy(endpoints, *, cassandra: bool) -> Iterator[tuple[MigrationSpec, str]]:
+    """A run of TENANT copied from the detached replica (PostgreSQL, and Cassandra if asked); the
+    replica stays detached until the block ends."""
     spec = MigrationSpec(tenant_id=TENANT)
     run_id = f"gate/{uuid.uuid4().hex[:8]}"
     steps.preflight(endpoints, spec, run_id)
     steps.detach_replica(endpoints, spec, run_id)
     try:
         steps.copy_postgres(endpoints, spec, run_id)
+        if cassandra:
+            steps.copy_cassandra(endpoints, spec, run_id)
+        yield spec, run_id
     finally:
         _reattach(endpoints)
-    return spec, run_id
+
+
+def _copied_postgres(endpoints) -> tuple[MigrationSpec, str]:
+    """A run of TENANT whose PostgreSQL rows were copied from the detached replica (reattached after)."""
+    with _detached_copy(endpoints, cassandra=False) as copied:
+        return copied
 
 
 def test_preflight_gate_passes_on_sound_data(endpoints, reset, reports) -> None:
@@ -221,16 +233,8 @@ def test_post_flip_gate_fails_when_the_drain_never_ran(endpoints, flipped, targe
 @pytest.fixture
 def copied(endpoints, reset, reports):
     """TENANT copied (both engines) from the detached replica; the replica is reattached after."""
-    spec = MigrationSpec(tenant_id=TENANT)
-    run_id = f"gate/{uuid.uuid4().hex[:8]}"
-    steps.preflight(endpoints, spec, run_id)
-    steps.detach_replica(endpoints, spec, run_id)
-    try:
-        steps.copy_postgres(endpoints, spec, run_id)
-        steps.copy_cassandra(endpoints, spec, run_id)
-        yield spec, run_id
-    finally:
-        _reattach(endpoints)
+    with _detached_copy(endpoints, cassandra=True) as copied:
+        yield copied
 
 
 def _break_target(kind: str, endpoints, target_admin, topo) -> str:

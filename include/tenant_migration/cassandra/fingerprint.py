@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
@@ -167,10 +167,16 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     stmt = session.prepare(aggregate_statement(shape))
     npk = len(shape.partition_key)
     wanted = {_plain(pk) for g in groups for pk in g.partitions()}
-    out: dict[tuple[Any, ...], PartitionAggregate] = {}
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
-    for page in iter_pages(session, stmt, merge_groups(groups), read_concurrency=opts.read_concurrency,
-                           fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True):
+    return _aggregates(iter_pages(session, stmt, merge_groups(groups), read_concurrency=opts.read_concurrency,
+                                  fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True), npk, wanted)
+
+
+def _aggregates(pages: Iterable[list[tuple[Any, ...]]], npk: int,
+                wanted: set[tuple[Any, ...]]) -> dict[tuple[Any, ...], PartitionAggregate]:
+    """``aggregate_statement``'s rows, by partition key, for the partitions in ``wanted`` holding rows."""
+    out: dict[tuple[Any, ...], PartitionAggregate] = {}
+    for page in pages:
         for row in page:
             if not row[npk] or _plain(row[:npk]) not in wanted:
                 continue
@@ -198,17 +204,8 @@ def scan_prints(session: Session, shape: TableShape, wanted: set[tuple[Any, ...]
     concurrently (4 parallel token ranges: 244 of 1,506 partitions differed from a serial scan)."""
     opts = opts or CopyOptions()
     stmt = session.prepare(aggregate_statement(shape, whole_table=True))
-    npk = len(shape.partition_key)
-    out: dict[tuple[Any, ...], PartitionAggregate] = {}
-    for page in iter_pages(session, stmt, [ReadGroup(())], read_concurrency=1, fetch_size=opts.fetch_size,
-                           opts=opts, retry_server_errors=True):
-        for row in page:
-            if not row[npk] or _plain(row[:npk]) not in wanted:
-                continue
-            times = [t for t in row[npk + 2:] if t is not None]
-            out[tuple(row[:npk])] = PartitionAggregate(int(row[npk]), int(row[npk + 1] or 0) & _MASK,
-                                                       max(times) if times else None)
-    return out
+    return _aggregates(iter_pages(session, stmt, [ReadGroup(())], read_concurrency=1, fetch_size=opts.fetch_size,
+                                  opts=opts, retry_server_errors=True), len(shape.partition_key), wanted)
 
 
 def _prints(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup],

@@ -41,14 +41,18 @@ class FakeRoute53:
         self.sets[name] = {"Name": name, "Type": rtype, "TTL": 300, "ResourceRecords": [{"Value": value}]}
 
 
-@pytest.fixture
-def r53() -> FakeRoute53:
-    fake = FakeRoute53()
+def _seeded(fake: FakeRoute53) -> FakeRoute53:
+    """The shared endpoints, the tenant's VPC endpoints, and the tenant's names on the shared ones."""
     for svc in dns.SERVICES:
         fake.put(f"{svc}.shared.{ZONE}", "A", "10.0.0.1")
         fake.put(f"{svc}.vpc-acme.{ZONE}", "A", "10.0.0.2")
         fake.put(f"{svc}.acme.{ZONE}", "CNAME", f"{svc}.shared.{ZONE}")
     return fake
+
+
+@pytest.fixture
+def r53() -> FakeRoute53:
+    return _seeded(FakeRoute53())
 
 
 def test_resolve_follows_the_cname_chain(r53: FakeRoute53) -> None:
@@ -134,10 +138,7 @@ class StrictRoute53(FakeRoute53):
 @pytest.fixture
 def strict() -> StrictRoute53:
     fake = StrictRoute53()
-    for svc in dns.SERVICES:
-        fake.put(f"{svc}.shared.{ZONE}", "A", "10.0.0.1")
-        fake.put(f"{svc}.vpc-acme.{ZONE}", "A", "10.0.0.2")
-        fake.put(f"{svc}.acme.{ZONE}", "CNAME", f"{svc}.shared.{ZONE}")
+    _seeded(fake)
     return fake
 
 
