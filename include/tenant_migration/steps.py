@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from tenant_migration import ledger, replica, sizing
 from tenant_migration.cassandra import copy as cql_copy
@@ -59,8 +60,6 @@ def step(conn: psycopg.Connection, run_id: str, name: str) -> Iterator[dict[str,
 
 
 def tenant_slug(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> str | None:
-    from psycopg import sql
-
     row = conn.execute(
         sql.SQL("SELECT slug FROM {} WHERE {} = %s").format(tmap.qualified(tmap.root_table), sql.Identifier(tmap.root_key)),
         (tenant_id,),
@@ -361,8 +360,31 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
 
 
+def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap) -> Any:
+    """Per Cassandra table of the tenant map, on the target: partitions read and partitions whose
+    base key (device, property...) is no row of the target's PostgreSQL (which the final gate
+    checks holds the tenant only, devices registered after the flip included): a DataFrame."""
+    import pandas as pd
+
+    from tenant_migration.cassandra.fingerprint import foreign_partitions
+
+    rows = []
+    for name, spec in tmap.cassandra_tables.items():
+        cols = spec.partitions_from_columns
+        owned = {tuple(r) for r in tconn.execute(
+            sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, cols)),
+                                                tmap.qualified(spec.partitions_from_table)))}
+        shape = cql_copy.table_shape(dst, tmap.keyspace, name)
+        base = [c for c in spec.partition_key if c != spec.day_column]
+        seen, foreign, named = foreign_partitions(dst, shape, base, owned)
+        rows.append({"unit": f"cassandra:{name}", "partitions": seen, "foreign_partitions": foreign,
+                     "offending": "; ".join(named)})
+    return pd.DataFrame(rows, columns=["unit", "partitions", "foreign_partitions", "offending"])
+
+
 def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
-    """Nothing of another tenant on the target; every chunk of the run done."""
+    """Nothing of another tenant on the target (PostgreSQL rows, Cassandra partitions); the
+    registrations back on; every chunk of the run done."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
@@ -370,7 +392,10 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
     gx_gate.warm_up_gx()
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "gate_final") as detail:
-            gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / _safe(run_id), started)
+            with ep.cassandra_target.session() as dst:
+                owned = cassandra_ownership(dst, tconn, tmap)
+            gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / _safe(run_id), started,
+                                    cassandra=owned)
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path)})
     if not gate.passed:

@@ -162,6 +162,33 @@ def test_final_gate_checks_registrations_and_the_ledger(endpoints, reset, target
         [] if expected is None else [expected.split(" ")[0]])
 
 
+def test_final_gate_catches_a_cassandra_partition_of_another_tenant_on_the_target(topo, endpoints, reset,
+                                                                                 target_admin, reports) -> None:
+    """The target's Cassandra holds one tenant: a datapoint partition of another tenant's property
+    (as a bug in a copy or a catch-up would leave it) fails the final gate, named in the error and
+    in the evidence; without it the same gate passes."""
+    spec, run_id = _copied_postgres(endpoints)
+    assert steps.gate_final(endpoints, spec, run_id)["passed"]
+    with admin(topo, "primary") as p:
+        device, prop = p.execute("SELECT p.device_id, p.property_id FROM platform.properties p JOIN platform.devices d "
+                                 "USING (device_id) WHERE d.tenant_id = %s ORDER BY p.property_id LIMIT 1",
+                                 (OTHER,)).fetchone()
+    with endpoints.cassandra_target.session() as dst:
+        dst.execute("INSERT INTO telemetry.datapoints (device_id, property_id, day, ts, value, quality) "
+                    "VALUES (%s, %s, '2026-01-02', '2026-01-02 03:04:05+0000', 1.5, 0)", (device, prop))
+    label = f"datapoints(device_id={device}, property_id={prop}, day=2026-01-02)"
+    with pytest.raises(GateFailed, match="cassandra__only_this_tenant") as exc:
+        steps.gate_final(endpoints, spec, run_id)
+    assert label in str(exc.value)
+    passed, _, evidence, report_path = _gate_row(target_admin, run_id, "final")
+    failed = [c for c in evidence["checks"] if not c["success"]]
+    assert passed is False and [c["name"] for c in failed] == ["cassandra__only_this_tenant"]
+    assert failed[0]["unexpected"] == [label]
+    assert failed[0]["numbers"] == [{"unit": "cassandra:datapoints", "partitions": 1, "foreign_partitions": 1,
+                                     "offending": label}]
+    assert label in Path(report_path).read_text()
+
+
 # ------------------------------------------------------------------------------ post-flip (moto)
 
 DRAINED = {"cassandra_passes": [{"rows": 0}]}  # what drain_stragglers returns after one pass

@@ -182,7 +182,7 @@ def _tuple_profile(session: Session) -> Any:
 
 def iter_pages(
     session: Session,
-    stmt: Any,
+    stmt: Any | tuple[Any, ...],
     groups: Iterable[ReadGroup],
     *,
     read_concurrency: int,
@@ -197,28 +197,34 @@ def iter_pages(
     At most ``read_concurrency`` requests are in flight; a page is requested again from its paging
     state when it fails with a retryable error (``retry_server_errors``: also when the server
     failed with an exception of its own, for reads that are safe to repeat).
+
+    ``stmt`` may be a tuple of statements: group ``i`` is read with ``stmt[i % len(stmt)]`` (its
+    pages and retries too). Groups go out in order and a request is sent only once the oldest
+    one in flight has answered, so with ``read_concurrency <= len(stmt)`` no two requests in
+    flight use the same statement (``fingerprint.spread_statements``).
     """
     retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())
     profile = _tuple_profile(session)
-    pending: deque[tuple[Any, tuple[Any, ...], Any, int]] = deque()
-    source = iter(groups)
+    stmts = stmt if isinstance(stmt, tuple) else (stmt,)
+    pending: deque[tuple[Any, int, tuple[Any, ...], Any, int]] = deque()
+    source = enumerate(groups)
 
-    def submit(params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
-        bound = stmt.bind(params)
+    def submit(index: int, params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
+        bound = stmts[index % len(stmts)].bind(params)
         bound.fetch_size = fetch_size
         fut = session.execute_async(bound, execution_profile=profile, paging_state=paging_state)
-        pending.append((fut, params, paging_state, attempt))
+        pending.append((fut, index, params, paging_state, attempt))
 
     def refill() -> None:
         while len(pending) < read_concurrency:
-            group = next(source, None)
+            index, group = next(source, (-1, None))
             if group is None:
                 return
-            submit(group.values, None, 0)
+            submit(index, group.values, None, 0)
 
     refill()
     while pending:
-        fut, params, paging_state, attempt = pending.popleft()
+        fut, index, params, paging_state, attempt = pending.popleft()
         try:
             rs = _server_failure(fut.result) if retry_server_errors else fut.result()
         except retryable as exc:
@@ -227,11 +233,11 @@ def iter_pages(
             if on_retry is not None:
                 on_retry()
             time.sleep(backoff_delay(attempt, opts.backoff_base, opts.backoff_max))
-            submit(params, paging_state, attempt + 1)
+            submit(index, params, paging_state, attempt + 1)
             continue
         rows = rs.current_rows
         if rs.paging_state is not None:
-            submit(params, rs.paging_state, 0)
+            submit(index, params, rs.paging_state, 0)
         refill()
         if limiter is not None:
             limiter.acquire(len(rows))

@@ -95,9 +95,20 @@ class PartitionAggregate(NamedTuple):
     newest: int | None  # the newest WRITETIME of any cell (None: no regular cell)
 
 
-def aggregate_statement(shape: TableShape, whole_table: bool = False) -> str:
+# ``mask_hash`` keeps ONE MessageDigest per algorithm in a node, shared by all its threads (Cassandra
+# 5.0), so two requests hashing with the same algorithm at the same time can corrupt each other's
+# hashes (~17 % of partitions at 16 requests in flight) or throw. Requests that use different
+# algorithms cannot: reads whose both sides are look-ups spread their requests over these, one
+# algorithm per request in flight (``spread_statements``). SHA-256 (the first) is the default.
+DIGESTS = ("SHA-256", "SHA-1", "MD5", "SHA-224", "SHA-384", "SHA-512", "SHA-512/224", "SHA-512/256",
+           "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512")
+
+
+def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm: str = DIGESTS[0]) -> str:
     """Per partition of an IN group (or, ``whole_table``, of the whole table): row count, summed
-    row hashes, newest writetime (server-side)."""
+    row hashes (``algorithm``, one of ``DIGESTS``), newest writetime (server-side)."""
+    if algorithm not in DIGESTS:
+        raise ValueError(f"unknown digest algorithm {algorithm!r}")
     pk = ", ".join(cql_ident(c) for c in shape.partition_key)
     parts = [cql_ident(c) for c in shape.clustering_key]
     for c in shape.regular:
@@ -105,15 +116,26 @@ def aggregate_statement(shape: TableShape, whole_table: bool = False) -> str:
     row = parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
     newest = "".join(f", max(WRITETIME({cql_ident(c)}))" for c in shape.regular)
     where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
-    digest = f"sum(blobAsVarint(mask_hash({row})))" if parts else "0"
+    digest = f"sum(blobAsVarint(mask_hash({row}, '{algorithm}')))" if parts else "0"
     return (f"SELECT {pk}, count(*), {digest}{newest} FROM {shape.qualified}"
             + ("" if whole_table else f" WHERE {where}") + f" GROUP BY {pk}")
 
 
 def _plain(key: Sequence[Any]) -> tuple[Any, ...]:
-    """A partition key comparable whichever side it came from: the driver returns ``date`` columns
-    as ``cassandra.util.Date``, the plan holds ``datetime.date`` (and the two never compare equal)."""
-    return tuple(v.date() if type(v).__name__ == "Date" and hasattr(v, "days_from_epoch") else v for v in key)
+    """A partition key read from Cassandra, comparable with the plan's: the driver returns ``date``
+    columns as ``cassandra.util.Date``, the plan holds ``datetime.date`` (and the two never compare
+    equal). The plan's own keys are plain already (``_planned``)."""
+    from cassandra.util import Date
+
+    return tuple(v.date() if type(v) is Date else v for v in key)
+
+
+def _planned(groups: Iterable[ReadGroup]) -> set[tuple[Any, ...]]:
+    """Every partition key ``groups`` name, as a set (plain values: ints, ``datetime.date``...)."""
+    out: set[tuple[Any, ...]] = set()
+    for g in groups:
+        out.update(g.partitions())
+    return out
 
 
 _AGGREGATE_WARNINGS = ("Aggregation query used on multiple partition keys",
@@ -159,16 +181,33 @@ def merge_groups(groups: Sequence[ReadGroup], max_partitions: int = 64) -> list[
     return merged
 
 
+def spread_statements(session: Session, shape: TableShape) -> tuple[Any, ...]:
+    """``aggregate_statement`` prepared once per algorithm of ``DIGESTS``, for ``iter_pages`` to
+    give every request in flight its own (no ``mask_hash`` race). A partition's digest then
+    depends on the position of its group in the read: both sides of a comparison must read the
+    same groups in the same order."""
+    return tuple(session.prepare(aggregate_statement(shape, algorithm=a)) for a in DIGESTS)
+
+
 def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
-                     opts: CopyOptions | None = None) -> dict[tuple[Any, ...], PartitionAggregate]:
+                     opts: CopyOptions | None = None, spread: bool = False,
+                     ) -> dict[tuple[Any, ...], PartitionAggregate]:
     """Per partition of ``groups`` that holds rows: (rows, digest, newest writetime), computed by
-    Cassandra, in merged reads (a request's round trip, not the data, is what costs here)."""
+    Cassandra, in merged reads (a request's round trip, not the data, is what costs here).
+
+    ``spread``: one digest algorithm per request in flight (at most ``len(DIGESTS)`` in flight),
+    race-free; comparable only with the same call on the same groups. Otherwise SHA-256 for
+    every partition (comparable with ``scan_prints``), at the options' read concurrency."""
     opts = opts or CopyOptions()
-    stmt = session.prepare(aggregate_statement(shape))
+    if spread:
+        stmt: Any = spread_statements(session, shape)
+        concurrency = min(opts.read_concurrency, len(DIGESTS))
+    else:
+        stmt, concurrency = session.prepare(aggregate_statement(shape)), opts.read_concurrency
     npk = len(shape.partition_key)
-    wanted = {_plain(pk) for g in groups for pk in g.partitions()}
+    wanted = _planned(groups)
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
-    return _aggregates(iter_pages(session, stmt, merge_groups(groups), read_concurrency=opts.read_concurrency,
+    return _aggregates(iter_pages(session, stmt, merge_groups(groups), read_concurrency=concurrency,
                                   fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True), npk, wanted)
 
 
@@ -217,50 +256,50 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
     ``target_aggregates``: returns the target's aggregates of exactly these groups' partitions,
     read by a scan (``scan_prints``), or None when the scan left them out.
 
-    The two paths hash differently, so a chunk's total mixes them: comparable between the two
-    sides of ONE call, not across calls. ``exact`` hashes every partition here (deterministic:
-    for digests stored and compared later, like the rehearsal's baseline)."""
+    The paths hash differently (digest algorithms, cell-by-cell), so a chunk's total mixes them:
+    comparable between the two sides of ONE call, not across calls. ``exact`` hashes every
+    partition here (deterministic: for digests stored and compared later, like the rehearsal's
+    baseline)."""
     if exact:
         return (partition_prints(source, shape, groups, opts, max_writetime),
                 partition_prints(target, shape, groups, opts, max_writetime))
     scanned = None
     if target_aggregates is not None:
+        # The target's scan is SHA-256 throughout: the source is read with SHA-256 too (its
+        # requests may race, see ``DIGESTS``; the re-check below settles those).
         agg_a = aggregate_prints(source, shape, groups, opts)
         scanned = target_aggregates()
     if scanned is not None:
         agg_b = scanned
-    elif target_aggregates is not None:
-        agg_b = aggregate_prints(target, shape, groups, opts)
     else:
-        # Both clusters at once: the reads are bound by request round trips, not by Python.
+        # Both clusters at once, the same groups in the same order: race-free spread digests.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-target") as pool:
-            on_target = pool.submit(aggregate_prints, target, shape, groups, opts)
-            agg_a = aggregate_prints(source, shape, groups, opts)
+            on_target = pool.submit(aggregate_prints, target, shape, groups, opts, True)
+            agg_a = aggregate_prints(source, shape, groups, opts, True)
             agg_b = on_target.result()
     none = PartitionAggregate(0, 0, None)
     # Re-read here: partitions with a cell past the watermark, and every partition whose aggregates
-    # differ -- a difference is only ever reported from the cell-by-cell path (mask_hash shares one
-    # MessageDigest between a node's threads in 5.0, so a hash can come out wrong under concurrency:
-    # the aggregates are a fast filter, never the verdict on a mismatch).
+    # differ -- a difference is only ever reported from the cell-by-cell path (the aggregates are
+    # a fast filter, never the verdict on a mismatch).
     newer = {pk for pk in set(agg_a) | set(agg_b)
              if max_writetime is not None and any(p.newest is not None and p.newest > max_writetime
                                                   for p in (agg_a.get(pk, none), agg_b.get(pk, none)))}
     differ = {pk for pk in set(agg_a) | set(agg_b)
               if pk not in newer and agg_a.get(pk, none)[:2] != agg_b.get(pk, none)[:2]}
     if differ:
-        # Most of those are the race, not the data (~100 of 1,506 partitions at 16 requests in
-        # flight, demo tenant): ask Cassandra again for them one request at a time per node, which
-        # cannot race; only those still differing are hashed here, cell by cell.
-        # The target's side came from a serial scan already: only the source is asked again.
-        again = [ReadGroup(tuple([v] for v in pk)) for pk in sorted(differ, key=repr)]
-        serial = replace(opts or CopyOptions(), read_concurrency=1)
+        # After a SHA-256 read that raced, most of those are the race, not the data (~100-250 of
+        # 1,506 partitions at 16 requests in flight, demo tenant): ask both clusters again for
+        # them, at once, with race-free spread digests; only those still differing are hashed here,
+        # cell by cell.
+        again = [ReadGroup(tuple([v] for v in _plain(pk))) for pk in sorted(differ, key=repr)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-recheck") as pool:
-            asking = None if scanned is not None else pool.submit(aggregate_prints, target, shape, again, serial)
-            re_a = aggregate_prints(source, shape, again, serial)
-            re_b = agg_b if asking is None else asking.result()
+            asking = pool.submit(aggregate_prints, target, shape, again, opts, True)
+            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, True).items()}
+            re_b = {_plain(k): v for k, v in asking.result().items()}
         for pk in list(differ):
-            pa, pb = re_a.get(pk, none), re_b.get(pk, none)
-            if pa[:2] == pb[:2]:
+            pa, pb = re_a.get(_plain(pk), none), re_b.get(_plain(pk), none)
+            if pa[:2] == pb[:2] and (max_writetime is None or all(
+                    p.newest is None or p.newest <= max_writetime for p in (pa, pb))):
                 differ.discard(pk)
                 for side, agg in ((agg_a, pa), (agg_b, pb)):
                     if agg.rows:
@@ -377,7 +416,7 @@ def _reads(members: Sequence[Chunk], shape: TableShape, day_column: str | None, 
         # different windows read the very same partitions, once (half the reads on the demo plan).
         key = repr([g.values for g in groups]) if days is not None else chunk.chunk_id
         if key not in reads:
-            reads[key] = _Read(groups, {_plain(pk) for g in groups for pk in g.partitions()})
+            reads[key] = _Read(groups, _planned(groups))
         reads[key].chunks.append(chunk)
     return list(reads.values())
 
@@ -457,3 +496,25 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
                         fps[chunk.chunk_id] = replace(fp, chunk_id=chunk.chunk_id, mismatched=list(fp.mismatched))
     report.chunks = [fps[c.chunk_id] for c in chunks]
     return report
+
+
+def foreign_partitions(session: Session, shape: TableShape, base_columns: Sequence[str],
+                       owned: set[tuple[Any, ...]], limit: int = 20) -> tuple[int, int, list[str]]:
+    """On a cluster that should hold one tenant only (the target): its partitions of ``shape`` whose
+    base key (``base_columns``, the partition key without the day bucket) is not in ``owned``.
+    One paged ``SELECT DISTINCT`` of the partition keys (the first row of each partition is read,
+    not the partition). Returns (partitions read, foreign partitions, the first ``limit`` named)."""
+    from cassandra.query import SimpleStatement
+
+    pk = ", ".join(cql_ident(c) for c in shape.partition_key)
+    where = [shape.partition_key.index(c) for c in base_columns]
+    stmt = SimpleStatement(f"SELECT DISTINCT {pk} FROM {shape.qualified}", fetch_size=5000)
+    seen = foreign = 0
+    named: list[str] = []
+    for row in session.execute(stmt):
+        seen += 1
+        if tuple(row[i] for i in where) not in owned:
+            foreign += 1
+            if len(named) < limit:
+                named.append(partition_label(shape, _plain(tuple(row))))
+    return seen, foreign, named

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenant_migration.postgres.catalog import columns, foreign_keys, schema_drift
+from tenant_migration.postgres.catalog import ForeignKey, columns, foreign_keys, schema_drift
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation.gx_gate import (
     FrameCheck,
@@ -42,29 +42,66 @@ def _cols(alias: str, cols: tuple[str, ...]) -> sql.Composed:
     return sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in cols)
 
 
-def preflight_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> list[SqlCheck]:
-    """The tenant's data on the source is sound enough to copy."""
+def tenant_row_ctes(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int,
+                    fks: list[ForeignKey]) -> tuple[dict[str, sql.Identifier], str]:
+    """One ``MATERIALIZED`` CTE per tenant-scoped table holding the tenant's rows (only the columns
+    the checks read), each built from its parent's CTE: every table's share of the tenant is
+    selected ONCE, parents first, instead of once per check along the whole chain of hops. The
+    planner cannot estimate a chain of nested ``IN`` semi-joins, and it chose whole-table scans for
+    a small tenant (0.42 s for the demo tenant's 46 checks; 0.07 s with these CTEs, measured).
+    Returns each table's CTE name and the ``WITH`` clause."""
+    names = {t: sql.Identifier(f"tenant__{t}") for t in tmap.tables}
+    needed: dict[str, list[str]] = {t: list(spec.key) for t, spec in tmap.tables.items()}
+
+    def need(table: str, cols: tuple[str, ...]) -> None:
+        needed[table] += [c for c in cols if c not in needed[table]]
+
+    for table, spec in tmap.tables.items():
+        if spec.via is not None:
+            need(table, (spec.via.column,))
+            need(spec.via.table, (spec.via.parent_column,))
+    for fk in fks:
+        if fk.table in tmap.tables and fk.ref_table in tmap.tables:
+            need(fk.table, fk.columns)
+            need(fk.ref_table, fk.ref_columns)
+    parts = []
+    for table in tmap.load_order():
+        spec = tmap.tables[table]
+        if spec.via is None:
+            where = tmap.tenant_predicate(table)
+        else:
+            where = sql.SQL("t.{} IN (SELECT {} FROM {})").format(
+                sql.Identifier(spec.via.column), sql.Identifier(spec.via.parent_column), names[spec.via.table])
+        parts.append(sql.SQL("{} AS MATERIALIZED (SELECT {} FROM {} AS t WHERE {})").format(
+            names[table], _cols("t", tuple(needed[table])), tmap.qualified(table), where))
+    ctes = sql.SQL("WITH ") + sql.SQL(", ").join(parts)
+    return names, ctes.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id)))
+
+
+def preflight_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> tuple[str, list[SqlCheck]]:
+    """The tenant's data on the source is sound enough to copy: the ``WITH`` clause of the tenant's
+    rows (``tenant_row_ctes``) and the checks, each returning its violating rows."""
     checks: list[SqlCheck] = []
+    fks = [fk for fk in foreign_keys(conn, tmap.schema) if fk.table in tmap.tables and fk.ref_table in tmap.tables]
+    rows, ctes = tenant_row_ctes(conn, tmap, tenant_id, fks)
 
     def render(q: sql.Composable) -> str:
-        return q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id)))
+        return q.as_string(conn)
 
     for table, spec in tmap.tables.items():
         key = spec.key
         checks.append(SqlCheck(
             f"{table}__key_unique",
-            render(sql.SQL("SELECT {k}, count(*) AS copies FROM {rows} GROUP BY {k} HAVING count(*) > 1").format(
-                k=_cols("t", key), rows=_tenant_rows(tmap, table))),
+            render(sql.SQL("SELECT {k}, count(*) AS copies FROM {rows} AS t GROUP BY {k} HAVING count(*) > 1").format(
+                k=_cols("t", key), rows=rows[table])),
             f"{table}: key ({', '.join(key)}) unique among the tenant's rows"))
         checks.append(SqlCheck(
             f"{table}__key_not_null",
-            render(sql.SQL("SELECT {k} FROM {rows} AND ({nulls})").format(
-                k=_cols("t", key), rows=_tenant_rows(tmap, table),
+            render(sql.SQL("SELECT {k} FROM {rows} AS t WHERE {nulls}").format(
+                k=_cols("t", key), rows=rows[table],
                 nulls=sql.SQL(" OR ").join(sql.SQL("t.{} IS NULL").format(sql.Identifier(c)) for c in key))),
             f"{table}: key ({', '.join(key)}) never null"))
-    for fk in foreign_keys(conn, tmap.schema):
-        if fk.table not in tmap.tables or fk.ref_table not in tmap.tables:
-            continue
+    for fk in fks:
         child_cols = _cols("t", fk.columns)
         join = sql.SQL(" AND ").join(
             sql.SQL("p.{} = t.{}").format(sql.Identifier(pc), sql.Identifier(cc))
@@ -73,18 +110,19 @@ def preflight_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: i
         name = f"{fk.table}__{'_'.join(fk.columns)}"
         checks.append(SqlCheck(
             f"{name}__no_orphan",
-            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {j})").format(
-                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
+            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AS t WHERE {nn} "
+                           "AND NOT EXISTS (SELECT 1 FROM {parent} AS p WHERE {j})").format(
+                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=rows[fk.table], nn=not_null,
                 parent=tmap.qualified(fk.ref_table), j=join)),
             f"{fk.table}.{','.join(fk.columns)} -> {fk.ref_table}: every referenced row exists"))
         checks.append(SqlCheck(
             f"{name}__same_tenant",
-            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AND {nn} AND EXISTS (SELECT 1 FROM {parent} AS p WHERE {j}) "
-                           "AND NOT EXISTS (SELECT 1 FROM {prows} AND {j})").format(
-                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=_tenant_rows(tmap, fk.table), nn=not_null,
-                parent=tmap.qualified(fk.ref_table), j=join, prows=_tenant_rows(tmap, fk.ref_table, "p"))),
+            render(sql.SQL("SELECT {kc}, {fc} FROM {rows} AS t WHERE {nn} AND EXISTS (SELECT 1 FROM {parent} AS p WHERE {j}) "
+                           "AND NOT EXISTS (SELECT 1 FROM {prows} AS p WHERE {j})").format(
+                kc=_cols("t", tmap.tables[fk.table].key), fc=child_cols, rows=rows[fk.table], nn=not_null,
+                parent=tmap.qualified(fk.ref_table), j=join, prows=rows[fk.ref_table])),
             f"{fk.table}.{','.join(fk.columns)} -> {fk.ref_table}: the referenced row belongs to the same tenant"))
-    return checks
+    return ctes, checks
 
 
 def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap, tenant_id: int,
@@ -94,7 +132,8 @@ def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, tmap
     import pandas as pd
 
     started = time.monotonic() if started is None else started
-    checks = run_sql_checks("preflight", replica, preflight_sql_checks(replica, tmap, tenant_id))
+    ctes, sql_checks = preflight_sql_checks(replica, tmap, tenant_id)
+    checks = run_sql_checks("preflight", replica, sql_checks, ctes=ctes)
     problems = schema_drift(replica, target, tmap) if drift is None else drift
     frame = pd.DataFrame({"problem": problems or []}, dtype="object")
     frame["unit"] = frame["problem"]
@@ -194,9 +233,19 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
 
 
 def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str, folder: Path,
-               started: float | None = None) -> GateResult:
+               started: float | None = None, cassandra: Any = None) -> GateResult:
+    """``cassandra``: per table, the target's partitions and those of no device / property of the
+    tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign."""
     started = time.monotonic() if started is None else started
     checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
+    if cassandra is not None:
+        checks += run_frame_checks("final", cassandra, [FrameCheck(
+            "cassandra__only_this_tenant", "ExpectColumnValuesToBeBetween",
+            {"column": "foreign_partitions", "min_value": 0, "max_value": 0},
+            f"every Cassandra partition on the target belongs to a device of tenant {tenant_id}")], "unit")
+        bad = cassandra[cassandra["foreign_partitions"] > 0]
+        if not bad.empty:
+            checks[-1]["unexpected"] = [p for names in bad["offending"] for p in names.split("; ") if p][:50]
     return finish_gate("final", checks, folder, started)
 
 

@@ -138,7 +138,14 @@ def _context() -> tuple[Any, Any]:
     global _CONTEXT
     with _CONTEXT_LOCK:
         if _CONTEXT is None:
+            import tqdm
             from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            # GX creates its progress bars even when they are off, and tqdm's default lock is a
+            # multiprocessing one: its first use imports ``multiprocessing.synchronize`` and makes
+            # a semaphore (0.5 s in the first gate of a ``dags test`` run, measured). The gates
+            # draw no bars from other processes: a thread lock is all tqdm needs here.
+            tqdm.tqdm.set_lock(threading.RLock())
 
             ctx = import_gx().get_context(mode="ephemeral")
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -170,14 +177,15 @@ def _warm() -> None:
         _context()
 
 
-def count_violations(conn: psycopg.Connection, checks: list[SqlCheck]) -> dict[str, int]:
+def count_violations(conn: psycopg.Connection, checks: list[SqlCheck], ctes: str = "") -> dict[str, int]:
     """Every check's number of violating rows, in ONE statement on ``conn``: PostgreSQL counts
-    them one after the other and only the counts leave the server."""
+    them one after the other and only the counts leave the server. ``ctes``: a ``WITH`` clause
+    the checks' queries share (each CTE computed once)."""
     from psycopg import sql
 
     if not checks:
         return {}
-    q = sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+    q = sql.SQL("{} SELECT {}").format(sql.SQL(ctes), sql.SQL(", ").join(  # type: ignore[arg-type]
         sql.SQL("(SELECT count(*) FROM ({}) AS {})").format(sql.SQL(c.query), sql.Identifier(f"v{i}"))  # type: ignore[arg-type]
         for i, c in enumerate(checks)))
     # JIT off: these are short aggregates over one tenant's rows whose summed plan cost crosses
@@ -190,7 +198,7 @@ def count_violations(conn: psycopg.Connection, checks: list[SqlCheck]) -> dict[s
 
 
 def run_sql_checks(gate: str, conn: psycopg.Connection, checks: list[SqlCheck],
-                   sample_rows: int = 10) -> list[dict[str, Any]]:
+                   sample_rows: int = 10, ctes: str = "") -> list[dict[str, Any]]:
     """Validate pushed-down checks: each ``query`` returns its violating rows, PostgreSQL counts
     them all in one statement, and GX validates the frame of counts (one expectation: every
     count is zero). Returns one dict per check: name, success, observed count and, for a failing
@@ -200,7 +208,7 @@ def run_sql_checks(gate: str, conn: psycopg.Connection, checks: list[SqlCheck],
 
     if not checks:
         return []
-    counts = count_violations(conn, checks)
+    counts = count_violations(conn, checks, ctes)
     frame = pd.DataFrame({"unit": [c.name for c in checks], "violations": [counts[c.name] for c in checks]})
     verdict = run_frame_checks(gate, frame, [FrameCheck(
         "no_violating_rows", "ExpectColumnValuesToBeBetween", {"column": "violations", "min_value": 0, "max_value": 0},
@@ -210,8 +218,8 @@ def run_sql_checks(gate: str, conn: psycopg.Connection, checks: list[SqlCheck],
     for check in checks:
         sample: list[list[Any]] = []
         if check.name in failing:
-            rows = conn.execute(sql.SQL("SELECT * FROM ({}) AS v LIMIT {}").format(
-                sql.SQL(check.query), sql.Literal(int(sample_rows)))).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(sql.SQL("{} SELECT * FROM ({}) AS v LIMIT {}").format(
+                sql.SQL(ctes), sql.SQL(check.query), sql.Literal(int(sample_rows)))).fetchall()  # type: ignore[arg-type]
             sample = [[_jsonable(v) for v in row] for row in rows]
         out.append({"name": check.name, "describe": check.describe, "success": check.name not in failing,
                     "observed": counts[check.name], "expected": 0, "sample": sample,

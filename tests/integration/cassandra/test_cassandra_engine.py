@@ -276,3 +276,28 @@ def test_catch_up_copies_late_writes_and_converges(copied: Run, endpoints: Endpo
     assert row is not None and row[0] == 7.5 and row[1] == wt and 0 < row[2] <= 3600
     assert len(drained) == 1 and drained[0].rows >= 1
     assert hot.hot_partitions > 0 and hot.warmed_rows > 0 and hot.before.reads > 0 and hot.after.reads > 0
+
+
+def test_spread_digests_are_the_same_at_twelve_requests_in_flight_as_one_at_a_time(copied: Run,
+                                                                                   endpoints: Endpoints) -> None:
+    """``mask_hash`` shares one digest per algorithm in a node: a read that gives every request in
+    flight its own algorithm (``spread``) must come out exactly as the same read one request at a
+    time, every time -- and equal on both sides of a sound copy."""
+    from dataclasses import replace
+
+    from tenant_migration.cassandra.copy import table_shape
+
+    opts = CopyOptions()
+    with endpoints.cassandra_sessions() as (src, dst):
+        shape = table_shape(src, "telemetry", "datapoints")
+        members = [c for c in copied.chunks if c.table_name == "datapoints"]
+        groups = [g for r in fingerprint._reads(members, shape, "day", opts, None) for g in r.groups]
+        serial = fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=1), spread=True)
+        assert sum(p.rows for p in serial.values()) > 0
+        for _ in range(3):
+            assert fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=12), spread=True) == serial
+        assert {fingerprint._plain(k): v[:2] for k, v in fingerprint.aggregate_prints(
+                    dst, shape, groups, replace(opts, read_concurrency=12), spread=True).items()} == \
+               {fingerprint._plain(k): v[:2] for k, v in serial.items()}
+        # The SHA-256 read (the default, what the target's scan is compared with) is another hash.
+        assert fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=1)) != serial

@@ -13,15 +13,55 @@ from tenant_migration.stack import prewarm
     pytest.param(["/x/.venv/bin/airflow", "scheduler"], True, id="standalone's scheduler"),
     pytest.param(["/x/.venv/bin/airflow", "dag-processor"], False, id="dag-processor parses with nothing warmed"),
     pytest.param(["/x/.venv/bin/airflow", "api-server"], False, id="api-server"),
-    pytest.param(["/x/.venv/bin/airflow", "dags", "test", "tenant_migration"], False, id="dags test (in-process)"),
+    pytest.param(["/x/.venv/bin/airflow", "dags", "list"], False, id="another CLI command"),
     pytest.param(["/x/bin/pytest", "scheduler"], False, id="not airflow"),
     pytest.param(["python"], False, id="bare interpreter"),
 ])
 def test_only_the_scheduler_installs_the_hook(argv: list[str], expected: bool, monkeypatch) -> None:
     hooks: list[object] = []
+    threads: list[object] = []
     monkeypatch.setattr(prewarm.os, "register_at_fork", lambda **kw: hooks.append(kw["before"]))
+    monkeypatch.setattr("threading.Thread", lambda **kw: threads.append(kw["target"]))
     assert prewarm.install(argv) is expected
     assert hooks == ([prewarm.warm] if expected else [])
+    assert threads == []
+
+
+def test_dags_test_imports_great_expectations_in_the_background(monkeypatch) -> None:
+    """``airflow dags test`` (``make demo``) runs the tasks in its own process: no fork hook, one
+    background thread that runs ``CALLS`` (and only those) once Airflow has initialised."""
+    from types import SimpleNamespace
+
+    hooks: list[object] = []
+    started: list[object] = []
+
+    class Thread:
+        def __init__(self, target, name, daemon) -> None:
+            assert daemon, "a warm-up must never keep the CLI alive"
+            self.target = target
+
+        def start(self) -> None:
+            started.append(self.target)
+
+    monkeypatch.setattr(prewarm.os, "register_at_fork", lambda **kw: hooks.append(kw["before"]))
+    monkeypatch.setattr("threading.Thread", Thread)
+    assert prewarm.install(["/x/.venv/bin/airflow", "dags", "test", "tenant_migration"]) is True
+    assert hooks == [] and started == [prewarm._warm_calls_after_airflow]
+    imported: list[str] = []
+    called: list[str] = []
+
+    def import_module(name: str) -> SimpleNamespace:
+        imported.append(name)
+        return SimpleNamespace(import_gx=lambda: called.append(name))
+    monkeypatch.setattr(prewarm.importlib, "import_module", import_module)
+    frozen: list[bool] = []
+    monkeypatch.setattr(prewarm.gc, "freeze", lambda: frozen.append(True))
+    started[0]()
+    assert frozen == [True]  # what the warm-up loaded is kept out of every later full collection
+    calls = [c.partition(":")[0] for c in prewarm.CALLS]
+    # Airflow's package only (to wait for its initialisation), then GX: no other Airflow module,
+    # the main thread imports those.
+    assert imported == ["airflow", *calls] and called == calls
 
 
 def test_warm_imports_every_module_and_runs_every_call_once(monkeypatch) -> None:
