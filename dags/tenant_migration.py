@@ -18,7 +18,8 @@ at most `max_tasks`; each chunk replaced atomically, recorded in the ledger) →
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
 `final_catch_up` → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
 `flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
-`drop_cdc_slot` (teardown) → `gate_final` → `report`.
+`drop_cdc_slot` (teardown) → `gate_final` (no PostgreSQL row and no Cassandra partition of another
+tenant on the target; registrations back on; every chunk done) → `report`.
 
 **Weighted shift** (optional, `dns_shift_percent_steps`, e.g. `10,50,100`; empty = flip at once):
 `flip_dns` moves each record in steps. Each step is ONE Route53 change batch (a weighted pair per

@@ -706,7 +706,8 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
             row = tconn.execute("SELECT max(at) FROM tm_control.events WHERE run_id = %s "
                                 "AND step = 'catch_up_cassandra' AND kind = 'started'", (run_id,)).fetchone()
             upto = int(row[0].timestamp() * 1_000_000) if row and row[0] else None
-            report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto)
+            report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto,
+                                        scan_target=True)
         lag_frame = pd.DataFrame([{"unit": "postgres:cdc", "lag_bytes": lag["lag_bytes"],
                                    "lag_seconds": lag["lag_seconds"]}])
         recent = pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],

@@ -302,25 +302,48 @@ def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin)
     assert Path(report_path).exists()
 
 
-def test_post_copy_reads_the_target_in_one_scan_per_table(endpoints, copied, monkeypatch) -> None:
-    """The target holds the tenant only: the gate scans each Cassandra table there once instead of
-    looking up every planned partition (the source, shared, is still read partition by partition)."""
+def _spy_reads(endpoints, monkeypatch) -> list[tuple[str, str, str, bool]]:
+    """(function, side, table, spread) of every aggregate read of the Cassandra fingerprints."""
     from tenant_migration.cassandra import fingerprint
 
-    spec, run_id = copied
-    calls: list[tuple[str, str, str]] = []
+    calls: list[tuple[str, str, str, bool]] = []
     for name in ("scan_prints", "aggregate_prints"):
         real = getattr(fingerprint, name)
 
         def spy(session, shape, *args, _real=real, _name=name, **kwargs):
             side = "target" if session.cluster.contact_points[0] == endpoints.cassandra_target.host else "source"
-            calls.append((_name, side, shape.table))
+            spread = bool(args[2]) if len(args) > 2 else bool(kwargs.get("spread", False))
+            calls.append((_name, side, shape.table, spread))
             return _real(session, shape, *args, **kwargs)
         monkeypatch.setattr(fingerprint, name, spy)
+    return calls
+
+
+def test_post_copy_reads_the_target_in_one_scan_per_table(endpoints, copied, monkeypatch) -> None:
+    """The target holds the tenant only: the gate scans each Cassandra table there once instead of
+    looking up every planned partition (the source, shared, is still read partition by partition).
+    The target is looked up only to re-check what the source's read raced on, race-free."""
+    spec, run_id = copied
+    calls = _spy_reads(endpoints, monkeypatch)
     steps.gate_post_copy(endpoints, spec, run_id)
     scans = [c for c in calls if c[0] == "scan_prints"]
-    assert sorted(t for _, _, t in scans) == sorted(load_tenant_map().cassandra_tables) and {s for _, s, _ in scans} == {"target"}
-    assert {s for n, s, _ in calls if n == "aggregate_prints"} == {"source"}
+    assert sorted(c[2] for c in scans) == sorted(load_tenant_map().cassandra_tables) and {c[1] for c in scans} == {"target"}
+    assert {c[1] for c in calls if c[0] == "aggregate_prints" and not c[3]} == {"source"}
+    assert all(c[3] for c in calls if c[0] == "aggregate_prints" and c[1] == "target")
+
+
+def test_post_copy_looks_the_target_up_above_the_scan_limit(endpoints, copied, monkeypatch) -> None:
+    """Above ``SCAN_MAX_PARTITIONS`` planned partitions the target is looked up like the source
+    (same SHA-256 digests), and the gate still passes on a sound copy."""
+    from tenant_migration.cassandra import fingerprint
+
+    monkeypatch.setattr(fingerprint, "SCAN_MAX_PARTITIONS", 0)
+    spec, run_id = copied
+    calls = _spy_reads(endpoints, monkeypatch)
+    assert steps.gate_post_copy(endpoints, spec, run_id)["passed"]
+    assert not [c for c in calls if c[0] == "scan_prints"]
+    looked_up = {(c[1], c[2]) for c in calls if c[0] == "aggregate_prints" and not c[3]}
+    assert looked_up == {(side, t) for side in ("source", "target") for t in load_tenant_map().cassandra_tables}
 
 
 @pytest.mark.parametrize("kind", [

@@ -28,7 +28,7 @@ import multiprocessing
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -199,32 +199,39 @@ def iter_pages(
     failed with an exception of its own, for reads that are safe to repeat).
 
     ``stmt`` may be a tuple of statements: group ``i`` is read with ``stmt[i % len(stmt)]`` (its
-    pages and retries too). Groups go out in order and a request is sent only once the oldest
-    one in flight has answered, so with ``read_concurrency <= len(stmt)`` no two requests in
-    flight use the same statement (``fingerprint.spread_statements``).
+    next pages and its retries too), and a group is not sent while another request with its
+    statement is in flight: no two requests in flight ever use the same statement
+    (``fingerprint.spread_statements``; with ``read_concurrency <= len(stmt)`` that costs no
+    concurrency but a paging group's turn).
     """
     retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())
     profile = _tuple_profile(session)
     stmts = stmt if isinstance(stmt, tuple) else (stmt,)
     pending: deque[tuple[Any, int, tuple[Any, ...], Any, int]] = deque()
+    busy: Counter[int] = Counter()  # statements in flight (by index), when there are several
     source = enumerate(groups)
+    upcoming = next(source, None)
 
     def submit(index: int, params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
         bound = stmts[index % len(stmts)].bind(params)
         bound.fetch_size = fetch_size
         fut = session.execute_async(bound, execution_profile=profile, paging_state=paging_state)
+        busy[index % len(stmts)] += 1
         pending.append((fut, index, params, paging_state, attempt))
 
     def refill() -> None:
-        while len(pending) < read_concurrency:
-            index, group = next(source, (-1, None))
-            if group is None:
-                return
+        nonlocal upcoming
+        while len(pending) < read_concurrency and upcoming is not None:
+            index, group = upcoming
+            if len(stmts) > 1 and busy[index % len(stmts)]:
+                return  # its statement is in flight: its turn comes once that one answered
             submit(index, group.values, None, 0)
+            upcoming = next(source, None)
 
     refill()
     while pending:
         fut, index, params, paging_state, attempt = pending.popleft()
+        busy[index % len(stmts)] -= 1  # nothing is sent before this one has answered (below)
         try:
             rs = _server_failure(fut.result) if retry_server_errors else fut.result()
         except retryable as exc:

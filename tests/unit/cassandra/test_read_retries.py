@@ -85,3 +85,54 @@ def test_a_server_failure_that_persists_is_reported_after_the_attempts() -> None
     with pytest.raises(RetryExhausted, match="ArrayIndexOutOfBounds"):
         _read(session, retry_server_errors=True)
     assert session.requests == OPTS.max_attempts
+
+
+class _Tracking:
+    """A session that answers each request only when the reader asks for its result, and records
+    which statements were in flight together."""
+
+    def __init__(self, pages: dict[int, list[Any]]) -> None:
+        self.pages = pages  # group value -> the pages it answers, in order
+        self.in_flight: list[str] = []
+        self.overlaps: list[list[str]] = []
+        self.sent: list[tuple[str, int]] = []
+
+    def execution_profile_clone_update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def execute_async(self, bound: Any, execution_profile: Any = None, paging_state: Any = None) -> Any:
+        session = self
+        self.in_flight.append(bound.stmt)
+        self.overlaps.append(list(self.in_flight))
+        value = bound.params[0][0]
+        self.sent.append((bound.stmt, value))
+
+        class _Answer:
+            def result(self) -> Any:
+                session.in_flight.remove(bound.stmt)
+                page = session.pages[value].pop(0)
+                return SimpleNamespace(current_rows=[(value, page)],
+                                       paging_state=None if not session.pages[value] else "more")
+        return _Answer()
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def bind(self, params: Any) -> SimpleNamespace:
+        return SimpleNamespace(params=params, fetch_size=None, stmt=self.name)
+
+
+def test_spread_statements_never_share_one_in_flight_and_keep_each_groups_statement() -> None:
+    """``iter_pages`` with a tuple of statements: group i is read with statement i % n, its next
+    page too, and with read_concurrency <= n no two requests in flight use the same statement
+    (what keeps ``mask_hash``'s per-algorithm digest from being shared, fingerprint.DIGESTS)."""
+    session = _Tracking({v: ["p1", "p2"] if v % 4 == 0 else ["p1"] for v in range(10)})
+    stmts = tuple(_Named(n) for n in "abc")
+    rows = [r for page in iter_pages(session, stmts, [ReadGroup(([v],)) for v in range(10)], read_concurrency=3,
+                                     fetch_size=10, opts=OPTS) for r in page]
+    assert sorted(rows) == sorted([(v, "p1") for v in range(10)] + [(v, "p2") for v in (0, 4, 8)])
+    assert all(stmt == "abc"[v % 3] for stmt, v in session.sent)  # pages follow their group's statement
+    assert max(len(o) for o in session.overlaps) == 3
+    assert all(len(set(o)) == len(o) for o in session.overlaps)
