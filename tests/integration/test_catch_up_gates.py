@@ -77,6 +77,28 @@ def test_catch_up_gate_passes_on_a_caught_up_target(endpoints, caught_up, target
     assert all(c["success"] for c in checks.values())
 
 
+def test_catch_up_gate_scans_the_targets_recent_buckets(endpoints, caught_up, monkeypatch) -> None:
+    """The target holds the tenant only and the plan covers a few days: each Cassandra table is
+    read there in one scan, day-filtered for the bucketed ones, instead of a look-up per recent
+    partition (the shared source is still looked up); the gate still passes."""
+    from tenant_migration.cassandra import fingerprint
+
+    spec, run_id, _ = caught_up
+    scans: list[tuple[str, str, object]] = []
+    real = fingerprint.scan_prints
+
+    def spy(session, shape, wanted, opts=None, day_column=None, days=None):
+        side = "target" if session.cluster.contact_points[0] == endpoints.cassandra_target.host else "source"
+        scans.append((side, shape.table, days))
+        return real(session, shape, wanted, opts, day_column=day_column, days=days)
+    monkeypatch.setattr(fingerprint, "scan_prints", spy)
+    assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
+    assert {t for _, t, _ in scans} == {"datapoints", "latest_values", "connection_events"}
+    assert {side for side, _, _ in scans} == {"target"}
+    today = datetime.now(UTC).date()
+    assert {t: d for _, t, d in scans}["datapoints"] == [today]
+
+
 @pytest.mark.parametrize("kind", [
     pytest.param("missing", id="today's row missing on the target"),
     pytest.param("changed", id="today's value changed on the target"),

@@ -1,0 +1,58 @@
+"""When the gates read the target by one scan instead of a look-up per planned partition
+(``fingerprint._scan_target``): always for whole chunks (up to ``SCAN_MAX_PARTITIONS``), and for a
+few recent days only while the plan holds at most ``RECENT_SCAN_FACTOR`` partitions per recent one.
+The scan itself is faked at the seam; what is tested is the choice."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pytest
+
+from tenant_migration.cassandra import fingerprint
+from tenant_migration.cassandra.copy import CopyOptions, TableShape
+
+SHAPE = TableShape("telemetry", "datapoints", ("device_id", "property_id", "day"), ("ts",), ("value",))
+TODAY = date(2026, 11, 26)
+
+
+def _reads(n: int) -> list[Any]:
+    return [fingerprint._Read([], {(i, i, TODAY) for i in range(n)})]
+
+
+@pytest.fixture
+def scanned(monkeypatch) -> list[tuple[Any, ...]]:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(fingerprint, "scan_prints",
+                        lambda session, shape, wanted, opts, day_column=None, days=None:
+                        calls.append((len(wanted), day_column, days)) or {})
+    return calls
+
+
+@pytest.mark.parametrize(("planned_total", "scans"), [
+    pytest.param(300, True, id="3 days of history per recent day: scan"),
+    pytest.param(1200, True, id="12 per recent: still a scan"),
+    pytest.param(1201, False, id="more than 12 per recent: look-ups"),
+    pytest.param(9000, False, id="90 days of retention: look-ups"),
+])
+def test_recent_days_scan_only_while_the_plan_is_short(scanned, planned_total: int, scans: bool) -> None:
+    out = fingerprint._scan_target(None, SHAPE, _reads(100), CopyOptions(), "day", [TODAY], planned_total)
+    assert (out is not None) is scans
+    assert scanned == ([(100, "day", [TODAY])] if scans else [])
+
+
+def test_whole_chunks_are_scanned_up_to_the_limit(scanned, monkeypatch) -> None:
+    assert fingerprint._scan_target(None, SHAPE, _reads(100), CopyOptions(), planned_total=10**9) is not None
+    assert scanned == [(100, None, None)]
+    monkeypatch.setattr(fingerprint, "SCAN_MAX_PARTITIONS", 99)
+    assert fingerprint._scan_target(None, SHAPE, _reads(100), CopyOptions()) is None
+    assert len(scanned) == 1
+
+
+def test_a_day_filtered_scan_statement_reads_the_bound_days_only() -> None:
+    q = fingerprint.aggregate_statement(SHAPE, whole_table=True, day_column="day")
+    assert q.endswith('WHERE "day" IN ? GROUP BY "device_id", "property_id", "day" ALLOW FILTERING')
+    assert "mask_hash((\"ts\", \"value\", WRITETIME(\"value\")), 'SHA-256')" in q
+    with pytest.raises(ValueError, match="unknown digest"):
+        fingerprint.aggregate_statement(SHAPE, algorithm="CRC32")
