@@ -117,10 +117,13 @@ class PartitionAggregate(NamedTuple):
 # ``mask_hash`` keeps ONE MessageDigest per algorithm in a node, shared by all its threads (Cassandra
 # 5.0), so two requests hashing with the same algorithm at the same time can corrupt each other's
 # hashes (~17 % of partitions at 16 requests in flight) or throw. Requests that use different
-# algorithms cannot: reads whose both sides are look-ups spread their requests over these, one
-# algorithm per request in flight (``spread_statements``). SHA-256 (the first) is the default.
+# algorithms cannot. SHA-256 (the first) is the default: the target's scans and ``post_copy``'s
+# source look-ups use it. Reads whose both sides are look-ups spread their requests over the others
+# (``SPREAD``), one algorithm per request in flight -- never SHA-256, so a spread read cannot collide
+# with a scan or a SHA-256 read running beside it on the same node.
 DIGESTS = ("SHA-256", "SHA-1", "MD5", "SHA-224", "SHA-384", "SHA-512", "SHA-512/224", "SHA-512/256",
            "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512")
+SPREAD = DIGESTS[1:]
 
 
 def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm: str = DIGESTS[0],
@@ -206,11 +209,11 @@ def merge_groups(groups: Sequence[ReadGroup], max_partitions: int = 64) -> list[
 
 
 def spread_statements(session: Session, shape: TableShape) -> tuple[Any, ...]:
-    """``aggregate_statement`` prepared once per algorithm of ``DIGESTS``, for ``iter_pages`` to
+    """``aggregate_statement`` prepared once per algorithm of ``SPREAD``, for ``iter_pages`` to
     give every request in flight its own (no ``mask_hash`` race). A partition's digest then
     depends on the position of its group in the read: both sides of a comparison must read the
     same groups in the same order."""
-    return tuple(_prepare(session, aggregate_statement(shape, algorithm=a)) for a in DIGESTS)
+    return tuple(_prepare(session, aggregate_statement(shape, algorithm=a)) for a in SPREAD)
 
 
 def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
@@ -219,19 +222,24 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     """Per partition of ``groups`` that holds rows: (rows, digest, newest writetime), computed by
     Cassandra, in merged reads (a request's round trip, not the data, is what costs here).
 
-    ``spread``: one digest algorithm per request in flight (at most ``len(DIGESTS)`` in flight),
+    ``spread``: one digest algorithm per request in flight (at most ``len(SPREAD)`` in flight),
     race-free; comparable only with the same call on the same groups. Otherwise SHA-256 for
     every partition (comparable with ``scan_prints``), at the options' read concurrency."""
     opts = opts or CopyOptions()
     if spread:
         stmt: Any = spread_statements(session, shape)
-        concurrency = min(opts.read_concurrency, len(DIGESTS))
+        concurrency = min(opts.read_concurrency, len(SPREAD))
     else:
         stmt, concurrency = _prepare(session, aggregate_statement(shape)), opts.read_concurrency
     npk = len(shape.partition_key)
     wanted = _planned(groups)
+    # Sorted first: a device's groups from different chunks (the plan's day windows) become
+    # neighbours and merge into one exact read, instead of each widening a merge with other
+    # devices (the big tenant's source look-ups: 1,075,720 partitions in 26,760 requests, 19.7 s,
+    # against 758,472 in 19,846, 15.6 s). Deterministic: both sides of a spread read sort alike.
+    merged = merge_groups(sorted(groups, key=lambda g: tuple(tuple(v) for v in g.values)))
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
-    return _aggregates(iter_pages(session, stmt, merge_groups(groups), read_concurrency=concurrency,
+    return _aggregates(iter_pages(session, stmt, merged, read_concurrency=concurrency,
                                   fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True), npk, wanted)
 
 

@@ -127,7 +127,7 @@ class _Named:
 def test_spread_statements_never_share_one_in_flight_and_keep_each_groups_statement() -> None:
     """``iter_pages`` with a tuple of statements: group i is read with statement i % n, its next
     page too, and with read_concurrency <= n no two requests in flight use the same statement
-    (what keeps ``mask_hash``'s per-algorithm digest from being shared, fingerprint.DIGESTS)."""
+    (what keeps ``mask_hash``'s per-algorithm digest from being shared, fingerprint.SPREAD)."""
     session = _Tracking({v: ["p1", "p2"] if v % 4 == 0 else ["p1"] for v in range(10)})
     stmts = tuple(_Named(n) for n in "abc")
     rows = [r for page in iter_pages(session, stmts, [ReadGroup(([v],)) for v in range(10)], read_concurrency=3,
