@@ -93,8 +93,8 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         problems += drift
         with ep.cassandra_sessions() as (s_src, s_dst):
             for name in tmap.cassandra_tables:
-                src_ok = name in s_src.cluster.metadata.keyspaces.get(tmap.keyspace, _NoTables).tables
-                dst_ok = name in s_dst.cluster.metadata.keyspaces.get(tmap.keyspace, _NoTables).tables
+                src_ok = bool(cql_copy.table_columns(s_src, tmap.keyspace, name))
+                dst_ok = bool(cql_copy.table_columns(s_dst, tmap.keyspace, name))
                 if not src_ok:
                     problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the source")
                 elif not dst_ok:
@@ -132,10 +132,6 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
 
 def _record_gate(tconn: psycopg.Connection, run_id: str, gate: GateResult) -> None:
     ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.html_path))
-
-
-class _NoTables:
-    tables: dict[str, Any] = {}
 
 
 def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, min_lsn: str | None = None) -> dict[str, Any]:

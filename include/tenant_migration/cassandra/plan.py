@@ -93,11 +93,14 @@ def tenant_bases(replica: psycopg.Connection, tmap: TenantMap, spec: CassandraTa
 
 
 def default_ttl(session: Session | None, keyspace: str, table: str) -> int:
-    """The table's ``default_time_to_live`` from schema metadata (no data is read)."""
+    """The table's ``default_time_to_live`` from ``system_schema`` (no data is read)."""
     if session is None:
         return 0
-    meta = session.cluster.metadata.keyspaces[keyspace].tables[table]
-    return int(meta.options.get("default_time_to_live") or 0)
+    row = session.execute("SELECT default_time_to_live FROM system_schema.tables "
+                          "WHERE keyspace_name = %s AND table_name = %s", (keyspace, table)).one()
+    if row is None:
+        raise KeyError(f"{keyspace}.{table}")
+    return int(row[0] or 0)
 
 
 def plan_table(bases: Sequence[tuple[Any, ...]], spec: CassandraTableSpec, windows: Sequence[Sequence[date]],
