@@ -92,18 +92,19 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         drift = schema_drift(rconn, tconn, tmap)
         problems += drift
         with ep.cassandra_sessions() as (s_src, s_dst):
+            # Every table's columns on both clusters, asked at once (one round trip).
+            asked = {(side, name): session.execute_async(cql_copy.COLUMNS_QUERY, (tmap.keyspace, name))
+                     for side, session in (("source", s_src), ("target", s_dst)) for name in tmap.cassandra_tables}
             for name in tmap.cassandra_tables:
-                src_ok = bool(cql_copy.table_columns(s_src, tmap.keyspace, name))
-                dst_ok = bool(cql_copy.table_columns(s_dst, tmap.keyspace, name))
-                if not src_ok:
+                a = cql_copy.columns_of(asked[("source", name)].result())
+                b = cql_copy.columns_of(asked[("target", name)].result())
+                if not a:
                     problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the source")
-                elif not dst_ok:
+                elif not b:
                     problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the target")
-                else:
-                    a = cql_copy.table_shape(s_src, tmap.keyspace, name)
-                    b = cql_copy.table_shape(s_dst, tmap.keyspace, name)
-                    if a != b:
-                        problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ ({a} vs {b})")
+                elif a != b:  # (name, kind, position, type): a type changed is drift too
+                    problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ (only on the source: "
+                                    f"{sorted(set(a) - set(b))}, only on the target: {sorted(set(b) - set(a))})")
         r53 = ep.aws.client("route53")
         try:
             zid = dns.zone_id(r53, spec.dns_zone)

@@ -85,6 +85,23 @@ def test_schema_drift_on_the_target_is_refused_naming_table_and_column(endpoints
     assert _tenant_counts(target_admin, TENANT)["rules"] == 0
 
 
+def test_cassandra_schema_drift_on_the_target_is_refused_naming_table_and_column(endpoints, clean_target,
+                                                                                target_admin, reports) -> None:
+    """A column on one cluster's table and not the other's (name, kind, position and CQL type are
+    compared) stops the preflight before anything is written."""
+    run_id = _run_id()
+    column = f"drift_{uuid.uuid4().hex[:8]}"
+    with endpoints.cassandra_target.session() as dst:
+        dst.execute(f"ALTER TABLE telemetry.latest_values ADD {column} text")
+        try:
+            with pytest.raises(steps.PreflightError, match=rf"telemetry\.latest_values: columns differ .*only on the "
+                                                           rf"target: \[\('{column}', 'regular', -1, 'text'\)\]"):
+                steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), run_id)
+        finally:
+            dst.execute(f"ALTER TABLE telemetry.latest_values DROP {column}")
+    assert ledger_runs(target_admin, run_id) == 0
+
+
 def test_replica_detach_freezes_the_replica_and_reattach_resumes(endpoints, clean_target, primary_admin) -> None:
     with endpoints.replica_control.connect(autocommit=True) as rc, endpoints.replica.connect(autocommit=True) as r:
         point = replica.detach(rc)

@@ -68,24 +68,34 @@ class TableShape:
         return f"{cql_ident(self.keyspace)}.{cql_ident(self.table)}"
 
 
-def table_columns(session: Session, keyspace: str, table: str) -> list[tuple[str, str, int]]:
-    """(name, kind, position) of the table's columns, from ``system_schema`` (empty: no such
-    table). The sessions keep no schema metadata (``endpoints.CassandraEndpoint.cluster``): one
-    query for the table a step needs instead of the whole schema at every connect."""
-    rows = session.execute("SELECT column_name, kind, position FROM system_schema.columns "
-                           "WHERE keyspace_name = %s AND table_name = %s", (keyspace, table))
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+COLUMNS_QUERY = ("SELECT column_name, kind, position, type FROM system_schema.columns "
+                 "WHERE keyspace_name = %s AND table_name = %s")
+
+
+def table_columns(session: Session, keyspace: str, table: str) -> list[tuple[str, str, int, str]]:
+    """(name, kind, position, CQL type) of the table's columns, by name, from ``system_schema``
+    (empty: no such table). The sessions keep no schema metadata
+    (``endpoints.CassandraEndpoint.cluster``): one query for the table a step needs instead of the
+    whole schema at every connect."""
+    return columns_of(session.execute(COLUMNS_QUERY, (keyspace, table)))
+
+
+def columns_of(rows: Iterable[Any]) -> list[tuple[str, str, int, str]]:
+    return sorted((str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows)
 
 
 def table_shape(session: Session, keyspace: str, table: str) -> TableShape:
     """Key columns in key order, the other columns (regular and static) by name. ``KeyError``
     when the table does not exist."""
-    cols = table_columns(session, keyspace, table)
+    return shape_of(keyspace, table, table_columns(session, keyspace, table))
+
+
+def shape_of(keyspace: str, table: str, cols: list[tuple[str, str, int, str]]) -> TableShape:
     if not cols:
         raise KeyError(f"{keyspace}.{table}")
-    pk = tuple(n for n, _, _ in sorted((c for c in cols if c[1] == "partition_key"), key=lambda c: c[2]))
-    ck = tuple(n for n, _, _ in sorted((c for c in cols if c[1] == "clustering"), key=lambda c: c[2]))
-    regular = tuple(sorted(n for n, kind, _ in cols if kind not in ("partition_key", "clustering")))
+    pk = tuple(c[0] for c in sorted((c for c in cols if c[1] == "partition_key"), key=lambda c: c[2]))
+    ck = tuple(c[0] for c in sorted((c for c in cols if c[1] == "clustering"), key=lambda c: c[2]))
+    regular = tuple(sorted(c[0] for c in cols if c[1] not in ("partition_key", "clustering")))
     return TableShape(keyspace, table, pk, ck, regular)
 
 
