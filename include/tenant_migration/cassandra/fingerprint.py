@@ -32,7 +32,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenant_migration.cassandra.copy import CopyOptions, TableShape, cql_ident, iter_pages, table_shape
-from tenant_migration.cassandra.plan import ReadGroup, read_groups
+from tenant_migration.cassandra.plan import ReadGroup, planned_count, read_groups
 from tenant_migration.ledger import Chunk
 from tenant_migration.tenant_map import TenantMap
 
@@ -278,9 +278,11 @@ def scan_prints(session: Session, shape: TableShape, wanted: set[tuple[Any, ...]
     ``day_column`` and ``days``: only the partitions of those day buckets are aggregated (the scan
     still walks every partition key of the table, skipping the others without reading them)."""
     opts = opts or CopyOptions()
-    filtered = day_column is not None and days is not None
-    stmt = _prepare(session, aggregate_statement(shape, whole_table=True, day_column=day_column if filtered else None))
-    group = ReadGroup((list(days),)) if filtered and days is not None else ReadGroup(())
+    if day_column is None or days is None:
+        day_column, group = None, ReadGroup(())
+    else:
+        group = ReadGroup((list(days),))
+    stmt = _prepare(session, aggregate_statement(shape, whole_table=True, day_column=day_column))
     return _aggregates(iter_pages(session, stmt, [group], read_concurrency=1, fetch_size=opts.fetch_size,
                                   opts=opts, retry_server_errors=True), len(shape.partition_key), wanted)
 
@@ -527,14 +529,14 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
         shape = table_shape(source, tmap.keyspace, table)
         day_column = tmap.cassandra_tables[table].day_column
         # Partitions the chunks plan over all their days: what a scan of the target walks.
-        total = sum(len(c.bounds["bases"]) * (len(c.bounds.get("days", [])) if day_column else 1) for c in members)
+        total = sum(planned_count(c.bounds, day_column) for c in members)
         plans.append((shape, day_column, total, _reads(members, shape, day_column, opts, days)))
     fps: dict[str, ChunkFingerprint] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-scan") as pool:
         # Every table's scan queued at once, one after the other on the target, while the source
         # is read table by table (two clusters, each at its own pace).
-        scans = ([pool.submit(_scan_target, target, shape, reads, opts, day_column if days is not None else None,
-                              days, total) for shape, day_column, total, reads in plans]
+        scans = ([pool.submit(_scan_target, target, shape, reads, opts, day_column, days, total)
+                  for shape, day_column, total, reads in plans]
                  if scan_target and not exact else [None] * len(plans))
         for (shape, _, _, reads), scanning in zip(plans, scans, strict=True):
             for batch in _batches(reads, BATCH_PARTITIONS):

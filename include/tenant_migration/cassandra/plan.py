@@ -187,6 +187,11 @@ def read_groups(bounds: dict[str, Any], partition_key: Sequence[str], day_column
     return groups
 
 
+def planned_count(bounds: dict[str, Any], day_column: str | None) -> int:
+    """How many partition keys a chunk covers (``len(chunk_partitions(...))``, without listing them)."""
+    return len(bounds["bases"]) * (len(bounds.get("days", [])) if day_column is not None else 1)
+
+
 def chunk_partitions(bounds: dict[str, Any], partition_key: Sequence[str], day_column: str | None) -> list[tuple[Any, ...]]:
     """Every partition key a chunk covers (in partition-key column order)."""
     return [p for g in read_groups(bounds, partition_key, day_column, in_limit=1 << 30) for p in g.partitions()]

@@ -68,14 +68,21 @@ def warm() -> list[str]:
             importlib.import_module(name)
         except Exception:  # a warm-up must never stop the scheduler
             failed.append(name)
+    failed += _run_calls()
+    logging.getLogger(__name__).info("task imports warmed for LocalExecutor workers in %.1f s (failed: %s)",
+                                     time.monotonic() - started, failed or "none")
+    return failed
+
+
+def _run_calls() -> list[str]:
+    """Run ``CALLS``; return those that failed (never raises)."""
+    failed = []
     for call in CALLS:
         module, _, function = call.partition(":")
         try:
             getattr(importlib.import_module(module), function)()
         except Exception:
             failed.append(call)
-    logging.getLogger(__name__).info("task imports warmed for LocalExecutor workers in %.1f s (failed: %s)",
-                                     time.monotonic() - started, failed or "none")
     return failed
 
 
@@ -90,19 +97,14 @@ def _warm_calls_after_airflow() -> None:
     # lock is held meanwhile): this thread imports nothing else while Airflow starts up.
     importlib.import_module("airflow")
     started = time.monotonic()
-    for call in CALLS:
-        module, _, function = call.partition(":")
-        try:
-            getattr(importlib.import_module(module), function)()
-        except Exception:  # the gate that needs it imports it again and raises there
-            logging.getLogger(__name__).warning("warm-up of %s failed", call, exc_info=True)
+    failed = _run_calls()  # a failed one: the gate that needs it imports it again and raises there
     # What is imported by now lives as long as the process: out of the collector's way, as the
     # LocalExecutor does before it forks its workers. With Airflow, GX and pandas loaded the
     # heap holds ~1 M objects, and each full collection walked them all: 0.46 s, landing in
     # whichever task allocated at that moment (a gate's JSON parse, a copy's rows).
     gc.freeze()
-    logging.getLogger(__name__).info("great_expectations warmed for the in-process tasks in %.1f s",
-                                     time.monotonic() - started)
+    logging.getLogger(__name__).info("great_expectations warmed for the in-process tasks in %.1f s (failed: %s)",
+                                     time.monotonic() - started, failed or "none")
 
 
 def install(argv: list[str] | None = None) -> bool:
