@@ -288,6 +288,9 @@ def cassandra_yaml(node: CassandraNode) -> dict[str, Any]:
         "memtable_heap_space": "128MiB",
         "memtable_offheap_space": "128MiB",
         "dynamic_snitch": False,
+        # The stack's keyspaces are truncated and reloaded over and over (tests, demo, benches):
+        # a snapshot per TRUNCATE kept every old dataset on disk (3 GB after a day's work).
+        "auto_snapshot": False,
     }
 
 
@@ -301,6 +304,11 @@ def logback_xml(log_file: Path) -> str:
 
     The cassandra-all jar ships no logback.xml and logback's fallback is DEBUG to stdout, which
     costs start time and floods the console file.
+
+    ``SelectStatement`` logs a WARN per request for every aggregate over an IN of partitions (the
+    gates' fingerprints: hundreds per gate), synchronously, to both appenders -- 640 k lines and a
+    130 MB console file in a day of runs; the client is told the same in each response (and the
+    driver's log drops it, ``fingerprint._DropAggregateWarning``). Errors still get through.
     """
     return f"""<configuration scan="false">
   <appender name="FILE" class="ch.qos.logback.core.rolling.RollingFileAppender">
@@ -325,6 +333,7 @@ def logback_xml(log_file: Path) -> str:
       <pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern>
     </encoder>
   </appender>
+  <logger name="org.apache.cassandra.cql3.statements.SelectStatement" level="ERROR"/>
   <root level="INFO">
     <appender-ref ref="FILE"/>
     <appender-ref ref="STDOUT"/>

@@ -106,6 +106,14 @@ def test_logback_logs_to_the_stack_logs_dir(topo: Topology) -> None:
     assert threshold is not None and threshold.text == "WARN"
     root_logger = root.find("root")
     assert root_logger is not None and root_logger.get("level") == "INFO"
+    # The per-request WARN of every aggregate over an IN (the gates' fingerprints) is not logged.
+    select = root.find("./logger[@name='org.apache.cassandra.cql3.statements.SelectStatement']")
+    assert select is not None and select.get("level") == "ERROR"
+
+
+def test_truncate_keeps_no_snapshot_on_the_local_stack(topo: Topology) -> None:
+    for node in topo.cassandra_nodes:
+        assert yaml.safe_load(cassandra.render_yaml(cassandra.cassandra_yaml(node)))["auto_snapshot"] is False
 
 
 @pytest.mark.parametrize(
