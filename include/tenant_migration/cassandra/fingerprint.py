@@ -208,12 +208,19 @@ def merge_groups(groups: Sequence[ReadGroup], max_partitions: int = 64) -> list[
     return merged
 
 
-def spread_statements(session: Session, shape: TableShape) -> tuple[Any, ...]:
-    """``aggregate_statement`` prepared once per algorithm of ``SPREAD``, for ``iter_pages`` to
-    give every request in flight its own (no ``mask_hash`` race). A partition's digest then
-    depends on the position of its group in the read: both sides of a comparison must read the
-    same groups in the same order."""
-    return tuple(_prepare(session, aggregate_statement(shape, algorithm=a)) for a in SPREAD)
+def spread_statements(session: Session, shape: TableShape, count: int = len(SPREAD)) -> tuple[Any, ...]:
+    """``aggregate_statement`` prepared for the first ``count`` algorithms of ``SPREAD``, for
+    ``iter_pages`` to give every request in flight its own (no ``mask_hash`` race). A partition's
+    digest then depends on the position of its group in the read: both sides of a comparison must
+    read the same groups in the same order (and ask for the same ``count``).
+
+    Prepared at the same time (a round trip each: 11 one after the other cost 19 ms per table and
+    cluster in every gate that re-checked a partition)."""
+    texts = [aggregate_statement(shape, algorithm=a) for a in SPREAD[:max(1, min(count, len(SPREAD)))]]
+    if len(texts) == 1:
+        return (_prepare(session, texts[0]),)
+    with ThreadPoolExecutor(max_workers=len(texts), thread_name_prefix="prepare") as pool:
+        return tuple(pool.map(lambda text: _prepare(session, text), texts))
 
 
 def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
@@ -226,11 +233,6 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     race-free; comparable only with the same call on the same groups. Otherwise SHA-256 for
     every partition (comparable with ``scan_prints``), at the options' read concurrency."""
     opts = opts or CopyOptions()
-    if spread:
-        stmt: Any = spread_statements(session, shape)
-        concurrency = min(opts.read_concurrency, len(SPREAD))
-    else:
-        stmt, concurrency = _prepare(session, aggregate_statement(shape)), opts.read_concurrency
     npk = len(shape.partition_key)
     wanted = _planned(groups)
     # Sorted first: a device's groups from different chunks (the plan's day windows) become
@@ -238,6 +240,13 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     # devices (the big tenant's source look-ups: 1,075,720 partitions in 26,760 requests, 19.7 s,
     # against 758,472 in 19,846, 15.6 s). Deterministic: both sides of a spread read sort alike.
     merged = merge_groups(sorted(groups, key=lambda g: tuple(tuple(v) for v in g.values)))
+    if spread:
+        # No more algorithms than requests (a digest depends on its group's position and the
+        # groups only: the same on both sides, at any concurrency).
+        stmt: Any = spread_statements(session, shape, len(merged))
+        concurrency = min(opts.read_concurrency, len(stmt))
+    else:
+        stmt, concurrency = _prepare(session, aggregate_statement(shape)), opts.read_concurrency
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
     return _aggregates(iter_pages(session, stmt, merged, read_concurrency=concurrency,
                                   fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True), npk, wanted)
@@ -291,8 +300,8 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
             opts: CopyOptions | None, max_writetime: int | None, exact: bool = False,
             target_aggregates: Callable[[], dict[tuple[Any, ...], PartitionAggregate] | None] | None = None,
             ) -> tuple[dict[tuple[Any, ...], PartitionPrint], dict[tuple[Any, ...], PartitionPrint]]:
-    """Both sides' partition prints: Cassandra's aggregates, except for the partitions holding a
-    cell newer than ``max_writetime`` on either side, re-read and hashed here with the watermark.
+    """Both sides' partition prints: Cassandra's aggregates (``_read_aggregates``), then the
+    partitions they cannot settle re-read (``_settle``).
     ``target_aggregates``: returns the target's aggregates of exactly these groups' partitions,
     read by a scan (``scan_prints``), or None when the scan left them out.
 
@@ -303,10 +312,19 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
     if exact:
         return (partition_prints(source, shape, groups, opts, max_writetime),
                 partition_prints(target, shape, groups, opts, max_writetime))
+    agg_a, agg_b = _read_aggregates(source, target, shape, groups, opts, target_aggregates)
+    return _settle(source, target, shape, agg_a, agg_b, opts, max_writetime)
+
+
+def _read_aggregates(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup],
+                     opts: CopyOptions | None,
+                     target_aggregates: Callable[[], Prints | None] | None = None) -> tuple[Prints, Prints]:
+    """Both sides' aggregates of ``groups``' partitions. With ``target_aggregates`` (a scan of the
+    target, SHA-256 throughout) the source is read with SHA-256 too: its requests may race (see
+    ``DIGESTS``), ``_settle`` sorts that out. Without, both clusters are read at once with
+    race-free spread digests."""
     scanned = None
     if target_aggregates is not None:
-        # The target's scan is SHA-256 throughout: the source is read with SHA-256 too (its
-        # requests may race, see ``DIGESTS``; the re-check below settles those).
         agg_a = aggregate_prints(source, shape, groups, opts)
         scanned = target_aggregates()
     if scanned is not None:
@@ -321,10 +339,19 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
             on_target = pool.submit(aggregate_prints, target, shape, groups, opts, True)
             agg_a = aggregate_prints(source, shape, groups, opts, True)
             agg_b = on_target.result()
+    return agg_a, agg_b
+
+
+def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, agg_b: Prints,
+            opts: CopyOptions | None, max_writetime: int | None,
+            ) -> tuple[dict[tuple[Any, ...], PartitionPrint], dict[tuple[Any, ...], PartitionPrint]]:
+    """Prints from both sides' aggregates, except for the partitions holding a cell newer than
+    ``max_writetime`` on either side, re-read and hashed here with the watermark, and the
+    partitions whose aggregates differ: asked again with spread digests (``SPREAD``, never
+    SHA-256: race-free beside a SHA-256 read of another table), and hashed cell by cell here if
+    they still differ. A difference is only ever reported from the cell-by-cell path (the
+    aggregates are a fast filter, never the verdict on a mismatch)."""
     none = PartitionAggregate(0, 0, None)
-    # Re-read here: partitions with a cell past the watermark, and every partition whose aggregates
-    # differ -- a difference is only ever reported from the cell-by-cell path (the aggregates are
-    # a fast filter, never the verdict on a mismatch).
     newer = {pk for pk in set(agg_a) | set(agg_b)
              if max_writetime is not None and any(p.newest is not None and p.newest > max_writetime
                                                   for p in (agg_a.get(pk, none), agg_b.get(pk, none)))}
@@ -531,33 +558,56 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
         # Partitions the chunks plan over all their days: what a scan of the target walks.
         total = sum(planned_count(c.bounds, day_column) for c in members)
         plans.append((shape, day_column, total, _reads(members, shape, day_column, opts, days)))
+    # The largest table first: the others' reads then run while its partitions are settled.
+    plans.sort(key=lambda p: -p[2])
     fps: dict[str, ChunkFingerprint] = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-scan") as pool:
+
+    def compare(shape: TableShape, batch: list[_Read], a: dict[tuple[Any, ...], PartitionPrint],
+                b: dict[tuple[Any, ...], PartitionPrint]) -> None:
+        owner: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(batch):
+            for pk in r.partitions:
+                owner.setdefault(pk, []).append(i)
+        split_a: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
+        split_b: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
+        for side, split in ((a, split_a), (b, split_b)):
+            for pk, pp in side.items():
+                for i in owner.get(_plain(pk), ()):
+                    split[i][pk] = pp
+        for r, pa, pb in zip(batch, split_a, split_b, strict=True):
+            fp, bad = _compare(pa, pb, shape, r.chunks[0].chunk_id)
+            report.partitions += bad
+            for chunk in r.chunks:
+                fps[chunk.chunk_id] = replace(fp, chunk_id=chunk.chunk_id, mismatched=list(fp.mismatched))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-scan") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-settle") as settling:
         # Every table's scan queued at once, one after the other on the target, while the source
         # is read table by table (two clusters, each at its own pace).
         scans = ([pool.submit(_scan_target, target, shape, reads, opts, day_column, days, total)
                   for shape, day_column, total, reads in plans]
                  if scan_target and not exact else [None] * len(plans))
+        settled: list[tuple[TableShape, list[_Read], Future[tuple[dict[tuple[Any, ...], PartitionPrint],
+                                                                   dict[tuple[Any, ...], PartitionPrint]]]]] = []
         for (shape, _, _, reads), scanning in zip(plans, scans, strict=True):
             for batch in _batches(reads, BATCH_PARTITIONS):
+                groups = [g for r in batch for g in r.groups]
+                if exact or scanning is None:
+                    # Spread digests on both sides (or plain reads): never beside a re-check.
+                    for _, _, earlier in settled:
+                        earlier.result()
+                    done: Future[Any] = Future()
+                    done.set_result(_prints(source, target, shape, groups, opts, max_writetime, exact))
+                    settled.append((shape, batch, done))
+                    continue
                 wanted = set().union(*(r.partitions for r in batch))
-                a, b = _prints(source, target, shape, [g for r in batch for g in r.groups], opts, max_writetime,
-                               exact, None if scanning is None else partial(_restrict, scanning, wanted))
-                owner: dict[tuple[Any, ...], list[int]] = {}
-                for i, r in enumerate(batch):
-                    for pk in r.partitions:
-                        owner.setdefault(pk, []).append(i)
-                split_a: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
-                split_b: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
-                for side, split in ((a, split_a), (b, split_b)):
-                    for pk, pp in side.items():
-                        for i in owner.get(_plain(pk), ()):
-                            split[i][pk] = pp
-                for r, pa, pb in zip(batch, split_a, split_b, strict=True):
-                    fp, bad = _compare(pa, pb, shape, r.chunks[0].chunk_id)
-                    report.partitions += bad
-                    for chunk in r.chunks:
-                        fps[chunk.chunk_id] = replace(fp, chunk_id=chunk.chunk_id, mismatched=list(fp.mismatched))
+                agg_a, agg_b = _read_aggregates(source, target, shape, groups, opts, partial(_restrict, scanning, wanted))
+                # Settled on one worker (its spread re-checks never overlap each other) while the
+                # next table's SHA-256 reads go on here: different digests, no race between them.
+                settled.append((shape, batch, settling.submit(_settle, source, target, shape, agg_a, agg_b,
+                                                              opts, max_writetime)))
+        for shape, batch, future in settled:
+            compare(shape, batch, *future.result())
     report.chunks = [fps[c.chunk_id] for c in chunks]
     return report
 
