@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +185,20 @@ class Endpoints:
                 dst = connecting.result()
                 stack.push(target)
             yield src, dst
+
+    @contextmanager
+    def cassandra_sessions_soon(self) -> Iterator[Future[tuple[Session, Session]]]:
+        """``cassandra_sessions()`` connecting in the background: the caller does its PostgreSQL
+        work meanwhile and takes the sessions (``.result()``, which raises a connect error) when
+        it needs them. Both are shut down on the way out, whatever happened."""
+        sessions = self.cassandra_sessions()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="connect-cassandra") as pool:
+            connecting = pool.submit(sessions.__enter__)
+            try:
+                yield connecting
+            finally:
+                if connecting.exception() is None:
+                    sessions.__exit__(None, None, None)
 
     @classmethod
     def from_file(cls, path: Path) -> Endpoints:

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -89,37 +89,19 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         slug = tenant_slug(rconn, tmap, spec.tenant_id)
         if slug is None:
             raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label}")
-        drift = schema_drift(rconn, tconn, tmap)
-        problems += drift
-        with ep.cassandra_sessions() as (s_src, s_dst):
-            # Every table's columns on both clusters, asked at once (one round trip).
-            asked = {(side, name): session.execute_async(cql_copy.COLUMNS_QUERY, (tmap.keyspace, name))
-                     for side, session in (("source", s_src), ("target", s_dst)) for name in tmap.cassandra_tables}
-            for name in tmap.cassandra_tables:
-                a = cql_copy.columns_of(asked[("source", name)].result())
-                b = cql_copy.columns_of(asked[("target", name)].result())
-                if not a:
-                    problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the source")
-                elif not b:
-                    problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the target")
-                elif a != b:  # (name, kind, position, type): a type changed is drift too
-                    problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ (only on the source: "
-                                    f"{sorted(set(a) - set(b))}, only on the target: {sorted(set(b) - set(a))})")
-        r53 = ep.aws.client("route53")
-        try:
-            zid = dns.zone_id(r53, spec.dns_zone)
-            existing = dns.records(r53, zid)
-            for plan in dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix):
-                if plan.name not in existing:
-                    problems.append(f"dns {plan.name}: no record")
-                if plan.tenant_target not in existing:
-                    problems.append(f"dns {plan.tenant_target}: the tenant's target endpoint has no record")
-        except dns.DnsError as exc:
-            problems.append(f"dns: {exc}")
+        # Cassandra's schema and the DNS zone are asked while the replica is checked.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preflight") as pool:
+            cassandra = pool.submit(cassandra_drift, ep, tmap)
+            zone = pool.submit(dns_problems, ep, spec, slug)
+            drift = schema_drift(rconn, tconn, tmap)
+            # The replica's checks only on a schema that matches the tenant map's (else the drift
+            # is the error to show, not a failed query); nothing is written yet.
+            checks = None if drift else gates.preflight_checks(rconn, tmap, spec.tenant_id, drift)
+            problems += drift + cassandra.result() + zone.result()
         if problems:
             raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(problems))
-        gate = gates.preflight_gate(rconn, tconn, tmap, spec.tenant_id, reports_dir() / _safe(run_id), started,
-                                    drift=drift)
+        assert checks is not None
+        gate = gx_gate.finish_gate("preflight", checks, reports_dir() / _safe(run_id), started)
         if not gate.passed:
             raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
         if spec.dry_run:
@@ -129,6 +111,44 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         ledger.record_event(tconn, run_id, "preflight", "started", at=began)
         ledger.record_event(tconn, run_id, "preflight", "finished", {"slug": slug, "new_run": new})
     return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False}
+
+
+def cassandra_drift(ep: Endpoints, tmap: TenantMap) -> list[str]:
+    """Each Cassandra table of the tenant map on both clusters, from system_schema (every table's
+    columns asked at once, one round trip): missing, or columns that differ in name, kind,
+    position or type."""
+    problems = []
+    with ep.cassandra_sessions() as (s_src, s_dst):
+        asked = {(side, name): session.execute_async(cql_copy.COLUMNS_QUERY, (tmap.keyspace, name))
+                 for side, session in (("source", s_src), ("target", s_dst)) for name in tmap.cassandra_tables}
+        for name in tmap.cassandra_tables:
+            a = cql_copy.columns_of(asked[("source", name)].result())
+            b = cql_copy.columns_of(asked[("target", name)].result())
+            if not a:
+                problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the source")
+            elif not b:
+                problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the target")
+            elif a != b:  # (name, kind, position, type): a type changed is drift too
+                problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ (only on the source: "
+                                f"{sorted(set(a) - set(b))}, only on the target: {sorted(set(b) - set(a))})")
+    return problems
+
+
+def dns_problems(ep: Endpoints, spec: MigrationSpec, slug: str) -> list[str]:
+    """The tenant's records and its target endpoints' records exist in the zone."""
+    problems = []
+    r53 = ep.aws.client("route53")
+    try:
+        zid = dns.zone_id(r53, spec.dns_zone)
+        existing = dns.records(r53, zid)
+        for plan in dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix):
+            if plan.name not in existing:
+                problems.append(f"dns {plan.name}: no record")
+            if plan.tenant_target not in existing:
+                problems.append(f"dns {plan.tenant_target}: the tenant's target endpoint has no record")
+    except dns.DnsError as exc:
+        problems.append(f"dns: {exc}")
+    return problems
 
 
 def _record_gate(tconn: psycopg.Connection, run_id: str, gate: GateResult) -> None:
@@ -689,39 +709,43 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
     # The primary kept taking writes while the tasks between the catch-up and this gate ran
     # (warm-up, load check, scheduling): the target is that far behind. Bring it up to this moment
     # first, then measure. A stream that cannot get there within catch_up_timeout_s is not raised
-    # here: it shows in the lag below, and the check fails with the numbers.
-    with suppress(cdc.CatchUpTimeout):
-        catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name=f"gate_{gate_name}_catch_up")
-    with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
-        lag = measure_cdc_lag(src, tconn, run_id)
-        _, commit_time = _detach_lsn(tconn, run_id)
-        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
-        days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
-        with ep.cassandra_sessions() as (s_src, s_dst):
+    # here: it shows in the lag below, and the check fails with the numbers. Both Cassandra
+    # clusters connect meanwhile.
+    with ExitStack() as cassandra:
+        sessions = cassandra.enter_context(ep.cassandra_sessions_soon())
+        with suppress(cdc.CatchUpTimeout):
+            catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name=f"gate_{gate_name}_catch_up")
+        with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+            lag = measure_cdc_lag(src, tconn, run_id)
+            _, commit_time = _detach_lsn(tconn, run_id)
+            chunks = ledger.run_chunks(tconn, run_id, "cassandra")
+            days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
             # Devices keep writing: compare the cells written before the last Cassandra catch-up
             # began (its converged pass began later, so every one of them must be on the target).
             row = tconn.execute("SELECT max(at) FROM tm_control.events WHERE run_id = %s "
                                 "AND step = 'catch_up_cassandra' AND kind = 'started'", (run_id,)).fetchone()
             upto = int(row[0].timestamp() * 1_000_000) if row and row[0] else None
+            s_src, s_dst = sessions.result()
             report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto,
                                         scan_target=True)
-        lag_frame = pd.DataFrame([{"unit": "postgres:cdc", "lag_bytes": lag["lag_bytes"],
-                                   "lag_seconds": lag["lag_seconds"]}])
-        recent = pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
-                                "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
-                               for r in report.records()],
-                              columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
-        checks = gx_gate.run_frame_checks(gate_name, lag_frame, [
-            gx_gate.FrameCheck("lag_bytes_under_threshold", "ExpectColumnValuesToBeBetween",
-                               {"column": "lag_bytes", "min_value": 0, "max_value": spec.max_lag_bytes},
-                               f"change capture lag at most {spec.max_lag_bytes} bytes"),
-            gx_gate.FrameCheck("lag_seconds_under_threshold", "ExpectColumnValuesToBeBetween",
-                               {"column": "lag_seconds", "min_value": 0, "max_value": spec.max_lag_seconds},
-                               f"change capture lag at most {spec.max_lag_seconds} s"),
-        ], "unit")
-        checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
-        gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / _safe(run_id), started)
-        _record_gate(tconn, run_id, gate)
+            cassandra.close()  # both clusters shut down before the verdict, as the other gates do
+            lag_frame = pd.DataFrame([{"unit": "postgres:cdc", "lag_bytes": lag["lag_bytes"],
+                                       "lag_seconds": lag["lag_seconds"]}])
+            recent = pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
+                                    "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
+                                   for r in report.records()],
+                                  columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
+            checks = gx_gate.run_frame_checks(gate_name, lag_frame, [
+                gx_gate.FrameCheck("lag_bytes_under_threshold", "ExpectColumnValuesToBeBetween",
+                                   {"column": "lag_bytes", "min_value": 0, "max_value": spec.max_lag_bytes},
+                                   f"change capture lag at most {spec.max_lag_bytes} bytes"),
+                gx_gate.FrameCheck("lag_seconds_under_threshold", "ExpectColumnValuesToBeBetween",
+                                   {"column": "lag_seconds", "min_value": 0, "max_value": spec.max_lag_seconds},
+                                   f"change capture lag at most {spec.max_lag_seconds} s"),
+            ], "unit")
+            checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
+            gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / _safe(run_id), started)
+            _record_gate(tconn, run_id, gate)
     if not gate.passed:
         raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
     return {"passed": True, "lag": lag, "report": str(gate.html_path)}

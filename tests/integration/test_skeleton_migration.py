@@ -102,6 +102,32 @@ def test_cassandra_schema_drift_on_the_target_is_refused_naming_table_and_column
     assert ledger_runs(target_admin, run_id) == 0
 
 
+def test_a_missing_dns_record_is_refused_naming_it(endpoints, clean_target, target_admin, reports) -> None:
+    """The tenant's target endpoint has no record in the zone: the preflight (which asks the zone
+    while the replica is checked) stops before anything is written, naming the record."""
+    run_id = _run_id()
+    spec = MigrationSpec(tenant_id=TENANT)
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, spec.dns_zone)
+    with endpoints.replica.connect() as r:
+        slug = steps.tenant_slug(r, load_tenant_map(), TENANT)
+    assert slug is not None
+    plan = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)[0]
+    sets = [{k: v for k, v in rr.items() if k in ("Name", "Type", "TTL", "ResourceRecords")}
+            for rr in dns.record_sets(r53, zid)[plan.tenant_target]]
+    r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": [
+        {"Action": "DELETE", "ResourceRecordSet": rr} for rr in sets]})
+    try:
+        with pytest.raises(steps.PreflightError, match=rf"dns {plan.tenant_target}: the tenant's target endpoint "
+                                                       r"has no record"):
+            steps.preflight(endpoints, spec, run_id)
+    finally:
+        r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": [
+            {"Action": "UPSERT", "ResourceRecordSet": rr} for rr in sets]})
+    assert ledger_runs(target_admin, run_id) == 0
+    assert plan.tenant_target in dns.records(r53, zid)
+
+
 def test_replica_detach_freezes_the_replica_and_reattach_resumes(endpoints, clean_target, primary_admin) -> None:
     with endpoints.replica_control.connect(autocommit=True) as rc, endpoints.replica.connect(autocommit=True) as r:
         point = replica.detach(rc)

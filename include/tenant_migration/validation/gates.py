@@ -124,12 +124,19 @@ def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, tmap
                    folder: Path, started: float | None = None, drift: list[str] | None = None) -> GateResult:
     """Every pushed-down check in one statement on the replica, schema parity from the catalogs
     (``drift`` when the caller already computed it), one GX validation per frame."""
+    started = time.monotonic() if started is None else started
+    problems = schema_drift(replica, target, tmap) if drift is None else drift
+    return finish_gate("preflight", preflight_checks(replica, tmap, tenant_id, problems), folder, started)
+
+
+def preflight_checks(replica: psycopg.Connection, tmap: TenantMap, tenant_id: int,
+                     problems: list[str]) -> list[dict[str, Any]]:
+    """The preflight gate's checks, validated, nothing written yet (``finish_gate`` writes the
+    evidence): the replica's pushed-down checks and schema parity (``problems``: the drift)."""
     import pandas as pd
 
-    started = time.monotonic() if started is None else started
     ctes, sql_checks = preflight_sql_checks(replica, tmap, tenant_id)
     checks = run_sql_checks("preflight", replica, sql_checks, ctes=ctes)
-    problems = schema_drift(replica, target, tmap) if drift is None else drift
     frame = pd.DataFrame({"problem": problems or []}, dtype="object")
     frame["unit"] = frame["problem"]
     checks += run_frame_checks("preflight", frame, [FrameCheck(
@@ -137,7 +144,7 @@ def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, tmap
         "every tenant-scoped table has the same columns and types on source and target")], "unit")
     if not frame.empty:
         checks[-1]["unexpected"] = list(frame["problem"])
-    return finish_gate("preflight", checks, folder, started)
+    return checks
 
 
 def side_checksums(conn: psycopg.Connection, tmap: TenantMap, units: list[tuple[str, dict[str, Any] | None]],
