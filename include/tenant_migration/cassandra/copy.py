@@ -209,7 +209,7 @@ def iter_pages(
     groups: Iterable[ReadGroup],
     *,
     read_concurrency: int,
-    fetch_size: int,
+    fetch_size: int | None,
     opts: CopyOptions,
     limiter: TokenBucket | None = None,
     on_retry: Callable[[], None] | None = None,
@@ -217,7 +217,8 @@ def iter_pages(
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Pages of rows of every group's partitions, pages in no particular order.
 
-    At most ``read_concurrency`` requests are in flight; a page is requested again from its paging
+    At most ``read_concurrency`` requests are in flight (``fetch_size=None``: unpaged, one answer
+    per request -- for reads whose answer is small); a page is requested again from its paging
     state when it fails with a retryable error (``retry_server_errors``: also when the server
     failed with an exception of its own, for reads that are safe to repeat).
 

@@ -248,8 +248,12 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     else:
         stmt, concurrency = _prepare(session, aggregate_statement(shape)), opts.read_concurrency
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
+    # Unpaged: the answer is one row per partition of a read (a few hundred at most), and the
+    # server aggregates in its own internal pages whatever the client asks; a client page size
+    # only added a paging round per request (catch-up gate's recent look-ups 0.34 -> 0.29 s,
+    # median of 6).
     return _aggregates(iter_pages(session, stmt, merged, read_concurrency=concurrency,
-                                  fetch_size=opts.fetch_size, opts=opts, retry_server_errors=True), npk, wanted)
+                                  fetch_size=None, opts=opts, retry_server_errors=True), npk, wanted)
 
 
 def _aggregates(pages: Iterable[list[tuple[Any, ...]]], npk: int,
