@@ -59,6 +59,11 @@ streams what the source took during the shift to the target (the run's kept chan
 copies the target's rows back. After `flip_dns`: run the
 `tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate); it
 marks the migration run aborted, so a red `drop_cdc_slot` cleared afterwards drops the slot.
+**Cassandra's log during the gates.** Each gate sends hundreds of aggregates over an `IN` of
+partitions, and Cassandra logs a WARN for every one ("Aggregation query used on multiple partition
+keys"). On the shared cluster, quiet that logger for the window on each node --
+`nodetool setlogginglevel org.apache.cassandra.cql3.statements.SelectStatement ERROR`, and back
+with `INFO` after `gate_final` (the local stack's nodes start that way).
 """
 
 from __future__ import annotations

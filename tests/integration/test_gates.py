@@ -303,7 +303,7 @@ def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin)
 
 
 def _spy_reads(endpoints, monkeypatch) -> list[tuple[str, str, str, bool]]:
-    """(function, side, table, spread) of every aggregate read of the Cassandra fingerprints."""
+    """(function, side, table, re-check) of every aggregate read of the Cassandra fingerprints."""
     from tenant_migration.cassandra import fingerprint
 
     calls: list[tuple[str, str, str, bool]] = []
@@ -312,8 +312,8 @@ def _spy_reads(endpoints, monkeypatch) -> list[tuple[str, str, str, bool]]:
 
         def spy(session, shape, *args, _real=real, _name=name, **kwargs):
             side = "target" if session.cluster.contact_points[0] == endpoints.cassandra_target.host else "source"
-            spread = bool(args[2]) if len(args) > 2 else bool(kwargs.get("spread", False))
-            calls.append((_name, side, shape.table, spread))
+            spellings = args[2] if len(args) > 2 else kwargs.get("spellings")
+            calls.append((_name, side, shape.table, spellings == fingerprint.RECHECK_SPELLINGS))
             return _real(session, shape, *args, **kwargs)
         monkeypatch.setattr(fingerprint, name, spy)
     return calls
@@ -322,7 +322,7 @@ def _spy_reads(endpoints, monkeypatch) -> list[tuple[str, str, str, bool]]:
 def test_post_copy_reads_the_target_in_one_scan_per_table(endpoints, copied, monkeypatch) -> None:
     """The target holds the tenant only: the gate scans each Cassandra table there once instead of
     looking up every planned partition (the source, shared, is still read partition by partition).
-    The target is looked up only to re-check what the source's read raced on, race-free."""
+    The target is looked up only to re-check a difference."""
     spec, run_id = copied
     calls = _spy_reads(endpoints, monkeypatch)
     steps.gate_post_copy(endpoints, spec, run_id)

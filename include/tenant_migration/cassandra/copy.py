@@ -225,7 +225,7 @@ def iter_pages(
     ``stmt`` may be a tuple of statements: group ``i`` is read with ``stmt[i % len(stmt)]`` (its
     next pages and its retries too), and a group is not sent while another request with its
     statement is in flight: no two requests in flight ever use the same statement
-    (``fingerprint.spread_statements``; with ``read_concurrency <= len(stmt)`` that costs no
+    (``fingerprint.spelled_statements``; with ``read_concurrency <= len(stmt)`` that costs no
     concurrency but a paging group's turn).
     """
     retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())

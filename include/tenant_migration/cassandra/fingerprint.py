@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from functools import partial
+from itertools import product
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenant_migration.cassandra.copy import CopyOptions, TableShape, cql_ident, iter_pages, table_shape
@@ -48,7 +49,7 @@ _PREPARED_LOCK = threading.Lock()
 
 def _prepare(session: Session, query: str) -> Any:
     """``session.prepare(query)``, once per session: a gate reads three tables on two clusters,
-    twelve statements each when spread (one round trip per prepare otherwise)."""
+    up to 16 spellings each (one round trip per prepare otherwise)."""
     with _PREPARED_LOCK:
         known = _PREPARED.setdefault(session, {})
         stmt = known.get(query)
@@ -114,25 +115,39 @@ class PartitionAggregate(NamedTuple):
     newest: int | None  # the newest WRITETIME of any cell (None: no regular cell)
 
 
-# ``mask_hash`` keeps ONE MessageDigest per algorithm in a node, shared by all its threads (Cassandra
-# 5.0), so two requests hashing with the same algorithm at the same time can corrupt each other's
-# hashes (~17 % of partitions at 16 requests in flight) or throw. Requests that use different
-# algorithms cannot. SHA-256 (the first) is the default: the target's scans and ``post_copy``'s
-# source look-ups use it. Reads whose both sides are look-ups spread their requests over the others
-# (``SPREAD``), one algorithm per request in flight -- never SHA-256, so a spread read cannot collide
-# with a scan or a SHA-256 read running beside it on the same node.
-DIGESTS = ("SHA-256", "SHA-1", "MD5", "SHA-224", "SHA-384", "SHA-512", "SHA-512/224", "SHA-512/256",
-           "SHA3-224", "SHA3-256", "SHA3-384", "SHA3-512")
-SPREAD = DIGESTS[1:]
+def _sha256_spellings() -> tuple[str, ...]:
+    """Every name the JDK resolves to SHA-256 (``MessageDigest.getInstance`` ignores case and knows
+    the ``SHA256`` alias and the OID), ``SHA-256`` first: 25 in all."""
+    def cases(word: str) -> list[str]:
+        return ["".join(p) for p in product(*[(c.upper(), c.lower()) if c.isalpha() else (c,) for c in word])]
+
+    return (*cases("SHA-256"), *cases("SHA256"), *cases("OID.2.16.840.1.101.3.4.2.1"), "2.16.840.1.101.3.4.2.1")
 
 
-def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm: str = DIGESTS[0],
+# ``mask_hash`` keeps one MessageDigest per algorithm *name*, in a static map keyed by the name's
+# bytes as the request gave it, shared by all of a node's threads (``HashMaskingFunction.DIGESTS``,
+# Cassandra 5.0): two requests hashing under the same name at the same time can corrupt each
+# other's hashes (210-305 of the demo tenant's 1,506 partitions at 16 requests in flight) or throw.
+# The JDK resolves the name case-insensitively and by alias, so each spelling of SHA-256 below gets
+# its own MessageDigest and the very same hash: every request in flight on a node gets a spelling
+# of its own -- no race -- and every read's digests compare with every other's (scans, look-ups,
+# re-checks, both clusters, any grouping). One process's reads keep to disjoint sets: the target's
+# scans (one request at a time), a read's requests in flight, and the re-checks that run beside
+# the next table's read. Another process hashing on the same node at the same moment can still
+# race: a difference is never reported from the aggregates alone (see ``_settle``).
+SHA256 = _sha256_spellings()
+SCAN_SPELLING = SHA256[0]
+READ_SPELLINGS = SHA256[1:17]
+RECHECK_SPELLINGS = SHA256[17:]
+
+
+def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm: str = SCAN_SPELLING,
                         day_column: str | None = None) -> str:
     """Per partition of an IN group (or, ``whole_table``, of the whole table -- only its partitions
-    whose ``day_column`` is IN a bound list, when given): row count, summed row hashes
-    (``algorithm``, one of ``DIGESTS``), newest writetime (server-side)."""
-    if algorithm not in DIGESTS:
-        raise ValueError(f"unknown digest algorithm {algorithm!r}")
+    whose ``day_column`` is IN a bound list, when given): row count, summed row hashes (SHA-256,
+    under ``algorithm``, one of its spellings ``SHA256``), newest writetime (server-side)."""
+    if algorithm not in SHA256:
+        raise ValueError(f"not a spelling of SHA-256: {algorithm!r}")
     pk = ", ".join(cql_ident(c) for c in shape.partition_key)
     parts = [cql_ident(c) for c in shape.clustering_key]
     for c in shape.regular:
@@ -208,15 +223,11 @@ def merge_groups(groups: Sequence[ReadGroup], max_partitions: int = 64) -> list[
     return merged
 
 
-def spread_statements(session: Session, shape: TableShape, count: int = len(SPREAD)) -> tuple[Any, ...]:
-    """``aggregate_statement`` prepared for the first ``count`` algorithms of ``SPREAD``, for
-    ``iter_pages`` to give every request in flight its own (no ``mask_hash`` race). A partition's
-    digest then depends on the position of its group in the read: both sides of a comparison must
-    read the same groups in the same order (and ask for the same ``count``).
-
-    Prepared at the same time (a round trip each: 11 one after the other cost 19 ms per table and
-    cluster in every gate that re-checked a partition)."""
-    texts = [aggregate_statement(shape, algorithm=a) for a in SPREAD[:max(1, min(count, len(SPREAD)))]]
+def spelled_statements(session: Session, shape: TableShape, spellings: Sequence[str]) -> tuple[Any, ...]:
+    """``aggregate_statement`` prepared once per spelling, for ``iter_pages`` to give every request
+    in flight its own (no ``mask_hash`` race). Prepared at the same time (a round trip each: one
+    after the other cost 19 ms per table and cluster in every gate that re-checked a partition)."""
+    texts = [aggregate_statement(shape, algorithm=a) for a in spellings]
     if len(texts) == 1:
         return (_prepare(session, texts[0]),)
     with ThreadPoolExecutor(max_workers=len(texts), thread_name_prefix="prepare") as pool:
@@ -224,29 +235,24 @@ def spread_statements(session: Session, shape: TableShape, count: int = len(SPRE
 
 
 def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
-                     opts: CopyOptions | None = None, spread: bool = False,
+                     opts: CopyOptions | None = None, spellings: Sequence[str] = READ_SPELLINGS,
                      ) -> dict[tuple[Any, ...], PartitionAggregate]:
     """Per partition of ``groups`` that holds rows: (rows, digest, newest writetime), computed by
     Cassandra, in merged reads (a request's round trip, not the data, is what costs here).
 
-    ``spread``: one digest algorithm per request in flight (at most ``len(SPREAD)`` in flight),
-    race-free; comparable only with the same call on the same groups. Otherwise SHA-256 for
-    every partition (comparable with ``scan_prints``), at the options' read concurrency."""
+    SHA-256 throughout (comparable with ``scan_prints`` and with any other read), every request in
+    flight under its own spelling of ``spellings``: at most that many in flight, race-free while
+    no other read on the node uses the same spellings at the same time."""
     opts = opts or CopyOptions()
     npk = len(shape.partition_key)
     wanted = _planned(groups)
     # Sorted first: a device's groups from different chunks (the plan's day windows) become
     # neighbours and merge into one exact read, instead of each widening a merge with other
     # devices (the big tenant's source look-ups: 1,075,720 partitions in 26,760 requests, 19.7 s,
-    # against 758,472 in 19,846, 15.6 s). Deterministic: both sides of a spread read sort alike.
+    # against 758,472 in 19,846, 15.6 s).
     merged = merge_groups(sorted(groups, key=lambda g: tuple(tuple(v) for v in g.values)))
-    if spread:
-        # No more algorithms than requests (a digest depends on its group's position and the
-        # groups only: the same on both sides, at any concurrency).
-        stmt: Any = spread_statements(session, shape, len(merged))
-        concurrency = min(opts.read_concurrency, len(stmt))
-    else:
-        stmt, concurrency = _prepare(session, aggregate_statement(shape)), opts.read_concurrency
+    stmt = spelled_statements(session, shape, spellings[:max(1, min(len(spellings), len(merged)))])
+    concurrency = min(opts.read_concurrency, len(stmt))
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
     # Unpaged: the answer is one row per partition of a read (a few hundred at most), and the
     # server aggregates in its own internal pages whatever the client asks; a client page size
@@ -285,8 +291,9 @@ def scan_prints(session: Session, shape: TableShape, wanted: set[tuple[Any, ...]
     For a cluster that holds the tenant only (the target): the partitions the plan names are then
     read in token order, without a look-up per planned partition (most of a plan's day buckets
     are empty: 1,506 of 17,972 held rows on the demo tenant) -- 0.6 s against 1.1 s of ``IN``
-    reads there. One request in flight: ``mask_hash`` gives wrong hashes when a node runs it
-    concurrently (4 parallel token ranges: 244 of 1,506 partitions differed from a serial scan).
+    reads there. One request in flight, under ``SCAN_SPELLING`` (no other read of this process uses
+    it): one spelling hashed by two requests at once gives wrong hashes (4 parallel token ranges
+    under one name: 244 of 1,506 partitions differed from a serial scan).
 
     ``day_column`` and ``days``: only the partitions of those day buckets are aggregated (the scan
     still walks every partition key of the table, skipping the others without reading them)."""
@@ -309,8 +316,8 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
     ``target_aggregates``: returns the target's aggregates of exactly these groups' partitions,
     read by a scan (``scan_prints``), or None when the scan left them out.
 
-    The paths hash differently (digest algorithms, cell-by-cell), so a chunk's total mixes them:
-    comparable between the two sides of ONE call, not across calls. ``exact`` hashes every
+    The paths hash differently (Cassandra's SHA-256, cell by cell here), so a chunk's total mixes
+    them: comparable between the two sides of ONE call, not across calls. ``exact`` hashes every
     partition here (deterministic: for digests stored and compared later, like the rehearsal's
     baseline)."""
     if exact:
@@ -323,10 +330,9 @@ def _prints(source: Session, target: Session, shape: TableShape, groups: Sequenc
 def _read_aggregates(source: Session, target: Session, shape: TableShape, groups: Sequence[ReadGroup],
                      opts: CopyOptions | None,
                      target_aggregates: Callable[[], Prints | None] | None = None) -> tuple[Prints, Prints]:
-    """Both sides' aggregates of ``groups``' partitions. With ``target_aggregates`` (a scan of the
-    target, SHA-256 throughout) the source is read with SHA-256 too: its requests may race (see
-    ``DIGESTS``), ``_settle`` sorts that out. Without, both clusters are read at once with
-    race-free spread digests."""
+    """Both sides' aggregates of ``groups``' partitions (SHA-256, race-free spellings): the source
+    looked up; the target by ``target_aggregates`` (its scan) when given and when the scan covered
+    them, else looked up too, both clusters at once."""
     scanned = None
     if target_aggregates is not None:
         agg_a = aggregate_prints(source, shape, groups, opts)
@@ -334,14 +340,12 @@ def _read_aggregates(source: Session, target: Session, shape: TableShape, groups
     if scanned is not None:
         agg_b = scanned
     elif target_aggregates is not None:
-        # The scan left these out (too many planned partitions): look them up, SHA-256 like the
-        # source's read above.
+        # The scan left these out (too many planned partitions): look them up like the source.
         agg_b = aggregate_prints(target, shape, groups, opts)
     else:
-        # Both clusters at once, the same groups in the same order: race-free spread digests.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-target") as pool:
-            on_target = pool.submit(aggregate_prints, target, shape, groups, opts, True)
-            agg_a = aggregate_prints(source, shape, groups, opts, True)
+            on_target = pool.submit(aggregate_prints, target, shape, groups, opts)
+            agg_a = aggregate_prints(source, shape, groups, opts)
             agg_b = on_target.result()
     return agg_a, agg_b
 
@@ -351,10 +355,10 @@ def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, 
             ) -> tuple[dict[tuple[Any, ...], PartitionPrint], dict[tuple[Any, ...], PartitionPrint]]:
     """Prints from both sides' aggregates, except for the partitions holding a cell newer than
     ``max_writetime`` on either side, re-read and hashed here with the watermark, and the
-    partitions whose aggregates differ: asked again with spread digests (``SPREAD``, never
-    SHA-256: race-free beside a SHA-256 read of another table), and hashed cell by cell here if
-    they still differ. A difference is only ever reported from the cell-by-cell path (the
-    aggregates are a fast filter, never the verdict on a mismatch)."""
+    partitions whose aggregates differ: asked again, both clusters at once, under the re-check's
+    own spellings (``RECHECK_SPELLINGS``: race-free beside the next table's read), and hashed cell
+    by cell here if they still differ. A difference is only ever reported from the cell-by-cell
+    path (the aggregates are a fast filter, never the verdict on a mismatch)."""
     none = PartitionAggregate(0, 0, None)
     newer = {pk for pk in set(agg_a) | set(agg_b)
              if max_writetime is not None and any(p.newest is not None and p.newest > max_writetime
@@ -362,14 +366,13 @@ def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, 
     differ = {pk for pk in set(agg_a) | set(agg_b)
               if pk not in newer and agg_a.get(pk, none)[:2] != agg_b.get(pk, none)[:2]}
     if differ:
-        # After a SHA-256 read that raced, most of those are the race, not the data (~100-250 of
-        # 1,506 partitions at 16 requests in flight, demo tenant): ask both clusters again for
-        # them, at once, with race-free spread digests; only those still differing are hashed here,
-        # cell by cell.
+        # A difference in the aggregates is a real one, or a cell that changed between the two
+        # reads, or the race of another process hashing on the node at the same moment: ask both
+        # clusters again, at once; only those still differing are hashed here, cell by cell.
         again = [ReadGroup(tuple([v] for v in _plain(pk))) for pk in sorted(differ, key=repr)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-recheck") as pool:
-            asking = pool.submit(aggregate_prints, target, shape, again, opts, True)
-            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, True).items()}
+            asking = pool.submit(aggregate_prints, target, shape, again, opts, RECHECK_SPELLINGS)
+            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, RECHECK_SPELLINGS).items()}
             re_b = {_plain(k): v for k, v in asking.result().items()}
         for pk in list(differ):
             pa, pb = re_a.get(_plain(pk), none), re_b.get(_plain(pk), none)
@@ -597,7 +600,7 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
             for batch in _batches(reads, BATCH_PARTITIONS):
                 groups = [g for r in batch for g in r.groups]
                 if exact or scanning is None:
-                    # Spread digests on both sides (or plain reads): never beside a re-check.
+                    # Read and settled here, after every earlier table was settled.
                     for _, _, earlier in settled:
                         earlier.result()
                     done: Future[Any] = Future()
@@ -606,8 +609,8 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
                     continue
                 wanted = set().union(*(r.partitions for r in batch))
                 agg_a, agg_b = _read_aggregates(source, target, shape, groups, opts, partial(_restrict, scanning, wanted))
-                # Settled on one worker (its spread re-checks never overlap each other) while the
-                # next table's SHA-256 reads go on here: different digests, no race between them.
+                # Settled on one worker (its re-checks never overlap each other) while the next
+                # table is read here: the two keep to their own spellings, no race between them.
                 settled.append((shape, batch, settling.submit(_settle, source, target, shape, agg_a, agg_b,
                                                               opts, max_writetime)))
         for shape, batch, future in settled:

@@ -19,6 +19,7 @@ import pytest
 from tenant_migration import ledger
 from tenant_migration.cassandra import catchup, fingerprint, plan, warmup
 from tenant_migration.cassandra.copy import CopyOptions, copy_pending
+from tenant_migration.cassandra.plan import ReadGroup
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.sample import data
 from tenant_migration.tenant_map import load_tenant_map
@@ -278,11 +279,12 @@ def test_catch_up_copies_late_writes_and_converges(copied: Run, endpoints: Endpo
     assert hot.hot_partitions > 0 and hot.warmed_rows > 0 and hot.before.reads > 0 and hot.after.reads > 0
 
 
-def test_spread_digests_are_the_same_at_eleven_requests_in_flight_as_one_at_a_time(copied: Run,
-                                                                                   endpoints: Endpoints) -> None:
-    """``mask_hash`` shares one digest per algorithm in a node: a read that gives every request in
-    flight its own algorithm (``spread``, never SHA-256) must come out exactly as the same read one request at a
-    time, every time -- and equal on both sides of a sound copy."""
+def test_every_spelling_of_sha256_hashes_alike_and_sixteen_in_flight_equal_one_at_a_time(copied: Run,
+                                                                                          endpoints: Endpoints) -> None:
+    """``mask_hash`` keeps one digest per algorithm *name* on a node, and the JDK resolves SHA-256's
+    25 spellings alike: a partition's digest is the same under each, and a read that gives every
+    request in flight its own spelling comes out exactly as the same read one request at a time,
+    every time -- equal on both sides of a sound copy, and to the target's one-spelling scan."""
     from dataclasses import replace
 
     from tenant_migration.cassandra.copy import table_shape
@@ -292,12 +294,15 @@ def test_spread_digests_are_the_same_at_eleven_requests_in_flight_as_one_at_a_ti
         shape = table_shape(src, "telemetry", "datapoints")
         members = [c for c in copied.chunks if c.table_name == "datapoints"]
         groups = [g for r in fingerprint._reads(members, shape, "day", opts, None) for g in r.groups]
-        serial = fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=1), spread=True)
+        serial = fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=1))
         assert sum(p.rows for p in serial.values()) > 0
+        one = sorted(serial, key=repr)[0]
+        alike = {tuple(fingerprint.aggregate_prints(src, shape, [ReadGroup(tuple([v] for v in fingerprint._plain(one)))],
+                                                    opts, (spelling,)).values()) for spelling in fingerprint.SHA256}
+        assert alike == {(serial[one],)}
         for _ in range(3):
-            assert fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=11), spread=True) == serial
-        assert {fingerprint._plain(k): v[:2] for k, v in fingerprint.aggregate_prints(
-                    dst, shape, groups, replace(opts, read_concurrency=11), spread=True).items()} == \
-               {fingerprint._plain(k): v[:2] for k, v in serial.items()}
-        # The SHA-256 read (the default, what the target's scan is compared with) is another hash.
-        assert fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=1)) != serial
+            assert fingerprint.aggregate_prints(src, shape, groups, replace(opts, read_concurrency=16)) == serial
+        plain = {fingerprint._plain(k): v[:2] for k, v in serial.items()}
+        assert {fingerprint._plain(k): v[:2] for k, v in fingerprint.aggregate_prints(dst, shape, groups).items()} == plain
+        scanned = fingerprint.scan_prints(dst, shape, fingerprint._planned(groups))
+        assert {fingerprint._plain(k): v[:2] for k, v in scanned.items()} == plain

@@ -36,7 +36,7 @@ def faked(monkeypatch) -> dict[str, Any]:
     monkeypatch.setattr(fingerprint, "table_shape", lambda session, keyspace, table: SHAPES[table])
     monkeypatch.setattr(fingerprint, "_scan_target", lambda *a, **k: {})
 
-    def read(session: Any, shape: TableShape, groups: Any, opts: Any = None, spread: bool = False) -> dict[Any, Any]:
+    def read(session: Any, shape: TableShape, groups: Any, opts: Any = None, spellings: Any = None) -> dict[Any, Any]:
         state["reads"].append(shape.table)
         if shape.table == "latest_values":
             state["small_read"].set()

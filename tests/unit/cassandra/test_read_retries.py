@@ -124,7 +124,7 @@ class _Named:
         return SimpleNamespace(params=params, fetch_size=None, stmt=self.name)
 
 
-def test_spread_statements_never_share_one_in_flight_and_keep_each_groups_statement() -> None:
+def test_spelled_statements_never_share_one_in_flight_and_keep_each_groups_statement() -> None:
     """``iter_pages`` with a tuple of statements: group i is read with statement i % n, its next
     page too, and with read_concurrency <= n no two requests in flight use the same statement
     (what keeps ``mask_hash``'s per-algorithm digest from being shared, fingerprint.SPREAD)."""

@@ -54,5 +54,18 @@ def test_a_day_filtered_scan_statement_reads_the_bound_days_only() -> None:
     q = fingerprint.aggregate_statement(SHAPE, whole_table=True, day_column="day")
     assert q.endswith('WHERE "day" IN ? GROUP BY "device_id", "property_id", "day" ALLOW FILTERING')
     assert "mask_hash((\"ts\", \"value\", WRITETIME(\"value\")), 'SHA-256')" in q
-    with pytest.raises(ValueError, match="unknown digest"):
+    with pytest.raises(ValueError, match="not a spelling of SHA-256"):
         fingerprint.aggregate_statement(SHAPE, algorithm="CRC32")
+
+
+def test_spellings_of_sha256_are_distinct_and_each_read_keeps_to_its_own() -> None:
+    """Each spelling is its own MessageDigest on a node (the map is keyed by the name's bytes): the
+    scan, a read's requests in flight and the re-checks beside it must never share one."""
+    spellings = fingerprint.SHA256
+    assert len(spellings) == len(set(spellings)) == 25 and spellings[0] == "SHA-256"
+    assert all(s.replace("-", "").upper() == "SHA256" or s.upper().removeprefix("OID.") == "2.16.840.1.101.3.4.2.1"
+               for s in spellings)
+    scan, read, recheck = {fingerprint.SCAN_SPELLING}, set(fingerprint.READ_SPELLINGS), set(fingerprint.RECHECK_SPELLINGS)
+    assert not (scan & read or scan & recheck or read & recheck)
+    assert scan | read | recheck == set(spellings)
+    assert len(read) >= CopyOptions().read_concurrency  # a read's default concurrency fits its spellings
