@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers import admin
 
 from tenant_migration import ledger, replica, steps
+from tenant_migration.cassandra.catchup import recent_days
 from tenant_migration.postgres import cdc
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
@@ -92,11 +93,17 @@ def test_catch_up_gate_scans_the_targets_recent_buckets(endpoints, caught_up, mo
         scans.append((side, shape.table, days))
         return real(session, shape, wanted, opts, day_column=day_column, days=days)
     monkeypatch.setattr(fingerprint, "scan_prints", spy)
+    before = datetime.now(UTC)
     assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
+    after = datetime.now(UTC)
     assert {t for _, t, _ in scans} == {"datapoints", "latest_values", "connection_events"}
     assert {side for side, _, _ in scans} == {"target"}
-    today = datetime.now(UTC).date()
-    assert {t: d for _, t, d in scans}["datapoints"] == [today]
+    # The recent buckets: from the day of the detach (less 15 minutes) to today -- one day, or two
+    # when the run began shortly before midnight (UTC).
+    with endpoints.target.connect() as tconn:
+        _, detached = steps._detach_lsn(tconn, run_id)
+    since = detached - timedelta(minutes=15)
+    assert {t: d for _, t, d in scans}["datapoints"] in (recent_days(since, before), recent_days(since, after))
 
 
 @pytest.mark.parametrize("kind", [
