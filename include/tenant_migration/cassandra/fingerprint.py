@@ -228,17 +228,55 @@ def spelled_statements(session: Session, shape: TableShape, spellings: Sequence[
     in flight its own (no ``mask_hash`` race). Prepared at the same time (a round trip each: one
     after the other cost 19 ms per table and cluster in every gate that re-checked a partition)."""
     texts = [aggregate_statement(shape, algorithm=a) for a in spellings]
-    if len(texts) == 1:
-        return (_prepare(session, texts[0]),)
-    with ThreadPoolExecutor(max_workers=len(texts), thread_name_prefix="prepare") as pool:
-        return tuple(pool.map(lambda text: _prepare(session, text), texts))
+    with _PREPARED_LOCK:
+        known = dict(_PREPARED.get(session, {}))
+    missing = [t for t in texts if t not in known]
+    if len(missing) > 1:
+        with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="prepare") as pool:
+            known.update(zip(missing, pool.map(lambda text: _prepare(session, text), missing), strict=True))
+    return tuple(known[t] if t in known else _prepare(session, t) for t in texts)
+
+
+def _sorted_merge(groups: Iterable[ReadGroup]) -> list[ReadGroup]:
+    # Sorted first: a device's groups from different chunks (the plan's day windows) become
+    # neighbours and merge into one exact read, instead of each widening a merge with other
+    # devices (the big tenant's source look-ups: 1,075,720 partitions in 26,760 requests, 19.7 s,
+    # against 758,472 in 19,846, 15.6 s).
+    return merge_groups(sorted(groups, key=lambda g: tuple(tuple(v) for v in g.values)))
+
+
+def present_partitions(session: Session, shape: TableShape, merged: Sequence[ReadGroup],
+                       wanted: set[tuple[Any, ...]], opts: CopyOptions) -> set[tuple[Any, ...]]:
+    """The partitions of ``wanted`` (plain keys) that hold rows, found with ``SELECT DISTINCT`` of the
+    partition key over the ``merged`` reads, unpaged (one row per partition holding data, nothing
+    hashed). A look-up costs Cassandra less this way than under an aggregate: the demo tenant's
+    17,972 planned partitions (1,506 holding rows) 0.25 s against 0.55 s aggregated, today's 4,493
+    (none holding rows) 0.12 s against 0.17 s."""
+    pk = ", ".join(cql_ident(c) for c in shape.partition_key)
+    where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
+    stmt = _prepare(session, f"SELECT DISTINCT {pk} FROM {shape.qualified} WHERE {where}")
+    present: set[tuple[Any, ...]] = set()
+    for page in iter_pages(session, stmt, merged, read_concurrency=opts.read_concurrency, fetch_size=None,
+                           opts=opts, retry_server_errors=True):
+        for row in page:
+            key = _plain(row)
+            if key in wanted:
+                present.add(key)
+    return present
 
 
 def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
                      opts: CopyOptions | None = None, spellings: Sequence[str] = READ_SPELLINGS,
-                     ) -> dict[tuple[Any, ...], PartitionAggregate]:
+                     probe: bool = True) -> dict[tuple[Any, ...], PartitionAggregate]:
     """Per partition of ``groups`` that holds rows: (rows, digest, newest writetime), computed by
     Cassandra, in merged reads (a request's round trip, not the data, is what costs here).
+
+    ``probe``: first find the partitions holding rows (``present_partitions``: most planned
+    partitions are empty -- a device's property reports on some days only, today's buckets before
+    the devices wrote), then aggregate those only, a device's present partitions per read. Off for
+    reads of partitions known to hold rows (the re-check of differing ones). A partition created
+    between the two reads is left out: its cells are all newer than the probe, later than any
+    watermark a gate compares at (and the target's side of it, if any, makes it differ: re-read).
 
     SHA-256 throughout (comparable with ``scan_prints`` and with any other read), every request in
     flight under its own spelling of ``spellings``: at most that many in flight, race-free while
@@ -246,12 +284,20 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     opts = opts or CopyOptions()
     npk = len(shape.partition_key)
     wanted = _planned(groups)
-    # Sorted first: a device's groups from different chunks (the plan's day windows) become
-    # neighbours and merge into one exact read, instead of each widening a merge with other
-    # devices (the big tenant's source look-ups: 1,075,720 partitions in 26,760 requests, 19.7 s,
-    # against 758,472 in 19,846, 15.6 s).
-    merged = merge_groups(sorted(groups, key=lambda g: tuple(tuple(v) for v in g.values)))
-    stmt = spelled_statements(session, shape, spellings[:max(1, min(len(spellings), len(merged)))])
+    merged = _sorted_merge(groups)
+    spelled = spellings[:max(1, min(len(spellings), len(merged)))]
+    if probe:
+        # The aggregate's statements are prepared (a round trip each) while the probe reads.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-aggregate") as pool:
+            preparing = pool.submit(spelled_statements, session, shape, spelled)
+            wanted = present_partitions(session, shape, merged, wanted, opts)
+            prepared = preparing.result()
+        if not wanted:
+            return {}
+        merged = _sorted_merge(ReadGroup(tuple([v] for v in pk)) for pk in wanted)
+        stmt = prepared[:len(merged)]
+    else:
+        stmt = spelled_statements(session, shape, spelled)
     concurrency = min(opts.read_concurrency, len(stmt))
     # retry_server_errors: mask_hash's race sometimes throws on the server (``copy._server_failure``).
     # Unpaged: the answer is one row per partition of a read (a few hundred at most), and the
@@ -371,8 +417,9 @@ def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, 
         # clusters again, at once; only those still differing are hashed here, cell by cell.
         again = [ReadGroup(tuple([v] for v in _plain(pk))) for pk in sorted(differ, key=repr)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-recheck") as pool:
-            asking = pool.submit(aggregate_prints, target, shape, again, opts, RECHECK_SPELLINGS)
-            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, RECHECK_SPELLINGS).items()}
+            asking = pool.submit(aggregate_prints, target, shape, again, opts, RECHECK_SPELLINGS, False)
+            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, RECHECK_SPELLINGS,
+                                                              False).items()}
             re_b = {_plain(k): v for k, v in asking.result().items()}
         for pk in list(differ):
             pa, pb = re_a.get(_plain(pk), none), re_b.get(_plain(pk), none)
@@ -599,13 +646,8 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
         for (shape, _, _, reads), scanning in zip(plans, scans, strict=True):
             for batch in _batches(reads, BATCH_PARTITIONS):
                 groups = [g for r in batch for g in r.groups]
-                if exact or scanning is None:
-                    # Read and settled here, after every earlier table was settled.
-                    for _, _, earlier in settled:
-                        earlier.result()
-                    done: Future[Any] = Future()
-                    done.set_result(_prints(source, target, shape, groups, opts, max_writetime, exact))
-                    settled.append((shape, batch, done))
+                if scanning is None:  # no scan in this call: each batch read and settled here
+                    compare(shape, batch, *_prints(source, target, shape, groups, opts, max_writetime, exact))
                     continue
                 wanted = set().union(*(r.partitions for r in batch))
                 agg_a, agg_b = _read_aggregates(source, target, shape, groups, opts, partial(_restrict, scanning, wanted))

@@ -306,3 +306,38 @@ def test_every_spelling_of_sha256_hashes_alike_and_sixteen_in_flight_equal_one_a
         assert {fingerprint._plain(k): v[:2] for k, v in fingerprint.aggregate_prints(dst, shape, groups).items()} == plain
         scanned = fingerprint.scan_prints(dst, shape, fingerprint._planned(groups))
         assert {fingerprint._plain(k): v[:2] for k, v in scanned.items()} == plain
+
+
+def test_the_probe_finds_exactly_the_partitions_holding_rows_and_aggregates_only_those(copied: Run,
+                                                                                      endpoints: Endpoints,
+                                                                                      monkeypatch) -> None:
+    """``aggregate_prints`` first finds the planned partitions holding rows (``SELECT DISTINCT``),
+    then hashes those only: the same prints as hashing every planned partition, and the aggregate
+    reads ask for fewer partitions than planned, of the devices holding rows only."""
+    from tenant_migration.cassandra import copy as cql_copy
+    from tenant_migration.cassandra.copy import table_shape
+
+    opts = CopyOptions()
+    with endpoints.cassandra_sessions() as (src, _):
+        shape = table_shape(src, "telemetry", "datapoints")
+        members = [c for c in copied.chunks if c.table_name == "datapoints"]
+        groups = [g for r in fingerprint._reads(members, shape, "day", opts, None) for g in r.groups]
+        planned = fingerprint._planned(groups)
+        everything = fingerprint.aggregate_prints(src, shape, groups, opts, probe=False)
+        present = fingerprint.present_partitions(src, shape, fingerprint._sorted_merge(groups), planned, opts)
+        assert present == {fingerprint._plain(k) for k in everything}
+        assert 0 < len(present) < len(planned)  # the plan's day buckets are not all filled
+
+        read: list[ReadGroup] = []
+        real = cql_copy.iter_pages
+
+        def spy(session, stmt, groups, **kwargs):
+            groups = list(groups)
+            if isinstance(stmt, tuple):  # the aggregate's spelled statements (the probe has one)
+                read.extend(groups)
+            return real(session, stmt, groups, **kwargs)
+        monkeypatch.setattr(fingerprint, "iter_pages", spy)
+        assert fingerprint.aggregate_prints(src, shape, groups, opts) == everything
+        asked = {p for g in read for p in g.partitions()}
+        assert present <= asked and len(asked) < len(planned)
+        assert {p[0] for p in asked} == {p[0] for p in present}  # no device without rows is hashed
