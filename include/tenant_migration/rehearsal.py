@@ -108,8 +108,9 @@ def call(name: str, context: dict[str, Any], *args: Any) -> Any:
     from airflow.sdk.exceptions import AirflowFailException
 
     from tenant_migration import rollback, steps
-    from tenant_migration.runtime import fail_fast, run_key
+    from tenant_migration.runtime import fail_fast, run_key, task_starting
 
+    task_starting()
     module, fn_name = name.split(".")
     rid = run_key(context)
     ti = context["ti"]

@@ -6,6 +6,7 @@ Imported only inside task bodies (never at DAG parse time).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -48,8 +49,18 @@ def run_key(context: dict[str, Any]) -> str:
     return f"{context['dag'].dag_id}/{context['run_id']}"
 
 
+def task_starting() -> None:
+    """As a task's library step begins: the local stack's runner hook (``stack/prewarm.py``,
+    loaded only by that stack's Airflow local settings; under ``airflow dags test`` it freezes
+    what earlier tasks left on the heap). Does nothing anywhere else."""
+    prewarm = sys.modules.get("tenant_migration.stack.prewarm")
+    if prewarm is not None:
+        prewarm.task_starting()
+
+
 def call(fn: Callable[..., T], context: dict[str, Any], *args: Any) -> T:
     """Run one library step with endpoints and spec resolved from the task context."""
+    task_starting()
     with fail_fast():
         spec = spec_of(dict(context["params"]))
         return fn(Endpoints.from_airflow(), spec, run_key(context), *args)

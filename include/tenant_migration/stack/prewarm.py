@@ -46,6 +46,8 @@ MODULES = (
 CALLS = ("tenant_migration.validation.gx_gate:import_gx",)
 
 _warmed = False
+# Set in ``airflow dags test``, which runs every task in its own process (``task_starting``).
+_tasks_in_this_process = False
 
 
 def is_scheduler(argv: list[str] | None = None) -> bool:
@@ -107,6 +109,19 @@ def _warm_calls_after_airflow() -> None:
                                      time.monotonic() - started, failed or "none")
 
 
+def task_starting() -> None:
+    """Called as each task's library step begins (``runtime.call``). Under ``airflow dags test``
+    what earlier tasks left on the heap is moved out of the collector's way, as a LocalExecutor task
+    process starts: forked from a worker whose heap is frozen, its collector walks only the task's
+    own objects. In one ``dags test`` process it walked everything every earlier task left: full
+    collections of 0.2-0.3 s every ~2 s (demo run, ``gc.callbacks``), landing in whichever step
+    allocated -- a 0.31 s pause made a 0.35 s catch-up gate 0.71 s; with this, 12-30 ms. Nothing is
+    collected first (that is a full collection per task): the little garbage pending then stays
+    for the process's life, a demo run's. Elsewhere it does nothing."""
+    if _tasks_in_this_process:
+        gc.freeze()
+
+
 def install(argv: list[str] | None = None) -> bool:
     """In the scheduler, warm the imports just before its first fork. In ``airflow dags test``,
     which runs the DAG's tasks in its own process, import ``CALLS`` (Great Expectations) in a
@@ -119,6 +134,8 @@ def install(argv: list[str] | None = None) -> bool:
     if is_dags_test(argv):
         import threading
 
+        global _tasks_in_this_process
+        _tasks_in_this_process = True
         threading.Thread(target=_warm_calls_after_airflow, name="gx-warm-up", daemon=True).start()
         return True
     return False

@@ -125,3 +125,38 @@ def test_stack_files_put_the_local_settings_where_airflow_imports_them(tmp_path)
     # Airflow puts $AIRFLOW_HOME/config on sys.path and imports airflow_local_settings from it.
     assert (topo.airflow_home / "config" / "airflow_local_settings.py").read_text() == prewarm.LOCAL_SETTINGS
     assert airflow_env.environment(topo)["AIRFLOW_HOME"] == str(topo.airflow_home)
+
+
+@pytest.mark.parametrize(("argv", "freezes"), [
+    (["/x/.venv/bin/airflow", "dags", "test", "tenant_migration"], True),
+    (["/x/.venv/bin/airflow", "scheduler"], False),
+    (["/x/.venv/bin/airflow", "tasks", "run"], False),
+])
+def test_each_task_freezes_the_heap_only_under_dags_test(argv: list[str], freezes: bool, monkeypatch) -> None:
+    """``airflow dags test`` runs every task in one process: each task's step starts with what
+    earlier tasks left frozen (as a LocalExecutor task process starts); nowhere else."""
+    from tenant_migration import runtime
+
+    monkeypatch.setattr(prewarm, "_tasks_in_this_process", False)
+    monkeypatch.setattr(prewarm.os, "register_at_fork", lambda **kw: None)
+    monkeypatch.setattr("threading.Thread", lambda **kw: type("T", (), {"start": lambda self: None})())
+    frozen: list[bool] = []
+    monkeypatch.setattr(prewarm.gc, "freeze", lambda: frozen.append(True))
+    prewarm.install(argv)
+    runtime.task_starting()
+    runtime.task_starting()
+    assert frozen == ([True, True] if freezes else [])
+
+
+def test_a_task_outside_the_local_stack_runs_no_hook(monkeypatch) -> None:
+    """Without the local stack's Airflow settings the hook module is not loaded and nothing runs."""
+    import sys
+
+    from tenant_migration import runtime
+
+    monkeypatch.delitem(sys.modules, "tenant_migration.stack.prewarm")
+    frozen: list[bool] = []
+    monkeypatch.setattr(prewarm.gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(prewarm, "_tasks_in_this_process", True)
+    runtime.task_starting()
+    assert frozen == []
