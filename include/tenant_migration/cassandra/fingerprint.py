@@ -73,7 +73,8 @@ def _cell_digest(key: tuple[Any, ...], column: str, value: Any, writetime: Any) 
 
 def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadGroup],
                      opts: CopyOptions | None = None, max_writetime: int | None = None) -> dict[tuple[Any, ...], PartitionPrint]:
-    """Per partition that holds rows: (rows, digest). Partitions without rows are absent.
+    """Per partition that holds rows (plain keys, ``_plain``): (rows, digest). Partitions without
+    rows are absent.
 
     With ``max_writetime`` (microseconds) only cells written at or before it count, and a row
     counts only if one of its cells does: the data as of a watermark, on a cluster that keeps
@@ -90,7 +91,7 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     for page in iter_pages(session, stmt, groups, read_concurrency=opts.read_concurrency, fetch_size=opts.fetch_size,
                            opts=opts, retry_server_errors=True):
         for row in page:
-            pk, key = tuple(row[:npk]), tuple(row[:nkey])
+            pk, key = _plain(row[:npk]), tuple(row[:nkey])
             d = digests.get(pk, 0)
             counted = not shape.regular
             for i, col in enumerate(shape.regular):
@@ -163,13 +164,21 @@ def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm:
             + ("" if whole_table else f" WHERE {where}") + f" GROUP BY {pk}")
 
 
+_DATE: Any = None  # cassandra.util.Date, imported at the first key (the DAG parser never loads the driver)
+
+
 def _plain(key: Sequence[Any]) -> tuple[Any, ...]:
     """A partition key read from Cassandra, comparable with the plan's: the driver returns ``date``
     columns as ``cassandra.util.Date``, the plan holds ``datetime.date`` (and the two never compare
-    equal). The plan's own keys are plain already (``_planned``)."""
-    from cassandra.util import Date
+    equal). The plan's own keys are plain already (``_planned``), and so are the keys of every
+    print this module returns: converted once, as each row is read."""
+    global _DATE
+    if _DATE is None:
+        from cassandra.util import Date
 
-    return tuple(v.date() if type(v) is Date else v for v in key)
+        _DATE = Date
+    date_type = _DATE
+    return tuple([v.date() if v.__class__ is date_type else v for v in key])
 
 
 def _planned(groups: Iterable[ReadGroup]) -> set[tuple[Any, ...]]:
@@ -310,15 +319,18 @@ def aggregate_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
 
 def _aggregates(pages: Iterable[list[tuple[Any, ...]]], npk: int,
                 wanted: set[tuple[Any, ...]]) -> dict[tuple[Any, ...], PartitionAggregate]:
-    """``aggregate_statement``'s rows, by partition key, for the partitions in ``wanted`` holding rows."""
+    """``aggregate_statement``'s rows, by partition key (plain, ``_plain``), for the partitions in
+    ``wanted`` holding rows."""
     out: dict[tuple[Any, ...], PartitionAggregate] = {}
     for page in pages:
         for row in page:
-            if not row[npk] or _plain(row[:npk]) not in wanted:
+            if not row[npk]:
+                continue
+            pk = _plain(row[:npk])
+            if pk not in wanted:
                 continue
             times = [t for t in row[npk + 2:] if t is not None]
-            out[tuple(row[:npk])] = PartitionAggregate(int(row[npk]), int(row[npk + 1] or 0) & _MASK,
-                                                       max(times) if times else None)
+            out[pk] = PartitionAggregate(int(row[npk]), int(row[npk + 1] or 0) & _MASK, max(times) if times else None)
     return out
 
 
@@ -415,14 +427,13 @@ def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, 
         # A difference in the aggregates is a real one, or a cell that changed between the two
         # reads, or the race of another process hashing on the node at the same moment: ask both
         # clusters again, at once; only those still differing are hashed here, cell by cell.
-        again = [ReadGroup(tuple([v] for v in _plain(pk))) for pk in sorted(differ, key=repr)]
+        again = [ReadGroup(tuple([v] for v in pk)) for pk in sorted(differ, key=repr)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fingerprint-recheck") as pool:
             asking = pool.submit(aggregate_prints, target, shape, again, opts, RECHECK_SPELLINGS, False)
-            re_a = {_plain(k): v for k, v in aggregate_prints(source, shape, again, opts, RECHECK_SPELLINGS,
-                                                              False).items()}
-            re_b = {_plain(k): v for k, v in asking.result().items()}
+            re_a = aggregate_prints(source, shape, again, opts, RECHECK_SPELLINGS, False)
+            re_b = asking.result()
         for pk in list(differ):
-            pa, pb = re_a.get(_plain(pk), none), re_b.get(_plain(pk), none)
+            pa, pb = re_a.get(pk, none), re_b.get(pk, none)
             if pa[:2] == pb[:2] and (max_writetime is None or all(
                     p.newest is None or p.newest <= max_writetime for p in (pa, pb))):
                 differ.discard(pk)
@@ -574,7 +585,7 @@ def _scan_target(target: Session, shape: TableShape, reads: Sequence[_Read], opt
 
 def _restrict(scanning: Future[Prints | None], wanted: set[tuple[Any, ...]]) -> Prints | None:
     scan = scanning.result()
-    return None if scan is None else {pk: v for pk, v in scan.items() if _plain(pk) in wanted}
+    return None if scan is None else {pk: v for pk, v in scan.items() if pk in wanted}
 
 
 def _batches(reads: Sequence[_Read], limit: int) -> list[list[_Read]]:
@@ -618,16 +629,17 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
 
     def compare(shape: TableShape, batch: list[_Read], a: dict[tuple[Any, ...], PartitionPrint],
                 b: dict[tuple[Any, ...], PartitionPrint]) -> None:
-        owner: dict[tuple[Any, ...], list[int]] = {}
-        for i, r in enumerate(batch):
-            for pk in r.partitions:
-                owner.setdefault(pk, []).append(i)
+        # The partitions holding rows on either side (most planned ones hold none), per read
+        # that plans them: a set intersection walks the smaller of the two.
+        present = a.keys() | b.keys()
         split_a: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
         split_b: list[dict[tuple[Any, ...], PartitionPrint]] = [{} for _ in batch]
-        for side, split in ((a, split_a), (b, split_b)):
-            for pk, pp in side.items():
-                for i in owner.get(_plain(pk), ()):
-                    split[i][pk] = pp
+        for r, part_a, part_b in zip(batch, split_a, split_b, strict=True):
+            for pk in r.partitions & present:
+                if pk in a:
+                    part_a[pk] = a[pk]
+                if pk in b:
+                    part_b[pk] = b[pk]
         for r, pa, pb in zip(batch, split_a, split_b, strict=True):
             fp, bad = _compare(pa, pb, shape, r.chunks[0].chunk_id)
             report.partitions += bad
