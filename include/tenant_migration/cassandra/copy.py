@@ -67,6 +67,12 @@ class TableShape:
     def qualified(self) -> str:
         return f"{cql_ident(self.keyspace)}.{cql_ident(self.table)}"
 
+    @property
+    def partitions_in(self) -> str:
+        """The ``WHERE`` of a read of some partitions: an ``IN ?`` per partition-key column (bound
+        to a ``ReadGroup``'s lists; their cartesian product is the partitions read)."""
+        return " AND ".join(f"{cql_ident(c)} IN ?" for c in self.partition_key)
+
 
 COLUMNS_QUERY = ("SELECT column_name, kind, position, type FROM system_schema.columns "
                  "WHERE keyspace_name = %s AND table_name = %s")
@@ -371,7 +377,7 @@ class ChunkCopier:
         self.day_column = day_column
         self.opts = opts or CopyOptions()
         self.limiter = limiter
-        where = " AND ".join(f"{cql_ident(c)} IN ?" for c in shape.partition_key)
+        where = shape.partitions_in
         meta_cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)}), TTL({cql_ident(c)})" for c in shape.regular)
         key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
         self.select = source.prepare(f"SELECT {key_cols}, {meta_cols} FROM {shape.qualified} WHERE {where}")

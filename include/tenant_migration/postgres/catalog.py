@@ -36,19 +36,12 @@ class ForeignKey:
 
 def columns(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[str, str]]:
     """(column, formatted type) in ordinal order; empty when the table does not exist."""
-    rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum",
-        (schema, table),
-    ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+    return columns_of_tables(conn, schema, [table])[table]
 
 
 def columns_of_tables(conn: psycopg.Connection, schema: str, names: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-    """``columns`` of every table in ``names``, in one round trip (a table that does not exist
-    maps to an empty list)."""
+    """(column, formatted type) in ordinal order of every table in ``names``, in one round trip (a
+    table that does not exist maps to an empty list)."""
     out: dict[str, list[tuple[str, str]]] = {name: [] for name in names}
     rows = conn.execute(
         "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
