@@ -12,11 +12,12 @@ HTML report, a `tm_control.gates` row) and names what failed in the task log bef
 (mapped: as many tasks per store as the chunks' estimated work fills with `min_task_seconds` each,
 at most `max_tasks`; each chunk replaced atomically, recorded in the ledger) → `gate_post_copy` →
 `reattach_replica` (teardown: also on failure).
-**SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets) → `warm_up` →
+**SET** — `catch_up_postgres` (change stream) + `catch_up_cassandra` (recent buckets, and the
+partitions of rows the stream brought: devices born after the detach) → `warm_up` →
 `load_check` (the target takes the tenant's write shape at `load_rate`; p99 and errors gate it) →
 `gate_catch_up` (first applies what the primary committed meanwhile, then checks lag and recent buckets).
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
-`final_catch_up` → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
+`final_catch_up` (change stream until now, then the new rows' partitions) → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
 `flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
 `drop_cdc_slot` (teardown) → `gate_final` (no PostgreSQL row and no Cassandra partition of another
 tenant on the target; registrations back on; every chunk done) → `report`.
@@ -130,7 +131,7 @@ def tenant_migration() -> None:
     @task(**RETRY)
     def suspend_registrations(**ctx) -> dict: return _call("suspend_registrations", ctx)
     @task(**RETRY)
-    def final_catch_up(**ctx) -> dict: return _call("catch_up_postgres", ctx, True)
+    def final_catch_up(**ctx) -> dict: return _call("final_catch_up", ctx)
     @task(**CUTOVER)
     def gate_pre_flip(**ctx) -> dict: return _call("gate_pre_flip", ctx)
     @task.branch

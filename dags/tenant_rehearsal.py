@@ -48,7 +48,7 @@ PARAMS = {
                      description="How many earlier rehearsals the report lists for the trend."),
     # The migration's own params, with short waits: the prediction uses Migration Day's settings.
     **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "dns_zone",
-                       "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5),
+                       "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, cassandra_days=4),
 }
 
 
@@ -93,7 +93,7 @@ def tenant_rehearsal() -> None:
     @task(**RETRY)
     def suspend_registrations(**ctx) -> dict: return _call("steps.suspend_registrations", ctx)
     @task(**RETRY)
-    def final_catch_up(**ctx) -> dict: return _call("steps.catch_up_postgres", ctx, True)
+    def final_catch_up(**ctx) -> dict: return _call("steps.final_catch_up", ctx)
     @task(**CUTOVER)
     def gate_pre_flip(**ctx) -> dict: return _call("steps.gate_pre_flip", ctx)
     @task(**RETRY)

@@ -23,6 +23,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from tenant_migration import keycodec
+
 _CREATE = (Path(__file__).parent / "sql" / "create_ledger.sql").read_text()
 
 
@@ -160,43 +162,52 @@ def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
 
 
 def plan_chunks(conn: psycopg.Connection, run_id: str, chunks: list[Chunk]) -> None:
-    """Insert planned chunks; chunks already in the ledger keep their status (stable ids)."""
+    """Insert planned chunks; chunks already in the ledger keep their status (stable ids).
+
+    Bounds are stored with ``keycodec`` (every key type survives the reload, ``_chunks``); a key
+    value of a type it cannot hold raises before anything is written."""
+    rows = [(run_id, c.chunk_id, c.engine, c.table_name, keycodec.dumps(c.bounds)) for c in chunks]
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO tm_control.chunks (run_id, chunk_id, engine, table_name, bounds) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_id) DO NOTHING",
-            [(run_id, c.chunk_id, c.engine, c.table_name, Jsonb(c.bounds)) for c in chunks],
+            "VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT (run_id, chunk_id) DO NOTHING",
+            rows,
         )
+
+
+def _chunks(rows: list[Any]) -> list[Chunk]:
+    """Chunks from ``(chunk_id, engine, table_name, bounds::text)`` rows (typed key values back)."""
+    return [Chunk(r[0], r[1], r[2], keycodec.loads(r[3])) for r in rows]
 
 
 def run_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:
     """Every planned chunk of ``run_id`` for ``engine`` (done or not), by id."""
     rows = conn.execute(
-        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks "
+        "SELECT chunk_id, engine, table_name, bounds::text FROM tm_control.chunks "
         "WHERE run_id = %s AND engine = %s ORDER BY chunk_id",
         (run_id, engine),
     ).fetchall()
-    return [Chunk(r[0], r[1], r[2], r[3]) for r in rows]
+    return _chunks(rows)
 
 
 def get_chunk(conn: psycopg.Connection, run_id: str, chunk_id: str) -> Chunk:
     """One planned chunk; KeyError when the run has no such chunk (planned ids only)."""
     row = conn.execute(
-        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks WHERE run_id = %s AND chunk_id = %s",
+        "SELECT chunk_id, engine, table_name, bounds::text FROM tm_control.chunks WHERE run_id = %s AND chunk_id = %s",
         (run_id, chunk_id),
     ).fetchone()
     if row is None:
         raise KeyError(f"run {run_id} has no planned chunk {chunk_id}")
-    return Chunk(row[0], row[1], row[2], row[3])
+    return _chunks([row])[0]
 
 
 def pending_chunks(conn: psycopg.Connection, run_id: str, engine: str) -> list[Chunk]:
     rows = conn.execute(
-        "SELECT chunk_id, engine, table_name, bounds FROM tm_control.chunks "
+        "SELECT chunk_id, engine, table_name, bounds::text FROM tm_control.chunks "
         "WHERE run_id = %s AND engine = %s AND status <> 'done' ORDER BY chunk_id",
         (run_id, engine),
     ).fetchall()
-    return [Chunk(r[0], r[1], r[2], r[3]) for r in rows]
+    return _chunks(rows)
 
 
 def chunk_status(conn: psycopg.Connection, run_id: str, chunk_id: str) -> ChunkStatus | None:

@@ -23,8 +23,14 @@ MIGRATION_PARAMS = {
                                           "9x it. 0 = always max_tasks."),
     "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
                                    description="Requests in flight per Cassandra copy."),
-    "cassandra_days": Param(4, type="integer", minimum=1, maximum=3650, title="Cassandra days",
-                            description="Day buckets of datapoints to copy, newest first, counting today (UTC)."),
+    "cassandra_days": Param(0, type="integer", minimum=0, maximum=3650, title="Cassandra days",
+                            description="Day buckets of datapoints to copy, newest first, counting today (UTC). "
+                                        "0 = the tenant map's whole retention window (the default). Fewer days "
+                                        "leave older history behind: gate_final then fails unless "
+                                        "'Partial history intended' is on."),
+    "partial_history_ok": Param(False, type="boolean", title="Partial history intended",
+                                description="Accept a Cassandra plan shorter than the retention window "
+                                            "(cassandra_days above): the final gate records it instead of failing."),
     "dns_zone": Param("iot.example.test.", type="string", title="DNS zone",
                       description="Route53 hosted zone that holds the tenant's endpoint records."),
     "target_endpoint_prefix": Param("vpc", type="string", pattern="^[a-z0-9][a-z0-9-]{0,62}$",

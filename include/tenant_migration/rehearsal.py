@@ -60,7 +60,7 @@ class RehearsalSpec:
     history: int = 8
     chunk_rows: int = 50_000
     max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
-    cassandra_days: int = 4
+    cassandra_days: int = 4  # a test pool's recent days; its migration says so (partial_history_ok)
     max_ttl_wait_s: int = 5
     drain_seconds: int = 5
     dns_zone: str = "iot.example.test."
@@ -68,7 +68,8 @@ class RehearsalSpec:
 
     def migration_spec(self) -> MigrationSpec:
         return parse_spec({"tenant_id": self.tenant_id, "chunk_rows": self.chunk_rows, "max_tasks": self.max_tasks,
-                           "cassandra_days": self.cassandra_days, "max_ttl_wait_s": self.max_ttl_wait_s,
+                           "cassandra_days": self.cassandra_days,
+                           "partial_history_ok": self.cassandra_days != 0, "max_ttl_wait_s": self.max_ttl_wait_s,
                            "drain_seconds": self.drain_seconds, "dns_zone": self.dns_zone,
                            "target_endpoint_prefix": self.target_endpoint_prefix, "require_approval": False})
 
@@ -155,7 +156,7 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
         with ep.cassandra_source.session() as src:
             if cql_chunks is None:
                 cql_chunks = cql_plan.plan_tenant(pconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
-                                                  cql_plan.PlanOptions(days=spec.cassandra_days), session=src)
+                                                  cql_plan.PlanOptions(days=spec.cassandra_days or None), session=src)
             # exact: this baseline is compared with a later call's digests (see fingerprint._prints).
             report = fingerprint_chunks(src, src, tmap, cql_chunks, exact=True)
     r53 = ep.aws.client("route53")
@@ -310,7 +311,7 @@ def fit_chunk_model(points: list[tuple[float, float]]) -> tuple[float, float]:
     return a, b
 
 
-def tenant_size(rconn: psycopg.Connection, tmap: TenantMap, tenant_id: int, days: int,
+def tenant_size(rconn: psycopg.Connection, tmap: TenantMap, tenant_id: int, days: int | None,
                 ttl_by_table: dict[str, int]) -> dict[str, Any]:
     """Rows per table (replica) and Cassandra partitions (bases x day buckets) of a tenant."""
     from tenant_migration.cassandra import plan as cql_plan
@@ -380,7 +381,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
               "go.drain_stragglers": float(drained)}
     with ep.replica.connect(autocommit=True) as rconn, ep.cassandra_source.session() as src:
         ttls = {n: default_ttl(src, tmap.keyspace, n) for n in tmap.cassandra_tables}
-        ref = tenant_size(rconn, tmap, spec.reference_tenant_id, MigrationSpec.cassandra_days, ttls)
+        ref = tenant_size(rconn, tmap, spec.reference_tenant_id, MigrationSpec.cassandra_days or None, ttls)
         test = tenant_size(rconn, tmap, spec.tenant_id, spec.cassandra_days, ttls)
     day = MigrationSpec(tenant_id=spec.reference_tenant_id)
     pred = predict(measured, chunks, ref, test, day, spec, waited)

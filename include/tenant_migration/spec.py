@@ -23,7 +23,8 @@ class MigrationSpec:
     dry_run: bool = False
     chunk_rows: int = 50_000
     cassandra_concurrency: int = 64
-    cassandra_days: int = 4
+    cassandra_days: int = 0  # 0: the tenant map's whole retention window (plan_days)
+    partial_history_ok: bool = False  # a smaller cassandra_days is intended: gate_final accepts it
     dns_zone: str = "iot.example.test."
     target_endpoint_prefix: str = "vpc"
     max_lag_bytes: int = 1024 * 1024
@@ -45,6 +46,11 @@ class MigrationSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def plan_days(self) -> int | None:
+        """Day buckets the Cassandra plan asks for: None for the whole retention window."""
+        return self.cassandra_days or None
 
 
 def _int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -112,7 +118,8 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         dry_run=_bool(params, "dry_run", MigrationSpec.dry_run),
         chunk_rows=_int(params, "chunk_rows", MigrationSpec.chunk_rows, 100, 10_000_000),
         cassandra_concurrency=_int(params, "cassandra_concurrency", MigrationSpec.cassandra_concurrency, 1, 1024),
-        cassandra_days=_int(params, "cassandra_days", MigrationSpec.cassandra_days, 1, 3650),
+        cassandra_days=_int(params, "cassandra_days", MigrationSpec.cassandra_days, 0, 3650),
+        partial_history_ok=_bool(params, "partial_history_ok", MigrationSpec.partial_history_ok),
         dns_zone=zone,
         target_endpoint_prefix=prefix,
         max_lag_bytes=_int(params, "max_lag_bytes", MigrationSpec.max_lag_bytes, 0, 2**40),

@@ -131,6 +131,28 @@ def cassandra_drift(ep: Endpoints, tmap: TenantMap) -> list[str]:
             elif a != b:  # (name, kind, position, type): a type changed is drift too
                 problems.append(f"cassandra {tmap.keyspace}.{name}: columns differ (only on the source: "
                                 f"{sorted(set(a) - set(b))}, only on the target: {sorted(set(b) - set(a))})")
+            else:
+                problems += key_problems(tmap, name, a)
+    return problems
+
+
+def key_problems(tmap: TenantMap, name: str, columns: list[tuple[str, str, int, str]]) -> list[str]:
+    """The tenant map's partition key is the table's, and every column the relational rows supply
+    has a type the plan can hold (``cassandra.keys``)."""
+    from tenant_migration.cassandra import keys
+
+    spec = tmap.cassandra_tables[name]
+    where = f"cassandra {tmap.keyspace}.{name}"
+    actual = [c[0] for c in sorted((c for c in columns if c[1] == "partition_key"), key=lambda c: c[2])]
+    if list(spec.partition_key) != actual:
+        return [f"{where}: the tenant map's partition_key {list(spec.partition_key)} is not the table's {actual}"]
+    types = keys.column_types(columns)
+    problems = [f"{where}: partition-key column {c} has type {types[c]}, which cannot be planned from relational "
+                "rows (supported: scalars, uuid/timeuuid, inet, decimal, date, timestamp, blob, tuples)"
+                for c in cql_plan.base_columns(spec) if not keys.supported(types[c])]
+    if len(cql_plan.base_columns(spec)) != len(spec.partitions_from_columns):
+        problems.append(f"{where}: partitions_from names {len(spec.partitions_from_columns)} columns for "
+                        f"{len(cql_plan.base_columns(spec))} partition-key columns {cql_plan.base_columns(spec)}")
     return problems
 
 
@@ -280,7 +302,7 @@ def plan_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
             ep.cassandra_source.session() as src:
         if not ledger.run_chunks(tconn, run_id, "cassandra"):
             chunks = cql_plan.plan_tenant(rconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
-                                          cql_plan.PlanOptions(days=spec.cassandra_days), session=src)
+                                          cql_plan.PlanOptions(days=spec.plan_days), session=src)
             ledger.plan_chunks(tconn, run_id, chunks)
         return [c.chunk_id for c in cql_plan.copy_order(ledger.pending_chunks(tconn, run_id, "cassandra"))]
 
@@ -369,7 +391,8 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
             cql = pool.submit(cassandra_fingerprints, ep, run_id, tmap)
             frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id, run_id)
             frame = pd.concat([frame, cql.result()], ignore_index=True)
-            gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id), started)
+            gate = gates.post_copy_gate(frame, reports_dir() / _safe(run_id), started,
+                                        coverage=(tconn, gates.plan_coverage_check(tconn, tmap, run_id)))
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path), "seconds": round(gate.seconds, 3)})
     if not gate.passed:
@@ -377,7 +400,7 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
 
 
-def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap) -> Any:
+def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> Any:
     """Per Cassandra table of the tenant map, on the target: partitions read and partitions whose
     base key (device, property...) is no row of the target's PostgreSQL (which the final gate
     checks holds the tenant only, devices registered after the flip included): a DataFrame."""
@@ -387,16 +410,99 @@ def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap) ->
 
     rows = []
     for name, spec in tmap.cassandra_tables.items():
-        cols = spec.partitions_from_columns
-        owned = {tuple(r) for r in tconn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, cols)),
-                                                tmap.qualified(spec.partitions_from_table)))}
+        # The tenant's rows only (a NULL-tenant row on the target owns nothing), keys in the
+        # driver's form so that they compare with what Cassandra returns.
+        owned = set(cql_plan.tenant_bases(tconn, tmap, spec, tenant_id,
+                                          cql_plan.converters_for(dst, tmap.keyspace, spec)))
         shape = cql_copy.table_shape(dst, tmap.keyspace, name)
-        base = [c for c in spec.partition_key if c != spec.day_column]
-        seen, foreign, named = foreign_partitions(dst, shape, base, owned)
+        seen, foreign, named = foreign_partitions(dst, shape, cql_plan.base_columns(spec, shape.partition_key), owned)
         rows.append({"unit": f"cassandra:{name}", "partitions": seen, "foreign_partitions": foreign,
                      "offending": "; ".join(named)})
     return pd.DataFrame(rows, columns=["unit", "partitions", "foreign_partitions", "offending"])
+
+
+def history_frame(session: Any, tconn: psycopg.Connection, tmap: TenantMap, run_id: str, accepted: bool) -> Any:
+    """Per day-bucketed Cassandra table: the day buckets the run planned (before the detach) and
+    those the retention window holds (``plan.table_window`` without a requested limit)."""
+    import pandas as pd
+
+    chunks = [c for c in ledger.run_chunks(tconn, run_id, "cassandra") if not c.bounds.get("late")]
+    rows = []
+    for name, spec in tmap.cassandra_tables.items():
+        if spec.day_column is None:
+            continue
+        planned = len({d for c in chunks if c.table_name == name for d in c.bounds.get("days", [])})
+        window = cql_plan.table_window(spec, tmap, cql_plan.PlanOptions(days=None),
+                                       cql_plan.default_ttl(session, tmap.keyspace, name))
+        rows.append({"unit": f"cassandra:{name}", "planned_days": planned, "window_days": window,
+                     "missing_days": max(0, window - planned), "accepted": bool(accepted)})
+    return pd.DataFrame(rows, columns=["unit", "planned_days", "window_days", "missing_days", "accepted"])
+
+
+def late_frame(ep: Endpoints, tconn: psycopg.Connection, tmap: TenantMap, run_id: str) -> Any:
+    """Fingerprints of the chunks planned after the detach (rows the change stream brought), over
+    all their days, on both sides: cells written before the DNS flip began (after it, the target
+    takes the tenant's own writes). Empty when the run planned none."""
+    import pandas as pd
+
+    from tenant_migration.rollback import flip_time
+
+    late = [c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.bounds.get("late")]
+    columns = ["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"]
+    if not late:
+        return pd.DataFrame([], columns=columns)
+    flipped = flip_time(tconn, run_id)
+    upto = int(flipped.timestamp() * 1_000_000) if flipped else None
+    with ep.cassandra_sessions() as (src, dst):
+        report = fingerprint_chunks(src, dst, tmap, late, max_writetime=upto)
+    return pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
+                          "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
+                         for r in report.records()], columns=columns)
+
+
+def plan_late_partitions(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap,
+                         step_name: str, source: Any = None) -> dict[str, Any]:
+    """Plan Cassandra chunks for the tenant's rows the change stream brought to the target after the
+    detach (new devices, properties...: ``plan.plan_late``) and copy every late chunk not done yet,
+    over the plan's days and the days since the detach. Safe to repeat: a base is planned once
+    (under the run's row lock, so two callers never number chunks alike), done chunks are skipped."""
+    from tenant_migration.cassandra.catchup import recent_days
+
+    with ep.target.connect() as tconn, ExitStack() as stack:
+        src = source if source is not None else stack.enter_context(ep.cassandra_source.session())
+        _, commit_time = _detach_lsn(tconn, run_id)
+        tconn.execute("SELECT 1 FROM tm_control.runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        planned = ledger.run_chunks(tconn, run_id, "cassandra")
+        recent = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
+        new = cql_plan.plan_late(tconn, tmap, spec.tenant_id, planned, recent, session=src)
+        if new:
+            ledger.plan_chunks(tconn, run_id, new)
+        tconn.commit()
+        pending = [c for c in ledger.pending_chunks(tconn, run_id, "cassandra") if c.bounds.get("late")]
+        tconn.commit()
+    out: dict[str, Any] = {"planned": len(new), "bases": sum(len(c.bounds["bases"]) for c in new
+                                                           if c.bounds.get("window", 0) == 0),
+                           "copied_chunks": 0, "rows": 0}
+    if pending:
+        report = cql_copy.copy_chunks(ep, run_id, tmap, cql_plan.copy_order(pending),
+                                      cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+        out.update({"copied_chunks": len(report.chunks_done), "rows": report.rows})
+    if new or pending:
+        with ep.target.connect(autocommit=True) as tconn:
+            ledger.record_event(tconn, run_id, step_name, "info", {"late_partitions": out})
+    return out
+
+
+def coverage_frame(tconn: psycopg.Connection, session: Any, tmap: TenantMap, tenant_id: int, run_id: str) -> Any:
+    """Per Cassandra table: the tenant's bases in the target's rows (the replica's plus what the
+    change stream brought) and how many of them no chunk of the run plans."""
+    import pandas as pd
+
+    missing = cql_plan.unplanned_bases(tconn, tmap, tenant_id, ledger.run_chunks(tconn, run_id, "cassandra"),
+                                       session=session)
+    return pd.DataFrame([{"unit": f"cassandra:{name}", "unplanned": len(bases),
+                          "offending": "; ".join(map(str, bases[:10]))} for name, bases in missing.items()],
+                        columns=["unit", "unplanned", "offending"])
 
 
 def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -410,9 +516,11 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "gate_final") as detail:
             with ep.cassandra_target.session() as dst:
-                owned = cassandra_ownership(dst, tconn, tmap)
+                owned = cassandra_ownership(dst, tconn, tmap, spec.tenant_id)
+                history = history_frame(dst, tconn, tmap, run_id, spec.partial_history_ok)
+            late = late_frame(ep, tconn, tmap, run_id)
             gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / _safe(run_id), started,
-                                    cassandra=owned)
+                                    cassandra=owned, history=history, late=late)
             _record_gate(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path)})
     if not gate.passed:
@@ -521,14 +629,17 @@ def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, p
     return {"passed": True, "report": str(gate.html_path)}
 
 
-def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str, Any] | None) -> dict[str, Any]:
-    """Summarise the run from the ledger (rows per table, time per step, DNS) and close it."""
+def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str, Any] | None,
+           tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Summarise the run from the ledger (rows per table, time per step, DNS) and close it: failed
+    when a chunk is not done or a table of the tenant map has no plan at all."""
     folder = reports_dir() / _safe(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     if spec.dry_run:
         text = f"dry run for tenant {spec.tenant_id}: preflight passed, nothing was written\n"
         (folder / "summary.txt").write_text(text)
         return {"dry_run": True, "summary": str(folder / "summary.txt")}
+    tmap = tmap or load_tenant_map()
     with ep.target.connect() as tconn:
         chunks = ledger.chunk_rows(tconn, run_id)
         steps = [(n, sec) for n, sec in ledger.step_durations(tconn, run_id) if sec == sec]  # drop NaN
@@ -542,7 +653,10 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
             "WHERE run_id = %s ORDER BY gate, attempt DESC", (run_id,)).fetchall()
         window = suspension_window(tconn, run_id)
         not_done = [c["chunk_id"] for c in chunks if c["status"] != "done"]
-        ledger.finish_run(tconn, run_id, "failed" if not_done else "succeeded")
+        planned_tables = {(c["engine"], c["table_name"]) for c in chunks}
+        unplanned = [f"{e} {t}" for e, t in [("postgres", t) for t in tmap.load_order()]
+                     + [("cassandra", t) for t in tmap.cassandra_tables] if (e, t) not in planned_tables]
+        ledger.finish_run(tconn, run_id, "failed" if not_done or unplanned else "succeeded")
     per_table: dict[tuple[str, str], dict[str, int]] = {}
     for c in chunks:
         t = per_table.setdefault((c["engine"], c["table_name"]), {"rows": 0, "partitions": 0, "chunks": 0, "done": 0,
@@ -553,6 +667,7 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         t["done"] += int(c["status"] == "done")
         t["retried"] += int((c["attempts"] or 0) > 1)
     lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}", "", "Rows and partitions per table:"]
+    lines += [f"  {name:<33} NOT PLANNED: nothing copied or compared" for name in unplanned]
     for (engine, table), t in sorted(per_table.items()):
         parts = f"{t['partitions']:>9} partitions" if engine == "cassandra" else " " * 20
         lines.append(f"  {engine:<10} {table:<22} {t['rows']:>10} rows {parts}  {t['done']}/{t['chunks']} chunks done"
@@ -577,6 +692,9 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
                           for c in copies],
                "gates": [dict(zip(["gate", "passed", "seconds", "report"], g, strict=True)) for g in gate_rows]}
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if unplanned:
+        raise RuntimeError(f"run {run_id} has no plan for the tenant map's table(s): {', '.join(unplanned)} "
+                           "(nothing of them was copied or compared)")
     if not_done:
         raise RuntimeError(f"run {run_id} has chunks not done: {', '.join(not_done)}")
     return {"summary": str(folder / "summary.txt"), "tables": len(chunks)}
@@ -641,6 +759,17 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
     return report.to_dict()
 
 
+def final_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
+    """GO, registrations suspended: everything the primary committed until now onto the target,
+    then the Cassandra partitions of the rows it brought (``plan_late_partitions``)."""
+    if spec.dry_run:
+        return {"skipped": "dry run"}
+    tmap = tmap or load_tenant_map()
+    out = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
+    out["late_partitions"] = plan_late_partitions(ep, spec, run_id, tmap, "final_catch_up")
+    return out
+
+
 def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Re-copy the buckets at or after the detach watermark until the recent partitions match."""
     if spec.dry_run:
@@ -650,13 +779,17 @@ def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
     tmap = tmap or load_tenant_map()
     with ep.target.connect(autocommit=True) as tconn:
         _, commit_time = _detach_lsn(tconn, run_id)
-        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         watermark = commit_time or datetime.now(UTC)
         with step(tconn, run_id, "catch_up_cassandra") as detail:
+            # Rows the change stream brought so far (it runs beside this task): their partitions
+            # are planned and copied first; later ones are the gate's and the final catch-up's.
+            detail["late_partitions"] = plan_late_partitions(ep, spec, run_id, tmap, "catch_up_cassandra")
+            chunks = ledger.run_chunks(tconn, run_id, "cassandra")
             with ep.cassandra_sessions() as (src, dst):
                 passes = cql_catchup.catch_up(src, dst, tmap, chunks, watermark,
                                               opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
-            out = {"passes": [p.to_dict() for p in passes], "converged": bool(passes and passes[-1].converged)}
+            out = {"passes": [p.to_dict() for p in passes], "converged": bool(passes and passes[-1].converged),
+                   "late_partitions": detail["late_partitions"]}
             detail.update(out)
     if not out["converged"]:
         raise GateFailed(f"cassandra catch-up did not converge in {len(passes)} passes: {passes[-1].to_dict()}")
@@ -715,6 +848,10 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
         sessions = cassandra.enter_context(ep.cassandra_sessions_soon())
         with suppress(cdc.CatchUpTimeout):
             catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name=f"gate_{gate_name}_catch_up")
+        # The partitions of the rows that catch-up brought (devices created since): planned and
+        # copied before they are measured, so the coverage check below sees the target as it is.
+        s_src, s_dst = sessions.result()
+        plan_late_partitions(ep, spec, run_id, tmap, f"gate_{gate_name}_catch_up", source=s_src)
         with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
             lag = measure_cdc_lag(src, tconn, run_id)
             _, commit_time = _detach_lsn(tconn, run_id)
@@ -725,7 +862,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
             row = tconn.execute("SELECT max(at) FROM tm_control.events WHERE run_id = %s "
                                 "AND step = 'catch_up_cassandra' AND kind = 'started'", (run_id,)).fetchone()
             upto = int(row[0].timestamp() * 1_000_000) if row and row[0] else None
-            s_src, s_dst = sessions.result()
+            coverage = coverage_frame(tconn, s_src, tmap, spec.tenant_id, run_id)
             report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto,
                                         scan_target=True)
             cassandra.close()  # both clusters shut down before the verdict, as the other gates do
@@ -744,6 +881,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
                                    f"change capture lag at most {spec.max_lag_seconds} s"),
             ], "unit")
             checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
+            checks += gates.coverage_checks(gate_name, coverage)
             gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / _safe(run_id), started)
             _record_gate(tconn, run_id, gate)
     if not gate.passed:
@@ -870,18 +1008,22 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
                     poll_interval=timedelta(seconds=max(1, min(10, spec.drain_seconds // 3 or 1))),
                     opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
             pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name="drain_postgres")
+            late = plan_late_partitions(ep, spec, run_id, tmap, "drain_stragglers")
             out = {"cassandra_passes": [p.to_dict() for p in passes], "postgres": pg,
-                   "cassandra_rows": sum(p.rows for p in passes)}
+                   "cassandra_rows": sum(p.rows for p in passes), "late_partitions": late}
             detail.update(out)
     return out
 
 
-def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, drained: dict[str, Any]) -> dict[str, Any]:
-    """Every record of the tenant answers the target endpoint; the straggler drain ran."""
+def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, drained: dict[str, Any],
+                   tmap: TenantMap | None = None) -> dict[str, Any]:
+    """Every record of the tenant answers the target endpoint; the straggler drain ran; the
+    partitions planned after the detach hold the same cells on both sides up to the flip."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     import pandas as pd
 
+    tmap = tmap or load_tenant_map()
     started = time.monotonic()
     gx_gate.warm_up_gx()
     r53 = ep.aws.client("route53")
@@ -900,6 +1042,8 @@ def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, d
         "drain_ran", "ExpectTableRowCountToBeBetween", {"min_value": 1},
         "the straggler drain made at least one pass")], "unit")
     with ep.target.connect(autocommit=True) as tconn:
+        checks += gx_gate.run_frame_checks("post_flip", late_frame(ep, tconn, tmap, run_id),
+                                           gates.comparison_checks("late_partitions"), "unit")
         gate = gx_gate.finish_gate("post_flip", checks, reports_dir() / _safe(run_id), started)
         _record_gate(tconn, run_id, gate)
     if not gate.passed:

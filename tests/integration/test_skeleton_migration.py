@@ -176,7 +176,7 @@ def test_skeleton_migrates_one_tenant_exactly(topo, endpoints, clean_target, tar
     report = Path(result["gate"]["report"])
     evidence = json.loads(report.with_suffix(".json").read_text())
     assert evidence["passed"] and {c["name"] for c in evidence["checks"]} == {
-        "post_copy_rows_equal", "post_copy_checksums_equal"}
+        "post_copy_rows_equal", "post_copy_checksums_equal", "ledger__every_table_planned"}
     assert "Great Expectations" in report.read_text()
     # DNS points at the tenant's dedicated endpoints, before pointed at the shared platform.
     for name, chain in result["flip"]["after"].items():

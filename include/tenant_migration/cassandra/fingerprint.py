@@ -681,7 +681,7 @@ def foreign_partitions(session: Session, shape: TableShape, base_columns: Sequen
     named: list[str] = []
     for row in session.execute(stmt):
         seen += 1
-        if tuple(row[i] for i in where) not in owned:
+        if _plain([row[i] for i in where]) not in owned:
             foreign += 1
             if len(named) < limit:
                 named.append(partition_label(shape, _plain(tuple(row))))

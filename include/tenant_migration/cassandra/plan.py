@@ -34,6 +34,7 @@ from datetime import date, timedelta
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+from tenant_migration.cassandra import keys
 from tenant_migration.ledger import Chunk
 from tenant_migration.tenant_map import CassandraTableSpec, TenantMap
 
@@ -46,9 +47,10 @@ ENGINE = "cassandra"
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """Knobs of the plan. ``days`` is the requested window; ``hot_days`` the first, newest window."""
+    """Knobs of the plan. ``days`` is the requested window (None: the tenant map's whole retention
+    window); ``hot_days`` the first, newest window."""
 
-    days: int = 4
+    days: int | None = None
     devices_per_chunk: int = 256
     hot_days: int = 2
     window_days: int = 7
@@ -63,7 +65,7 @@ def window_days(today: date, days: int) -> list[date]:
 
 def table_window(spec: CassandraTableSpec, tmap: TenantMap, opts: PlanOptions, default_ttl_s: int) -> int:
     """How many day buckets of ``spec`` can hold live cells: see the module note."""
-    n = min(opts.days, tmap.retention_days + 1)
+    n = tmap.retention_days + 1 if opts.days is None else min(opts.days, tmap.retention_days + 1)
     if opts.honour_table_ttl and default_ttl_s > 0:
         # +1: the oldest bucket is only partly expired.
         n = min(n, math.ceil(default_ttl_s / 86_400) + 1)
@@ -81,15 +83,39 @@ def split_windows(days: Sequence[date], hot_days: int, window_days: int) -> list
     return [w for w in out if w]
 
 
-def tenant_bases(replica: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec,
-                 tenant_id: int) -> list[tuple[Any, ...]]:
-    """The tenant's partition keys without the day, from the replica's relational rows, sorted."""
+def tenant_bases(conn: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec,
+                 tenant_id: int, convert: Sequence[keys.Converter] | None = None) -> list[tuple[Any, ...]]:
+    """The tenant's partition keys without the day, from ``conn``'s relational rows (the replica,
+    or the target for the rows the change stream brought), sorted, each value in the driver's
+    form when ``convert`` (``keys.base_converters``) is given. A row with a NULL in a key column
+    names no partition (Cassandra keys are never null) and is left out."""
     from psycopg import sql
 
     cols = list(spec.partitions_from_columns)
     order = sql.SQL(" ORDER BY ") + sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(cols)))
     query = tmap.select_tenant_rows(spec.partitions_from_table, cols) + order
-    return [tuple(r) for r in replica.execute(query, {"tenant_id": tenant_id}).fetchall()]
+    rows = [tuple(r) for r in conn.execute(query, {"tenant_id": tenant_id}).fetchall()]
+    rows = [r for r in rows if None not in r]
+    if convert is None:
+        return rows
+    converted = keys.convert_bases(rows, convert)
+    # Conversion can merge values (a timestamp's microseconds): keep each base once, in order.
+    return list(dict.fromkeys(converted))
+
+
+def base_columns(spec: CassandraTableSpec, partition_key: Sequence[str] | None = None) -> list[str]:
+    """The partition-key columns the relational rows supply (all but the day column)."""
+    return [c for c in (partition_key or spec.partition_key) if c != spec.day_column]
+
+
+def converters_for(session: Session | None, keyspace: str, spec: CassandraTableSpec) -> list[keys.Converter] | None:
+    """The base columns' converters from the table's types on ``session`` (None without one)."""
+    if session is None:
+        return None
+    from tenant_migration.cassandra.copy import table_columns
+
+    types = keys.column_types(table_columns(session, keyspace, spec.name))
+    return keys.base_converters(types, base_columns(spec))
 
 
 def default_ttl(session: Session | None, keyspace: str, table: str) -> int:
@@ -104,13 +130,25 @@ def default_ttl(session: Session | None, keyspace: str, table: str) -> int:
 
 
 def plan_table(bases: Sequence[tuple[Any, ...]], spec: CassandraTableSpec, windows: Sequence[Sequence[date]],
-               opts: PlanOptions) -> list[Chunk]:
-    """Chunks of one table: window-major, then device batches. Pure (unit-tested)."""
+               opts: PlanOptions, first_seq: int = 0, late: bool = False) -> list[Chunk]:
+    """Chunks of one table: window-major, then device batches. Pure (unit-tested).
+
+    A table without a base gets ONE chunk with no partition (``bases`` empty) covering every
+    planned day: the ledger then always names every table of the tenant map, so an empty plan
+    is a fact the gates can see (0 = 0), never a table silently missing from the plan.
+    ``first_seq`` numbers chunks after those already planned; ``late`` marks chunks planned after
+    the detach for rows the change stream brought (``plan_late``)."""
     by_device = [list(g) for _, g in groupby(bases, key=lambda b: b[0])]
     batches = [by_device[i:i + opts.devices_per_chunk] for i in range(0, len(by_device), opts.devices_per_chunk)]
     wins: Sequence[Sequence[date] | None] = windows if spec.day_column else [None]
     chunks: list[Chunk] = []
-    seq = 0
+    seq = first_seq
+    extra = {"late": True} if late else {}
+    if not batches:
+        days = sorted({d for w in windows for d in w}, reverse=True) if spec.day_column else []
+        return [Chunk(f"cql:{spec.name}:{seq:04d}", ENGINE, spec.name,
+                      {"table": spec.name, "window": 0, "devices": [], "bases": [],
+                       "days": [d.isoformat() for d in days], **extra})]
     for w_no, win in enumerate(wins):
         for batch in batches:
             bounds = {
@@ -119,6 +157,7 @@ def plan_table(bases: Sequence[tuple[Any, ...]], spec: CassandraTableSpec, windo
                 "devices": [grp[0][0] for grp in (batch[0], batch[-1])],
                 "bases": [list(b) for grp in batch for b in grp],
                 "days": [d.isoformat() for d in win] if win is not None else [],
+                **extra,
             }
             chunks.append(Chunk(f"cql:{spec.name}:{seq:04d}", ENGINE, spec.name, bounds))
             seq += 1
@@ -134,14 +173,54 @@ def plan_tenant(
     session: Session | None = None,
 ) -> list[Chunk]:
     """Every Cassandra chunk of the tenant, in copy order (``copy_order``). ``session`` (the source)
-    is only used for schema metadata (default TTLs)."""
+    is only used for schema metadata (default TTLs, the key columns' types)."""
     opts = opts or PlanOptions()
     chunks: list[Chunk] = []
     for name, spec in tmap.cassandra_tables.items():
         ndays = table_window(spec, tmap, opts, default_ttl(session, tmap.keyspace, name))
         windows = split_windows(window_days(today, ndays), opts.hot_days, opts.window_days)
-        chunks += plan_table(tenant_bases(replica, tmap, spec, tenant_id), spec, windows, opts)
+        bases = tenant_bases(replica, tmap, spec, tenant_id, converters_for(session, tmap.keyspace, spec))
+        chunks += plan_table(bases, spec, windows, opts)
     return copy_order(chunks)
+
+
+def plan_late(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, planned: Sequence[Chunk],
+              recent: Sequence[date], opts: PlanOptions | None = None, session: Session | None = None) -> list[Chunk]:
+    """Chunks for the tenant's bases that ``conn``'s rows hold and ``planned`` does not: devices,
+    properties... that the change stream brought to the target after the detach. They cover the
+    plan's own days of the table plus ``recent`` (the days since the detach), so a row that moved
+    in from elsewhere brings its history too; ids continue the table's numbering. Pure but for the
+    reads; the caller stores them (under the run's lock) and copies them."""
+    opts = opts or PlanOptions()
+    by_table: dict[str, list[Chunk]] = {}
+    for c in planned:
+        by_table.setdefault(c.table_name, []).append(c)
+    out: list[Chunk] = []
+    for name, spec in tmap.cassandra_tables.items():
+        mine = by_table.get(name, [])
+        known = {tuple(b) for c in mine for b in c.bounds["bases"]}
+        fresh = [b for b in tenant_bases(conn, tmap, spec, tenant_id, converters_for(session, tmap.keyspace, spec))
+                 if b not in known]
+        if not fresh:
+            continue
+        days = sorted({date.fromisoformat(d) for c in mine for d in c.bounds.get("days", [])} | set(recent),
+                      reverse=True)
+        first = 1 + max(int(c.chunk_id.rsplit(":", 1)[1]) for c in mine) if mine else 0
+        out += plan_table(fresh, spec, split_windows(days, opts.hot_days, opts.window_days), opts,
+                          first_seq=first, late=True)
+    return out
+
+
+def unplanned_bases(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, planned: Sequence[Chunk],
+                    session: Session | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """Per Cassandra table, the tenant's bases in ``conn``'s rows that no chunk of ``planned`` names
+    (a gate's coverage check: empty everywhere once every row's partitions are planned)."""
+    known: dict[str, set[tuple[Any, ...]]] = {}
+    for c in planned:
+        known.setdefault(c.table_name, set()).update(tuple(b) for b in c.bounds["bases"])
+    return {name: [b for b in tenant_bases(conn, tmap, spec, tenant_id, converters_for(session, tmap.keyspace, spec))
+                   if b not in known.get(name, set())]
+            for name, spec in tmap.cassandra_tables.items()}
 
 
 def copy_order(chunks: Sequence[Chunk]) -> list[Chunk]:

@@ -14,8 +14,9 @@ Design note (invariants):
 * Large tables are planned from a Bernoulli sample (see ``plan_table``); small ones exactly.
 * A table with no rows for the tenant gets one unbounded chunk: copying it deletes stale target
   rows and proves 0 = 0.
-* Bounds are JSON-safe (uuids and other non-numbers as strings, integers as numbers) and are
-  rendered back as untyped literals that PostgreSQL coerces to the key column's type.
+* Bounds are JSON-safe (uuids and other non-numbers as their PostgreSQL text form, bytea as
+  ``\\x<hex>``, integers as numbers) and are rendered back as untyped literals that PostgreSQL
+  coerces to the key column's type: the range compares as the column's type, whatever it is.
 * The plan is made once per run and persisted in the ledger in one transaction; asking again
   returns the stored plan, so chunk ids (``pg:<table>:<nnnn>``) are stable across retries.
 """
@@ -52,6 +53,8 @@ def json_key_value(value: Any) -> Any:
         return value
     if isinstance(value, uuid.UUID | Decimal):
         return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()  # bytea's own text form (str() would give "b'...'")
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)

@@ -205,41 +205,73 @@ def comparison_checks(what: str) -> list[FrameCheck]:
     ]
 
 
-def post_copy_gate(frame: Any, folder: Path, started: float | None = None) -> GateResult:
+def post_copy_gate(frame: Any, folder: Path, started: float | None = None,
+                   coverage: tuple[psycopg.Connection, SqlCheck] | None = None) -> GateResult:
+    """``coverage``: the target and ``plan_coverage_check`` (every table of the map planned)."""
     started = time.monotonic() if started is None else started
     # A failing check carries the offending chunks' numbers on both sides (``run_frame_checks``).
     checks = run_frame_checks("post_copy", frame, comparison_checks("post_copy"), "unit")
+    if coverage is not None:
+        checks += run_sql_checks("post_copy", coverage[0], [coverage[1]])
     return finish_gate("post_copy", checks, folder, started)
+
+
+def plan_coverage_check(conn: psycopg.Connection, tmap: TenantMap, run_id: str) -> SqlCheck:
+    """Every table the tenant map names has chunks in the run's plan (an empty table has its one
+    empty chunk): a plan that failed to store, or a table left out, is a violation naming it."""
+    names = [("postgres", t) for t in tmap.load_order()] + [("cassandra", t) for t in tmap.cassandra_tables]
+    q = sql.SQL("SELECT m.engine || ' ' || m.table_name AS unplanned_table FROM (VALUES {}) AS m(engine, table_name) "
+                "WHERE NOT EXISTS "
+                "(SELECT 1 FROM tm_control.chunks c WHERE c.run_id = {} AND c.engine = m.engine "
+                "AND c.table_name = m.table_name)").format(
+        sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(e), sql.Literal(t)) for e, t in names),
+        sql.Literal(run_id))
+    return SqlCheck("ledger__every_table_planned", q.as_string(conn),
+                    "the run's plan has chunks for every table of the tenant map (PostgreSQL and Cassandra)")
 
 
 def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str) -> list[SqlCheck]:
     checks = []
     for table, spec in tmap.tables.items():
-        q = sql.SQL("SELECT {k} FROM {t} AS t WHERE NOT ({pred})").format(
+        # IS NOT TRUE, not NOT: a NULL tenant (or hop) column makes the predicate NULL, and such a
+        # row belongs to nobody -- certainly not to this tenant.
+        q = sql.SQL("SELECT {k} FROM {t} AS t WHERE ({pred}) IS NOT TRUE").format(
             k=_cols("t", spec.key), t=tmap.qualified(table), pred=tmap.tenant_predicate(table))
         checks.append(SqlCheck(f"{table}__only_this_tenant",
                                q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id))),
                                f"{table}: every row on the target belongs to tenant {tenant_id}"))
-    checks.append(SqlCheck(
-        "registrations__back_on",
-        sql.SQL("SELECT tenant_id, registrations_suspended_until FROM {} WHERE tenant_id = {} "
-                "AND NOT registrations_enabled").format(
-            tmap.qualified("tenant_settings"), sql.Literal(int(tenant_id))).as_string(conn),
-        "the tenant's registrations are enabled again on the target"))
+    # The registration flag's table is the sample platform's; a platform profile names its own
+    # switch (issue 30). A tenant map without that table has no flag to check here.
+    if "tenant_settings" in tmap.tables:
+        checks.append(SqlCheck(
+            "registrations__back_on",
+            sql.SQL("SELECT tenant_id, registrations_suspended_until FROM {} WHERE tenant_id = {} "
+                    "AND NOT registrations_enabled").format(
+                tmap.qualified("tenant_settings"), sql.Literal(int(tenant_id))).as_string(conn),
+            "the tenant's registrations are enabled again on the target"))
     checks.append(SqlCheck(
         "ledger__every_chunk_done",
         sql.SQL("SELECT chunk_id, status FROM tm_control.chunks WHERE run_id = {} AND status <> 'done'").format(
             sql.Literal(run_id)).as_string(conn),
         "the ledger shows every chunk of the run done"))
+    checks.append(plan_coverage_check(conn, tmap, run_id))
     return checks
 
 
 def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str, folder: Path,
-               started: float | None = None, cassandra: Any = None) -> GateResult:
+               started: float | None = None, cassandra: Any = None, history: Any = None,
+               late: Any = None) -> GateResult:
     """``cassandra``: per table, the target's partitions and those of no device / property of the
-    tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign."""
+    tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign.
+    ``history``: per day-bucketed table, the days planned and the retention window's
+    (``steps.history_frame``), each short one a failure unless ``accepted`` says it is intended.
+    ``late``: the comparison of the partitions planned after the detach (``steps.late_frame``)."""
     started = time.monotonic() if started is None else started
     checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
+    if history is not None:
+        checks += history_checks("final", history)
+    if late is not None:
+        checks += run_frame_checks("final", late, comparison_checks("late_partitions"), "unit")
     if cassandra is not None:
         checks += run_frame_checks("final", cassandra, [FrameCheck(
             "cassandra__only_this_tenant", "ExpectColumnValuesToBeBetween",
@@ -249,6 +281,30 @@ def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_
         if not bad.empty:
             checks[-1]["unexpected"] = [p for names in bad["offending"] for p in names.split("; ") if p][:50]
     return finish_gate("final", checks, folder, started)
+
+
+def coverage_checks(gate: str, coverage: Any) -> list[dict[str, Any]]:
+    """Every base the target's rows give each Cassandra table (``steps.coverage_frame``) is planned."""
+    checks = run_frame_checks(gate, coverage, [FrameCheck(
+        "cassandra__every_row_planned", "ExpectColumnValuesToBeBetween",
+        {"column": "unplanned", "min_value": 0, "max_value": 0},
+        "every device / property row of the tenant on the target has its Cassandra partitions planned")], "unit")
+    bad = coverage[coverage["unplanned"] > 0]
+    if not bad.empty:
+        checks[-1]["unexpected"] = [f"{u}: {o}" for u, o in zip(bad["unit"], bad["offending"], strict=True)]
+    return checks
+
+
+def history_checks(gate: str, history: Any) -> list[dict[str, Any]]:
+    """Days planned against the retention window's days, per table (``missing_days`` = 0 each,
+    counting a short window the operator accepted as 0: its row says ``accepted``)."""
+    frame = history.copy()
+    frame["unaccepted_missing_days"] = frame["missing_days"].where(~frame["accepted"], 0)
+    return run_frame_checks(gate, frame, [FrameCheck(
+        "cassandra__whole_history", "ExpectColumnValuesToBeBetween",
+        {"column": "unaccepted_missing_days", "min_value": 0, "max_value": 0},
+        "every day bucket of the retention window is planned (or partial_history_ok says a shorter "
+        "window is intended)")], "unit")
 
 
 def dns_shift_gate(percent: int, weights: Any, probes: Any, folder: Path, started: float | None = None) -> GateResult:

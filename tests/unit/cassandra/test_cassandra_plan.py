@@ -118,3 +118,57 @@ def test_token_bucket_sustained_rate() -> None:
         bucket.acquire(100)
     # 10 000 tokens at 1000/s with a 1000 burst: 9 s of waiting.
     assert clock.now == pytest.approx(9.0)
+
+
+class _Rows:
+    """The relational rows' seam of ``tenant_bases``: (device, property) rows; a query of the
+    devices table gets their devices."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        self.rows = rows
+        self.last: list[tuple] = []
+
+    def execute(self, query, params=None):
+        devices = 'FROM "platform"."devices" AS t ' in query.as_string(None)
+        self.last = sorted({(r[0],) for r in self.rows}) if devices else sorted(self.rows)
+        return self
+
+    def fetchall(self) -> list[tuple]:
+        return list(self.last)
+
+
+def test_a_table_without_bases_gets_one_empty_chunk_over_every_planned_day() -> None:
+    wins = plan.split_windows(plan.window_days(TODAY, 5), 2, 7)
+    chunks = plan.plan_table([], DP, wins, plan.PlanOptions(days=5))
+    assert [(c.chunk_id, c.bounds["bases"], len(c.bounds["days"])) for c in chunks] == [("cql:datapoints:0000", [], 5)]
+    assert plan.planned_count(chunks[0].bounds, "day") == 0 and plan.read_groups(chunks[0].bounds, DP.partition_key, "day") == []
+    assert [c.bounds["days"] for c in plan.plan_table([], LV, wins, plan.PlanOptions())] == [[]]
+
+
+def test_the_default_window_is_the_retention_window() -> None:
+    assert plan.table_window(DP, TMAP, plan.PlanOptions(), 0) == TMAP.retention_days + 1
+    assert plan.table_window(DP, TMAP, plan.PlanOptions(days=4), 0) == 4
+    assert plan.table_window(DP, TMAP, plan.PlanOptions(), 30 * 86_400) == 31  # capped by a default TTL
+
+
+def test_late_chunks_plan_only_new_bases_continue_the_numbering_and_cover_the_plan_days() -> None:
+    opts = plan.PlanOptions(days=5, devices_per_chunk=2)
+    wins = plan.split_windows(plan.window_days(TODAY, 5), 2, 7)
+    planned = plan.plan_table(_bases(3, 2), DP, wins, opts)
+    planned += plan.plan_table([(b[0],) for b in _bases(3, 1)], LV, wins, opts)
+    planned += plan.plan_table([], TMAP.cassandra_tables["connection_events"], wins, opts)
+    rows = [*_bases(3, 2), (50, 5000), (50, 5001)]  # a device born after the detach, two properties
+    recent = [TODAY + date.resolution]  # the run crossed midnight
+    late = plan.plan_late(_Rows(rows), TMAP, 7, planned, recent, opts)
+    dp = [c for c in late if c.table_name == "datapoints"]
+    assert all(c.bounds["late"] for c in late)
+    assert {tuple(b) for c in dp for b in c.bounds["bases"]} == {(50, 5000), (50, 5001)}
+    assert dp[0].chunk_id == f"cql:datapoints:{len([c for c in planned if c.table_name == 'datapoints']):04d}"
+    assert sorted({d for c in dp for d in c.bounds["days"]}) == sorted(
+        {d for c in planned if c.table_name == "datapoints" for d in c.bounds["days"]} | {recent[0].isoformat()})
+    # The same rows asked again once the late chunks are in the plan: nothing new.
+    assert plan.plan_late(_Rows(rows), TMAP, 7, planned + late, recent, opts) == []
+    assert {c.table_name for c in late} == {"datapoints", "latest_values", "connection_events"}
+    assert plan.unplanned_bases(_Rows(rows), TMAP, 7, planned) == {
+        "datapoints": [(50, 5000), (50, 5001)], "latest_values": [(50,)],
+        "connection_events": [(-2,), (-1,), (0,), (50,)]}  # the empty table's chunk planned none of them
