@@ -34,3 +34,21 @@ def parse_dag(dag_id: str) -> Any:
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / f"{dag_id}.py"))
     assert bag.import_errors == {}
     return bag.dags[dag_id]
+
+
+def create_keyspace(endpoints: Any, name: str, *tables: str) -> None:
+    """A keyspace made for a test on both Cassandra clusters, with ``tables`` (CQL, ``{ks}`` for its name)."""
+    with endpoints.cassandra_sessions() as (src, dst):
+        for s in (src, dst):
+            s.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
+            for ddl in tables:
+                s.execute(ddl.format(ks=name), timeout=60)
+
+
+def drop_test_platform(topo: Topology, endpoints: Any, name: str) -> None:
+    """Drop what a test made under ``name``: its keyspace on both clusters and its schema on the target."""
+    with endpoints.cassandra_sessions() as (src, dst):
+        for s in (src, dst):
+            s.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
+    with admin(topo, "target") as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")

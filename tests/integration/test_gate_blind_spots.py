@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import admin
+from helpers import admin, create_keyspace, drop_test_platform
 
 from tenant_migration import ledger, steps
 from tenant_migration.cassandra import plan as cql_plan
@@ -54,22 +54,16 @@ def platform(topo, endpoints) -> Iterator[dict[str, Any]]:
         "cassandra": {"keyspace": name, "retention_days": 20, "tables": {"readings": {
             "partition_key": ["item_id", "day"], "partitions_from": {"table": "items", "columns": ["item_id"]},
             "day_column": "day"}}}})
-    with endpoints.cassandra_sessions() as (src, dst):
-        for s in (src, dst):
-            s.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-            s.execute(f"CREATE TABLE {name}.readings (item_id int, day date, ts int, v int, "
-                      "PRIMARY KEY ((item_id, day), ts))", timeout=60)
+    create_keyspace(endpoints, name, "CREATE TABLE {ks}.readings (item_id int, day date, ts int, v int, "
+                    "PRIMARY KEY ((item_id, day), ts))")
+    with endpoints.cassandra_source.session() as src:
         today = datetime.now(UTC).date()
         for item in (10, 11, 12):
             src.execute(f"INSERT INTO {name}.readings (item_id, day, ts, v) VALUES (%s, %s, 1, %s)", (item, today, item))
     try:
         yield {"name": name, "tmap": tmap}
     finally:
-        with endpoints.cassandra_sessions() as (src, dst):
-            for s in (src, dst):
-                s.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
-        with admin(topo, "target") as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
+        drop_test_platform(topo, endpoints, name)
 
 
 def _run(endpoints, tenant: int) -> str:

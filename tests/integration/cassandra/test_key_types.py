@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import admin
+from helpers import admin, create_keyspace, drop_test_platform
 
 from tenant_migration import ledger, steps
 from tenant_migration.cassandra import plan
@@ -84,15 +84,15 @@ def platform(topo, endpoints) -> Iterator[dict[str, Any]]:
         "platform": "key-types", "postgres": {"schema": name, "tenant_root": {"table": "things", "key": "tenant_id"},
                                               "tables": {"things": {"key": ["id"], "tenant_column": "tenant_id"}}},
         "cassandra": {"keyspace": name, "retention_days": 30, "tables": tables}})
-    with endpoints.cassandra_sessions() as (src, dst):
-        for s in (src, dst):
-            s.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-            for table, (pk, _) in TABLES.items():
-                day = table not in NO_DAY
-                cols = ", ".join(f"{c} {t}" for c, t in pk)
-                key = ", ".join([c for c, _ in pk] + (["day"] if day else []))
-                s.execute(f"CREATE TABLE {name}.{table} ({cols}, {'day date, ' if day else ''}ts int, v text, "
-                          f"PRIMARY KEY (({key}), ts))", timeout=60)
+    ddl = []
+    for table, (pk, _) in TABLES.items():
+        day = table not in NO_DAY
+        cols = ", ".join(f"{c} {t}" for c, t in pk)
+        key = ", ".join([c for c, _ in pk] + (["day"] if day else []))
+        ddl.append(f"CREATE TABLE {{ks}}.{table} ({cols}, {'day date, ' if day else ''}ts int, v text, "
+                   f"PRIMARY KEY (({key}), ts))")
+    create_keyspace(endpoints, name, *ddl)
+    with endpoints.cassandra_source.session() as src:
         from tenant_migration.cassandra import keys
 
         written: dict[str, int] = {}
@@ -112,11 +112,7 @@ def platform(topo, endpoints) -> Iterator[dict[str, Any]]:
     try:
         yield {"name": name, "tmap": tmap, "written": written}
     finally:
-        with endpoints.cassandra_sessions() as (src, dst):
-            for s in (src, dst):
-                s.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
-        with admin(topo, "target") as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
+        drop_test_platform(topo, endpoints, name)
 
 
 @pytest.fixture
@@ -159,22 +155,17 @@ def test_every_key_type_is_planned_stored_reloaded_and_copied(topo, endpoints, p
     assert owned["foreign_partitions"].sum() == 0 and owned["partitions"].sum() > 0
 
 
-def test_a_key_type_no_plan_can_hold_is_refused_before_anything_is_written(endpoints) -> None:
+def test_a_key_type_no_plan_can_hold_is_refused_before_anything_is_written(topo, endpoints) -> None:
     name = f"kt_{uuid.uuid4().hex[:8]}"
     tmap = parse_tenant_map({
         "postgres": {"schema": "platform", "tenant_root": {"table": "tenants", "key": "tenant_id"},
                      "tables": {"tenants": {"key": ["tenant_id"], "tenant_column": "tenant_id"}}},
         "cassandra": {"keyspace": name, "tables": {"by_list": {
             "partition_key": ["k"], "partitions_from": {"table": "tenants", "columns": ["tenant_id"]}}}}})
-    with endpoints.cassandra_sessions() as (src, dst):
-        for s in (src, dst):
-            s.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
-            s.execute(f"CREATE TABLE {name}.by_list (k frozen<list<int>> PRIMARY KEY, v int)", timeout=60)
+    create_keyspace(endpoints, name, "CREATE TABLE {ks}.by_list (k frozen<list<int>> PRIMARY KEY, v int)")
     try:
         problems = steps.cassandra_drift(endpoints, tmap)
     finally:
-        with endpoints.cassandra_sessions() as (src, dst):
-            for s in (src, dst):
-                s.execute(f"DROP KEYSPACE {name}", timeout=60)
+        drop_test_platform(topo, endpoints, name)
     assert len(problems) == 1
     assert f"{name}.by_list: partition-key column k has type frozen<list<int>>" in problems[0]
