@@ -382,7 +382,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     with ep.replica.connect(autocommit=True) as rconn, ep.cassandra_source.session() as src:
         ttls = {n: default_ttl(src, tmap.keyspace, n) for n in tmap.cassandra_tables}
         ref = tenant_size(rconn, tmap, spec.reference_tenant_id, MigrationSpec.cassandra_days or None, ttls)
-        test = tenant_size(rconn, tmap, spec.tenant_id, spec.cassandra_days, ttls)
+        test = tenant_size(rconn, tmap, spec.tenant_id, spec.cassandra_days or None, ttls)
     day = MigrationSpec(tenant_id=spec.reference_tenant_id)
     pred = predict(measured, chunks, ref, test, day, spec, waited)
     latest = {g[1]: g[3] for g in gate_rows}  # last attempt of each gate wins
