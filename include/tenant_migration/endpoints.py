@@ -99,7 +99,7 @@ class CassandraEndpoint:
             connect_timeout=10,
             control_connection_timeout=10,
             # No schema or token metadata: one host per endpoint (no token-aware routing), and the
-            # few tables a step needs are read from system_schema (``copy.table_columns``). The
+            # few tables a step needs are read from system_schema (``cassandra.schema.table_columns``). The
             # whole schema at every connect cost 0.04-0.3 s per cluster, in every gate and task.
             schema_metadata_enabled=False,
             token_metadata_enabled=False,

@@ -305,6 +305,14 @@ def record_event(
         )
 
 
+def flip_time(conn: psycopg.Connection, run_id: str) -> datetime | None:
+    """When the run's DNS flip started (None: the run never flipped): from then on the target
+    takes the tenant's own writes (a weighted shift sends them to both sides from its start)."""
+    row = conn.execute("SELECT MIN(at) FROM tm_control.events WHERE run_id = %s AND step = 'flip_dns' "
+                       "AND kind = 'started'", (run_id,)).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
 def step_durations(conn: psycopg.Connection, run_id: str) -> list[tuple[str, float]]:
     """Seconds per step, from the first 'started' to the last 'finished' event of each step."""
     rows = conn.execute(

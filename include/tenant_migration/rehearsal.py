@@ -251,13 +251,12 @@ def purge_target(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     copy-back gate did not pass (then run ``tenant_rollback`` for the test-pool first)."""
     from tenant_migration.cassandra.copy import cql_ident, table_shape
     from tenant_migration.cassandra.plan import chunk_partitions
-    from tenant_migration.rollback import flip_time
 
     tmap = tmap or load_tenant_map()
     with ep.target.connect(autocommit=True) as tconn:
         if ledger.run_row(tconn, rid) is None:
             return {"purged": False, "reason": "the migration never registered: nothing on the target"}
-        flipped = flip_time(tconn, rid) is not None
+        flipped = ledger.flip_time(tconn, rid) is not None
         back_ok = tconn.execute("SELECT bool_or(passed) FROM tm_control.gates WHERE run_id = %s AND gate = 'copy_back'",
                                 (back_run_id(rid),)).fetchone()
         if flipped and not (back_ok and back_ok[0]):

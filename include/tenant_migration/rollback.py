@@ -113,13 +113,6 @@ def _slug(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> str | No
     return str(row[0]) if row else None
 
 
-def flip_time(tconn: psycopg.Connection, run_id: str) -> datetime | None:
-    """When the migration's DNS flip started (None: the run never flipped)."""
-    row = tconn.execute("SELECT MIN(at) FROM tm_control.events WHERE run_id = %s AND step = 'flip_dns' "
-                        "AND kind = 'started'", (run_id,)).fetchone()
-    return row[0] if row and row[0] is not None else None
-
-
 def latest_migration_run(tconn: psycopg.Connection, tenant_id: int, exclude: str) -> str | None:
     row = tconn.execute(
         "SELECT r.run_id FROM tm_control.runs r WHERE r.tenant_id = %s AND r.run_id <> %s AND r.run_id NOT LIKE '%%/back' "
@@ -143,7 +136,7 @@ def check_rollback(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
         migration = spec.migration_run_id or latest_migration_run(tconn, spec.tenant_id, run_id)
         if migration is None or ledger.run_row(tconn, migration) is None:
             raise RollbackRefused(f"no flipped migration run of tenant {spec.tenant_id} in the ledger")
-        flipped = flip_time(tconn, migration)
+        flipped = ledger.flip_time(tconn, migration)
         mig = ledger.run_row(tconn, migration)
         if mig is not None and mig["status"] == "running":
             ledger.finish_run(tconn, migration, "aborted")
@@ -276,7 +269,7 @@ def copy_back_cassandra(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: Te
     with back.ledger.connect(autocommit=True) as tconn:
         mig = (ledger.run_row(tconn, run_id) or {}).get("spec", {})
         migration = check_rollback_detail(tconn, run_id).get("migration_run") or mig.get("migration_run_id")
-        flipped = flip_time(tconn, migration) if migration else None
+        flipped = ledger.flip_time(tconn, migration) if migration else None
         floor = int(((flipped or datetime.now(UTC)) - CLOCK_SKEW).timestamp() * 1_000_000)
         opts = cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency)
         copiers: dict[str, Any] = {}

@@ -23,6 +23,7 @@ from psycopg import sql
 from tenant_migration import ledger, replica, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
+from tenant_migration.cassandra import schema as cql_schema
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
@@ -119,11 +120,11 @@ def cassandra_drift(ep: Endpoints, tmap: TenantMap) -> list[str]:
     position or type."""
     problems = []
     with ep.cassandra_sessions() as (s_src, s_dst):
-        asked = {(side, name): session.execute_async(cql_copy.COLUMNS_QUERY, (tmap.keyspace, name))
+        asked = {(side, name): session.execute_async(cql_schema.COLUMNS_QUERY, (tmap.keyspace, name))
                  for side, session in (("source", s_src), ("target", s_dst)) for name in tmap.cassandra_tables}
         for name in tmap.cassandra_tables:
-            a = cql_copy.columns_of(asked[("source", name)].result())
-            b = cql_copy.columns_of(asked[("target", name)].result())
+            a = cql_schema.columns_of(asked[("source", name)].result())
+            b = cql_schema.columns_of(asked[("target", name)].result())
             if not a:
                 problems.append(f"cassandra {tmap.keyspace}.{name}: missing on the source")
             elif not b:
@@ -445,13 +446,11 @@ def late_frame(ep: Endpoints, tconn: psycopg.Connection, tmap: TenantMap, run_id
     takes the tenant's own writes). Empty when the run planned none."""
     import pandas as pd
 
-    from tenant_migration.rollback import flip_time
-
     late = [c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.bounds.get("late")]
     columns = ["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"]
     if not late:
         return pd.DataFrame([], columns=columns)
-    flipped = flip_time(tconn, run_id)
+    flipped = ledger.flip_time(tconn, run_id)
     upto = int(flipped.timestamp() * 1_000_000) if flipped else None
     with ep.cassandra_sessions() as (src, dst):
         report = fingerprint_chunks(src, dst, tmap, late, max_writetime=upto)
@@ -998,9 +997,7 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
         with step(tconn, run_id, "drain_stragglers") as detail:
             since = datetime.now(UTC) - timedelta(minutes=15)
-            from tenant_migration.rollback import flip_time
-
-            flipped = flip_time(tconn, run_id)  # a weighted shift sent writes to both sides since it began
+            flipped = ledger.flip_time(tconn, run_id)  # a weighted shift sent writes to both sides since it began
             since = min(since, flipped - timedelta(minutes=1)) if flipped else since
             with ep.cassandra_sessions() as (src, dst):
                 passes = cql_catchup.drain_stragglers(

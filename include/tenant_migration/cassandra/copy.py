@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from tenant_migration import ledger
 from tenant_migration.cassandra.plan import ENGINE, ReadGroup, copy_order, read_groups
 from tenant_migration.cassandra.ratelimit import TokenBucket
+from tenant_migration.cassandra.schema import table_columns
 from tenant_migration.tenant_map import TenantMap
 
 if TYPE_CHECKING:
@@ -72,22 +73,6 @@ class TableShape:
         """The ``WHERE`` of a read of some partitions: an ``IN ?`` per partition-key column (bound
         to a ``ReadGroup``'s lists; their cartesian product is the partitions read)."""
         return " AND ".join(f"{cql_ident(c)} IN ?" for c in self.partition_key)
-
-
-COLUMNS_QUERY = ("SELECT column_name, kind, position, type FROM system_schema.columns "
-                 "WHERE keyspace_name = %s AND table_name = %s")
-
-
-def table_columns(session: Session, keyspace: str, table: str) -> list[tuple[str, str, int, str]]:
-    """(name, kind, position, CQL type) of the table's columns, by name, from ``system_schema``
-    (empty: no such table). The sessions keep no schema metadata
-    (``endpoints.CassandraEndpoint.cluster``): one query for the table a step needs instead of the
-    whole schema at every connect."""
-    return columns_of(session.execute(COLUMNS_QUERY, (keyspace, table)))
-
-
-def columns_of(rows: Iterable[Any]) -> list[tuple[str, str, int, str]]:
-    return sorted((str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows)
 
 
 def table_shape(session: Session, keyspace: str, table: str) -> TableShape:

@@ -157,7 +157,7 @@ def supported(cql_type: str) -> bool:
 
 
 def column_types(columns: Sequence[tuple[str, str, int, str]]) -> dict[str, str]:
-    """Name -> CQL type from ``copy.table_columns`` rows."""
+    """Name -> CQL type from ``schema.table_columns`` rows."""
     return {c[0]: c[3] for c in columns}
 
 

@@ -112,7 +112,7 @@ def converters_for(session: Session | None, keyspace: str, spec: CassandraTableS
     """The base columns' converters from the table's types on ``session`` (None without one)."""
     if session is None:
         return None
-    from tenant_migration.cassandra.copy import table_columns
+    from tenant_migration.cassandra.schema import table_columns
 
     types = keys.column_types(table_columns(session, keyspace, spec.name))
     return keys.base_converters(types, base_columns(spec))
