@@ -79,11 +79,11 @@ def test_catch_up_gate_passes_on_a_caught_up_target(endpoints, caught_up, target
     assert all(c["success"] for c in checks.values())
 
 
-def test_catch_up_gate_scans_the_target_only_where_it_is_cheaper(endpoints, caught_up, monkeypatch) -> None:
-    """The target holds the tenant only: a table without day buckets is read there in one scan
-    instead of a look-up per partition. The day-bucketed tables are planned over the whole
-    retention window (91 and 31 days), far more partitions than the recent buckets hold, so their
-    recent buckets are looked up (``RECENT_SCAN_FACTOR``); the shared source is never scanned."""
+def test_catch_up_gate_scans_the_targets_recent_buckets(endpoints, caught_up, monkeypatch) -> None:
+    """The target holds the tenant only, and few partitions for the plan's size: the copy found a
+    few hundred holding rows in the whole retention window's plan (91 and 31 day buckets), so each
+    Cassandra table is read there in one scan, day-filtered for the bucketed ones, instead of a
+    look-up per recent partition (the shared source is still looked up); the gate still passes."""
     from tenant_migration.cassandra import fingerprint
 
     spec, run_id, _ = caught_up
@@ -95,11 +95,32 @@ def test_catch_up_gate_scans_the_target_only_where_it_is_cheaper(endpoints, caug
         scans.append((side, shape.table, days))
         return real(session, shape, wanted, opts, day_column=day_column, days=days)
     monkeypatch.setattr(fingerprint, "scan_prints", spy)
+    before = datetime.now(UTC)
     assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
-    assert [(side, t) for side, t, _ in scans] == [("target", "latest_values")]
+    after = datetime.now(UTC)
+    assert {t for _, t, _ in scans} == {"datapoints", "latest_values", "connection_events"}
+    assert {side for side, _, _ in scans} == {"target"}
+    # The recent buckets: from the day of the detach (less 15 minutes) to today -- one day, or two
+    # when the run began shortly before midnight (UTC).
     with endpoints.target.connect() as tconn:
         _, detached = steps._detach_lsn(tconn, run_id)
-    assert recent_days(detached - timedelta(minutes=15), datetime.now(UTC))  # what the look-ups read
+    since = detached - timedelta(minutes=15)
+    assert {t: d for _, t, d in scans}["datapoints"] in (recent_days(since, before), recent_days(since, after))
+
+
+def test_catch_up_gate_looks_the_target_up_when_it_holds_many_partitions(endpoints, caught_up, monkeypatch) -> None:
+    """Without the copy's counts (``held``) the plan's size is all the gate knows: 91 day buckets
+    of mostly empty partitions per recent one, so the bucketed tables are looked up; same verdict."""
+    from tenant_migration import ledger
+    from tenant_migration.cassandra import fingerprint
+
+    spec, run_id, _ = caught_up
+    scans: list[str] = []
+    real = fingerprint.scan_prints
+    monkeypatch.setattr(fingerprint, "scan_prints", lambda s, shape, *a, **k: scans.append(shape.table) or real(s, shape, *a, **k))
+    monkeypatch.setattr(ledger, "partitions_by_table", lambda conn, rid: {})
+    assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
+    assert scans == ["latest_values"]
 
 
 @pytest.mark.parametrize("kind", [

@@ -69,3 +69,21 @@ def test_spellings_of_sha256_are_distinct_and_each_read_keeps_to_its_own() -> No
     assert not (scan & read or scan & recheck or read & recheck)
     assert scan | read | recheck == set(spellings)
     assert len(read) >= CopyOptions().read_concurrency  # a read's default concurrency fits its spellings
+
+
+def test_probe_reads_unite_one_partitions_day_windows_without_adding_any() -> None:
+    """``merge_exact``: a device's groups of several day windows become one read (same
+    partitions, fewer round trips); groups differing in two columns, or a union above the limit,
+    stay apart."""
+    from itertools import product
+
+    from tenant_migration.cassandra.plan import ReadGroup
+
+    d = [date(2026, 11, i) for i in range(1, 29)]
+    groups = [ReadGroup(([1], [10, 11], d[0:7])), ReadGroup(([1], [10, 11], d[7:14])),
+              ReadGroup(([1], [10, 11], d[14:21])), ReadGroup(([2], [20], d[0:7])), ReadGroup(([3], [30, 31], d[7:14]))]
+    merged = fingerprint.merge_exact(groups, max_partitions=32)
+    assert [g.values for g in merged] == [([1], [10, 11], d[0:14]), ([1], [10, 11], d[14:21]),
+                                          ([2], [20], d[0:7]), ([3], [30, 31], d[7:14])]
+    assert {p for g in merged for p in g.partitions()} == {p for g in groups for p in product(*g.values)}
+    assert len(fingerprint.merge_exact(groups, max_partitions=512)) == 3
