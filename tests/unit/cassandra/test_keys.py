@@ -54,3 +54,13 @@ def test_tuple_arity_is_checked():
 def test_timestamp_matches_what_the_driver_reads_back():
     aware = datetime(2026, 1, 1, tzinfo=UTC)
     assert keys.converter("timestamp")(aware) == datetime(2026, 1, 1)
+
+
+def test_convert_bases_converts_only_the_columns_that_need_it():
+    convs = keys.base_converters({"d": "bigint", "a": "inet", "t": "timestamp"}, ["d", "a", "t"])
+    rows = [(1, ipaddress.ip_address("10.0.0.1"), datetime(2026, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)),
+            (2, "10.0.0.2", datetime(2026, 1, 1))]
+    assert keys.convert_bases(rows, convs) == [(1, "10.0.0.1", datetime(2026, 1, 1, 0, 0, 0, 1000)),
+                                               (2, "10.0.0.2", datetime(2026, 1, 1))]
+    assert keys.convert_bases([(True,), (3,)], keys.base_converters({"d": "bigint"}, ["d"])) == [(1,), (3,)]
+    assert keys.convert_bases([], convs) == []
