@@ -847,20 +847,21 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
         sessions = cassandra.enter_context(ep.cassandra_sessions_soon())
         with suppress(cdc.CatchUpTimeout):
             catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name=f"gate_{gate_name}_catch_up")
-        # The partitions of the rows that catch-up brought (devices created since): planned and
-        # copied before they are measured, so the coverage check below sees the target as it is.
-        s_src, s_dst = sessions.result()
-        plan_late_partitions(ep, spec, run_id, tmap, f"gate_{gate_name}_catch_up", source=s_src)
         with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+            # PostgreSQL first, while the clusters are still connecting.
             lag = measure_cdc_lag(src, tconn, run_id)
             _, commit_time = _detach_lsn(tconn, run_id)
-            chunks = ledger.run_chunks(tconn, run_id, "cassandra")
             days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
             # Devices keep writing: compare the cells written before the last Cassandra catch-up
             # began (its converged pass began later, so every one of them must be on the target).
             row = tconn.execute("SELECT max(at) FROM tm_control.events WHERE run_id = %s "
                                 "AND step = 'catch_up_cassandra' AND kind = 'started'", (run_id,)).fetchone()
             upto = int(row[0].timestamp() * 1_000_000) if row and row[0] else None
+            # The partitions of the rows that catch-up brought (devices created since): planned and
+            # copied before they are measured, so the coverage check below sees the target as it is.
+            s_src, s_dst = sessions.result()
+            plan_late_partitions(ep, spec, run_id, tmap, f"gate_{gate_name}_catch_up", source=s_src)
+            chunks = ledger.run_chunks(tconn, run_id, "cassandra")
             coverage = coverage_frame(tconn, s_src, tmap, spec.tenant_id, run_id)
             report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto,
                                         scan_target=True, held=ledger.partitions_by_table(tconn, run_id))
