@@ -653,8 +653,7 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         window = suspension_window(tconn, run_id)
         not_done = [c["chunk_id"] for c in chunks if c["status"] != "done"]
         planned_tables = {(c["engine"], c["table_name"]) for c in chunks}
-        unplanned = [f"{e} {t}" for e, t in [("postgres", t) for t in tmap.load_order()]
-                     + [("cassandra", t) for t in tmap.cassandra_tables] if (e, t) not in planned_tables]
+        unplanned = [f"{e} {t}" for e, t in tmap.engine_tables() if (e, t) not in planned_tables]
         ledger.finish_run(tconn, run_id, "failed" if not_done or unplanned else "succeeded")
     per_table: dict[tuple[str, str], dict[str, int]] = {}
     for c in chunks:

@@ -81,6 +81,11 @@ class TenantMap:
             sorter.done(*ready)
         return order
 
+    def engine_tables(self) -> list[tuple[str, str]]:
+        """Every table the map names, as (engine, table): PostgreSQL in load order, then Cassandra
+        (what a run's plan must hold chunks for)."""
+        return [("postgres", t) for t in self.load_order()] + [("cassandra", t) for t in self.cassandra_tables]
+
     def path(self, table: str) -> list[Hop]:
         """The hops from ``table`` up to a table that carries the tenant column."""
         hops: list[Hop] = []

@@ -219,7 +219,7 @@ def post_copy_gate(frame: Any, folder: Path, started: float | None = None,
 def plan_coverage_check(conn: psycopg.Connection, tmap: TenantMap, run_id: str) -> SqlCheck:
     """Every table the tenant map names has chunks in the run's plan (an empty table has its one
     empty chunk): a plan that failed to store, or a table left out, is a violation naming it."""
-    names = [("postgres", t) for t in tmap.load_order()] + [("cassandra", t) for t in tmap.cassandra_tables]
+    names = tmap.engine_tables()
     q = sql.SQL("SELECT m.engine || ' ' || m.table_name AS unplanned_table FROM (VALUES {}) AS m(engine, table_name) "
                 "WHERE NOT EXISTS "
                 "(SELECT 1 FROM tm_control.chunks c WHERE c.run_id = {} AND c.engine = m.engine "
