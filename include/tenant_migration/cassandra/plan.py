@@ -196,13 +196,10 @@ def plan_late(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, planned
     for c in planned:
         by_table.setdefault(c.table_name, []).append(c)
     out: list[Chunk] = []
-    for name, spec in tmap.cassandra_tables.items():
-        mine = by_table.get(name, [])
-        known = {tuple(b) for c in mine for b in c.bounds["bases"]}
-        fresh = [b for b in tenant_bases(conn, tmap, spec, tenant_id, converters_for(session, tmap.keyspace, spec))
-                 if b not in known]
+    for name, fresh in unplanned_bases(conn, tmap, tenant_id, planned, session).items():
         if not fresh:
             continue
+        spec, mine = tmap.cassandra_tables[name], by_table.get(name, [])
         days = sorted({date.fromisoformat(d) for c in mine for d in c.bounds.get("days", [])} | set(recent),
                       reverse=True)
         first = 1 + max(int(c.chunk_id.rsplit(":", 1)[1]) for c in mine) if mine else 0
