@@ -188,8 +188,9 @@ def tenant_migration() -> None:
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     pre >> slot
     final = gate_final()
-    post_flip >> dropped >> final >> report(flipped)
-    post_flip >> final  # directly too: a task after a teardown alone would run when the work failed
+    # gate_final reads the change stream (the tenant's writes after the drain): the slot goes after it.
+    [post_flip, resumed] >> final >> dropped
+    final >> report(flipped)
     reattached >> dropped
 
 

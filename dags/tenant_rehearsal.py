@@ -47,8 +47,9 @@ PARAMS = {
     "history": Param(8, type="integer", minimum=0, maximum=200, title="History length",
                      description="How many earlier rehearsals the report lists for the trend."),
     # The migration's own params, with short waits: the prediction uses Migration Day's settings.
-    **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "dns_zone",
-                       "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, cassandra_days=4),
+    **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
+                       "dns_zone", "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, drain_quiet_s=3,
+                       cassandra_days=4),
 }
 
 
@@ -105,7 +106,7 @@ def tenant_rehearsal() -> None:
     @task(**CUTOVER)
     def gate_post_flip(pre: dict, drained: dict, **ctx) -> dict: return _call("steps.gate_post_flip", ctx, pre["slug"], drained)
     @task(**RETRY)
-    def resume_registrations(**ctx) -> dict: return _call("steps.resume_registrations", ctx)
+    def resume_registrations(**ctx) -> dict: return _call("steps.resume_registrations", ctx, False)  # unattended
     @task(**RETRY)
     def drop_cdc_slot(**ctx) -> dict: return _call("steps.drop_cdc_slot", ctx, False)  # unattended: release
     @task(**CUTOVER)
@@ -156,8 +157,8 @@ def tenant_rehearsal() -> None:
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     migrated = report_migration(flipped)
     final = gate_final()
-    post_flip >> dropped >> final >> migrated
-    post_flip >> final  # directly too: a task after a teardown alone would run when the work failed
+    [post_flip, resumed] >> final >> dropped  # gate_final reads the change stream: the slot goes after it
+    final >> migrated
     reattached >> dropped
     with TaskGroup("back"):
         checked = check_way_back()

@@ -32,7 +32,7 @@ def demo_params(tenant: int, dry_run: bool = False) -> dict[str, Any]:
     the target shares 2 cores with the whole stack and Airflow, and says little about a real one.
     """
     return {"tenant_id": tenant, "dry_run": dry_run, "require_approval": False,
-            "max_ttl_wait_s": 5, "drain_seconds": 10, "load_rate": 200, "load_seconds": 5,
+            "max_ttl_wait_s": 5, "drain_seconds": 10, "drain_quiet_s": 5, "load_rate": 200, "load_seconds": 5,
             "load_max_p99_ms": 250, "load_min_rate_pct": 80}
 
 

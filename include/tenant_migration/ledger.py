@@ -332,11 +332,25 @@ def partitions_by_table(conn: psycopg.Connection, run_id: str) -> dict[str, int]
 
 
 def flip_time(conn: psycopg.Connection, run_id: str) -> datetime | None:
-    """When the run's DNS flip started (None: the run never flipped): from then on the target
-    takes the tenant's own writes (a weighted shift sends them to both sides from its start)."""
-    row = conn.execute("SELECT MIN(at) FROM tm_control.events WHERE run_id = %s AND step = 'flip_dns' "
-                       "AND kind = 'started'", (run_id,)).fetchone()
+    """When the run's DNS flip began to move records (None: it never did): from then on the target
+    takes the tenant's own writes (a weighted shift sends them to both sides from its start).
+
+    ``flip_dns`` records ``dns_flip_begins`` just before its first change batch; a try that failed
+    before it (control plane down) or waited out a TTL first moved nothing. Runs recorded before
+    that event existed fall back to the first start of ``flip_dns`` (earlier: the safe side)."""
+    row = conn.execute(
+        "SELECT COALESCE(MIN(at) FILTER (WHERE step = 'dns_flip_begins'), "
+        "MIN(at) FILTER (WHERE step = 'flip_dns' AND kind = 'started')) "
+        "FROM tm_control.events WHERE run_id = %s AND step IN ('dns_flip_begins', 'flip_dns')", (run_id,)).fetchone()
     return row[0] if row and row[0] is not None else None
+
+
+def last_event(conn: psycopg.Connection, run_id: str, step: str) -> tuple[datetime, dict[str, Any], float] | None:
+    """The newest event of ``step``: (at, detail, seconds since, by the ledger's clock), or None."""
+    row = conn.execute(
+        "SELECT at, detail, EXTRACT(EPOCH FROM clock_timestamp() - at)::float8 FROM tm_control.events "
+        "WHERE run_id = %s AND step = %s ORDER BY event_id DESC LIMIT 1", (run_id, step)).fetchone()
+    return (row[0], dict(row[1] or {}), float(row[2])) if row else None
 
 
 def step_durations(conn: psycopg.Connection, run_id: str) -> list[tuple[str, float]]:

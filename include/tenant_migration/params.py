@@ -48,8 +48,15 @@ MIGRATION_PARAMS = {
                          description="TTL of the tenant's records during the cutover."),
     "max_ttl_wait_s": Param(300, type="integer", minimum=0, title="Max wait for the old TTL (s)",
                             description="After lowering the TTL, wait out the old TTL, at most this long."),
-    "drain_seconds": Param(60, type="integer", minimum=0, title="Straggler drain (s)",
-                           description="After the flip, keep copying writes that reach the shared platform."),
+    "drain_seconds": Param(60, type="integer", minimum=0, title="Straggler drain, at least (s)",
+                           description="After the flip, keep copying writes that reach the shared platform for "
+                                       "at least this long (at least the lowered TTL)."),
+    "drain_quiet_s": Param(30, type="integer", minimum=0, title="Drain ends after quiet (s)",
+                           description="... then until no new write of the tenant reached the shared platform "
+                                       "for this long."),
+    "drain_max_s": Param(900, type="integer", minimum=1, title="Drain at most (s)",
+                         description="The drain fails loudly (with the count and the newest write) when the tenant "
+                                     "still writes to the shared platform after this long."),
     "load_rate": Param(500, type="integer", minimum=0, title="Load check rate (writes/s)",
                        description="SET-phase load check: writes/s driven at the target in the tenant's shape (0 skips it)."),
     "load_seconds": Param(10, type="integer", minimum=1, title="Load check duration (s)",

@@ -63,6 +63,7 @@ class RehearsalSpec:
     cassandra_days: int = 4  # a test pool's recent days; its migration says so (partial_history_ok)
     max_ttl_wait_s: int = 5
     drain_seconds: int = 5
+    drain_quiet_s: int = 3  # the test pool writes nothing after the flip: the drain ends soon after its minimum
     dns_zone: str = "iot.example.test."
     target_endpoint_prefix: str = "vpc"
 
@@ -70,7 +71,7 @@ class RehearsalSpec:
         return parse_spec({"tenant_id": self.tenant_id, "chunk_rows": self.chunk_rows, "max_tasks": self.max_tasks,
                            "cassandra_days": self.cassandra_days,
                            "partial_history_ok": self.cassandra_days != 0, "max_ttl_wait_s": self.max_ttl_wait_s,
-                           "drain_seconds": self.drain_seconds, "dns_zone": self.dns_zone,
+                           "drain_seconds": self.drain_seconds, "drain_quiet_s": self.drain_quiet_s, "dns_zone": self.dns_zone,
                            "target_endpoint_prefix": self.target_endpoint_prefix, "require_approval": False})
 
     def rollback_spec(self, migration_run_id: str) -> RollbackSpec:

@@ -22,11 +22,13 @@ PERMANENT: tuple[type[BaseException], ...] = (InvalidParams, LedgerError)
 
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
+    from tenant_migration.cutover.drain import DrainNotQuiet
     from tenant_migration.postgres.copy import ChecksumMismatch
     from tenant_migration.steps import KeptForResume, PreflightError
     from tenant_migration.validation.counts import GateFailed
 
-    return PERMANENT + (PreflightError, GateFailed, ChecksumMismatch, KeptForResume)
+    # DrainNotQuiet: it already waited drain_max_s; a retry would wait as long again, unseen.
+    return PERMANENT + (PreflightError, GateFailed, ChecksumMismatch, KeptForResume, DrainNotQuiet)
 
 
 @contextmanager

@@ -33,7 +33,9 @@ class MigrationSpec:
     suspension_minutes: int = 30
     lowered_ttl: int = 30
     max_ttl_wait_s: int = 300
-    drain_seconds: int = 60
+    drain_seconds: int = 60  # the drain's minimum length
+    drain_quiet_s: int = 30  # ... then it ends once no new write reached the shared platform for this long
+    drain_max_s: int = 900  # ... or fails loudly when the tenant still writes there after this
     require_approval: bool = True
     max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
     min_task_seconds: int = 30  # estimated copy work per mapped copy task (sizing.py, README)
@@ -129,6 +131,8 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         lowered_ttl=_int(params, "lowered_ttl", MigrationSpec.lowered_ttl, 1, 86_400),
         max_ttl_wait_s=_int(params, "max_ttl_wait_s", MigrationSpec.max_ttl_wait_s, 0, 86_400),
         drain_seconds=_int(params, "drain_seconds", MigrationSpec.drain_seconds, 0, 86_400),
+        drain_quiet_s=_int(params, "drain_quiet_s", MigrationSpec.drain_quiet_s, 0, 86_400),
+        drain_max_s=_int(params, "drain_max_s", MigrationSpec.drain_max_s, 1, 86_400),
         require_approval=_bool(params, "require_approval", MigrationSpec.require_approval),
         max_tasks=_int(params, "max_tasks", MigrationSpec.max_tasks, 1, 256),
         min_task_seconds=_int(params, "min_task_seconds", MigrationSpec.min_task_seconds, 0, 86_400),
@@ -145,4 +149,13 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         raise InvalidParams(f"params 'dns_shift_percent_steps' / 'dns_shift_dwell_s': the shift dwells {shift_s} s, "
                             f"more than half of the registrations' suspension ('suspension_minutes' = "
                             f"{spec.suspension_minutes}): shorten the dwell or raise the suspension")
+    if spec.drain_max_s < spec.drain_seconds + spec.drain_quiet_s:
+        raise InvalidParams(f"param 'drain_max_s' ({spec.drain_max_s}) must be at least 'drain_seconds' + "
+                            f"'drain_quiet_s' ({spec.drain_seconds} + {spec.drain_quiet_s}): the drain could never "
+                            f"end quiet")
+    # The drain runs with registrations suspended too: it must end before their expiry.
+    if shift_s + spec.drain_max_s >= spec.suspension_minutes * 60:
+        raise InvalidParams(f"params 'drain_max_s' / 'suspension_minutes': the drain may last {spec.drain_max_s} s "
+                            f"(after a shift of {shift_s} s), longer than the registrations' suspension "
+                            f"({spec.suspension_minutes} min): lower 'drain_max_s' or raise the suspension")
     return spec

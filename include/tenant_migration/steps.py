@@ -8,6 +8,7 @@ credentials, no row data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ from tenant_migration.tenant_map import TenantMap, load_tenant_map
 from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 from tenant_migration.validation.gx_gate import GateResult
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -504,6 +507,55 @@ def coverage_frame(tconn: psycopg.Connection, session: Any, tmap: TenantMap, ten
                         columns=["unit", "unplanned", "offending"])
 
 
+AFTER_FLIP_COLUMNS = ["unit", "after_flip", "after_drain", "newest", "missing", "offending"]
+
+
+def after_flip_frame(ep: Endpoints, spec: MigrationSpec, tconn: psycopg.Connection, tmap: TenantMap,
+                     run_id: str) -> Any:
+    """The tenant's writes the shared platform took after the flip (stragglers), per Cassandra table
+    (cells written after the flip in the tenant's partitions) and for the change stream (the
+    tenant's changes not applied yet), with how many of them came after the drain ended and how
+    many the target lacks (``offending`` names them). Empty when the run never flipped."""
+    import pandas as pd
+
+    from tenant_migration.cassandra.catchup import late_writes
+
+    flipped = ledger.flip_time(tconn, run_id)
+    if flipped is None:
+        return pd.DataFrame([], columns=AFTER_FLIP_COLUMNS)
+    drained = tconn.execute("SELECT MAX(at) FROM tm_control.events WHERE run_id = %s AND step = 'drain_stragglers' "
+                            "AND kind = 'finished'", (run_id,)).fetchone()
+    drain_end = drained[0] if drained else None
+    rows: list[dict[str, Any]] = []
+    with ep.cassandra_sessions() as (src, dst):
+        found = late_writes(src, dst, tmap, ledger.run_chunks(tconn, run_id, "cassandra"),
+                            flipped - timedelta(minutes=1), int(flipped.timestamp() * 1_000_000),
+                            int(drain_end.timestamp() * 1_000_000) if drain_end else None)
+    for f in found:
+        newest = datetime.fromtimestamp(f.newest_writetime / 1_000_000, UTC).isoformat() if f.newest_writetime else ""
+        rows.append({"unit": f"cassandra:{f.table}", "after_flip": f.cells, "after_drain": f.after_drain,
+                     "newest": newest, "missing": f.missing, "offending": "; ".join(f.missing_sample)})
+    if cdc.read_progress(tconn, run_id) is not None:  # the run streamed changes: its slot must still be there
+        name = cdc.slot_name_for(run_id)
+        with ep.source_cdc.connect(autocommit=True) as src_pg:
+            alive = src_pg.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                                   (name,)).fetchone()
+            if alive and alive[0]:
+                pending = cdc.pending_tenant_changes(src_pg, tconn, tmap, spec.tenant_id, run_id, name)
+                after_drain = sum(1 for m in pending.missing if drain_end and m.commit_time and m.commit_time > drain_end)
+                rows.append({"unit": "postgres:change stream", "after_flip": pending.tenant_changes,
+                             "after_drain": after_drain, "newest": pending.newest.isoformat() if pending.newest else "",
+                             "missing": len(pending.missing) + int(pending.truncated),
+                             "offending": "; ".join(m.label() for m in pending.missing[:20])
+                                          + ("; more changes pending than peeked" if pending.truncated else "")})
+            else:
+                rows.append({"unit": "postgres:change stream", "after_flip": 0, "after_drain": 0, "newest": "",
+                             "missing": -1, "offending": f"the run's change stream {name} was dropped before this "
+                                                        f"gate: the tenant's relational writes after the drain "
+                                                        f"cannot be checked"})
+    return pd.DataFrame(rows, columns=AFTER_FLIP_COLUMNS)
+
+
 def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Nothing of another tenant on the target (PostgreSQL rows, Cassandra partitions); the
     registrations back on; every chunk of the run done."""
@@ -518,10 +570,12 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
                 owned = cassandra_ownership(dst, tconn, tmap, spec.tenant_id)
                 history = history_frame(dst, tconn, tmap, run_id, spec.partial_history_ok)
             late = late_frame(ep, tconn, tmap, run_id)
+            after = after_flip_frame(ep, spec, tconn, tmap, run_id)
             gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / _safe(run_id), started,
-                                    cassandra=owned, history=history, late=late)
+                                    cassandra=owned, history=history, late=late, after_flip=after)
             _record_gate(tconn, run_id, gate)
-            detail.update({"passed": gate.passed, "report": str(gate.html_path)})
+            detail.update({"passed": gate.passed, "report": str(gate.html_path),
+                           "writes_after_flip": after.drop(columns=["offending"]).to_dict("records")})
     if not gate.passed:
         raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
     return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
@@ -541,22 +595,51 @@ def _safe(run_id: str) -> str:
 
 def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
     """Point the tenant's records at its dedicated endpoints: at once, or in the weighted steps of
-    ``dns_shift_percent_steps``. Converges when run again (not retried blindly: a cutover task)."""
+    ``dns_shift_percent_steps``. Converges when run again (not retried blindly: a cutover task).
+
+    Every try, and every step of a shift, first checks its preconditions as they are at that
+    moment (``ensure_registrations_suspended``, ``ensure_dns_ready``): a try after a control-plane
+    outage never flips on a TTL lowered, or registrations suspended, only in an earlier try."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
-    before = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
+    before = {p.name: _answer(r53, zid, p.name) for p in plans}
     if spec.dry_run:
         return {"skipped": "dry run", "before": before}
-    with ep.target.connect() as tconn, step(tconn, run_id, "flip_dns") as detail:
+    with ep.target.connect(autocommit=True) as tconn, step(tconn, run_id, "flip_dns") as detail:
         started = time.monotonic()
         if spec.dns_shift_percent_steps:
             detail["shift"] = shift_dns(ep, spec, run_id, slug, tconn)
         else:
-            dns.point_records(r53, zid, plans, to_tenant=True)
+            detail["preconditions"] = flip_preconditions(ep, spec, run_id, slug, tconn, r53, zid, plans)
+            _flip_begins(tconn, run_id, 100)
+            dns.point_records(r53, zid, plans, to_tenant=True, ttl=spec.lowered_ttl)
         after = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
         detail.update({"before": before, "after": after, "seconds": round(time.monotonic() - started, 3)})
     return {"before": before, "after": after}
+
+
+def _answer(r53: Any, zid: str, name: str) -> list[str]:
+    """What a client resolves for ``name`` now; ``[name, "(no record)"]`` when the zone lost it."""
+    try:
+        return dns.resolve(r53, zid, name)
+    except dns.DnsError:
+        return [name, "(no record)"]
+
+
+def flip_preconditions(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn: psycopg.Connection,
+                       r53: Any, zid: str, plans: list[dns.RecordPlan]) -> dict[str, Any]:
+    """Registrations suspended and the records' TTL lowered and waited out, both checked now."""
+    regs = ensure_registrations_suspended(ep, spec, run_id, tconn, "flip_dns")
+    ttl = ensure_dns_ready(spec, run_id, tconn, r53, zid, plans, "flip_dns")
+    return {"registrations": regs, "dns": ttl}
+
+
+def _flip_begins(tconn: psycopg.Connection, run_id: str, percent: int) -> None:
+    """Mark, before the first change batch that moves records towards the target, when the target
+    may begin to take the tenant's writes (``ledger.flip_time``)."""
+    if ledger.last_event(tconn, run_id, "dns_flip_begins") is None:
+        ledger.record_event(tconn, run_id, "dns_flip_begins", "info", {"percent": percent})
 
 
 def shift_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn: psycopg.Connection,
@@ -564,7 +647,8 @@ def shift_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn:
     """The weighted shift: each step ONE change batch (wait INSYNC, read back), then the dwell,
     then the ``dns_shift_<p>`` gate, then the next step; the 100 % step leaves the simple record
     the direct flip leaves. Run again after a failure, it resumes at the first step at or above
-    the weight the records have now: traffic never moves back to the source."""
+    the weight the records have now: traffic never moves back to the source. Each step checks
+    the flip's preconditions first (``flip_preconditions``)."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
@@ -572,9 +656,12 @@ def shift_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn:
     at = min((dns.target_weight(now.get(p.name, []), p) or 0) for p in plans)
     done: list[dict[str, Any]] = []
     for percent in [p for p in spec.dns_shift_percent_steps if p >= at]:
-        weights = dns.shift_records(r53, zid, plans, percent, comment=f"tenant migration shift {percent} %")
+        checked = flip_preconditions(ep, spec, run_id, slug, tconn, r53, zid, plans)
+        _flip_begins(tconn, run_id, percent)
+        weights = dns.shift_records(r53, zid, plans, percent, ttl=spec.lowered_ttl,
+                                    comment=f"tenant migration shift {percent} %")
         ledger.record_event(tconn, run_id, "dns_shift", "info", {"percent": percent, "weights": weights})
-        done.append({"percent": percent, "weights": weights})
+        done.append({"percent": percent, "weights": weights, "preconditions": checked})
         if percent == 100:
             break
         time.sleep(spec.dns_shift_dwell_s)
@@ -651,6 +738,9 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
             "SELECT DISTINCT ON (gate) gate, passed, (evidence->>'seconds')::float8, report_path FROM tm_control.gates "
             "WHERE run_id = %s ORDER BY gate, attempt DESC", (run_id,)).fetchall()
         window = suspension_window(tconn, run_id)
+        drain_row = ledger.last_event(tconn, run_id, "drain_stragglers")
+        final_row = tconn.execute("SELECT detail FROM tm_control.events WHERE run_id = %s AND step = 'gate_final' "
+                                  "AND kind = 'finished' ORDER BY event_id DESC LIMIT 1", (run_id,)).fetchone()
         not_done = [c["chunk_id"] for c in chunks if c["status"] != "done"]
         planned_tables = {(c["engine"], c["table_name"]) for c in chunks}
         unplanned = [f"{e} {t}" for e, t in tmap.engine_tables() if (e, t) not in planned_tables]
@@ -678,6 +768,8 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
     lines += [f"  {g:<26} {'passed' if ok else 'FAILED':<7} {sec or 0:6.2f} s  {path}" for g, ok, sec, path in gate_rows]
     if window is not None:
         lines += ["", f"Registrations were suspended for {window:.1f} s."]
+    stragglers = straggler_lines(drain_row[1] if drain_row else {}, (final_row[0] or {}) if final_row else {})
+    lines += stragglers
     if dns_result:
         lines += ["", "DNS answer before and after the flip:"]
         for name, chain in (dns_result.get("before") or {}).items():
@@ -686,6 +778,7 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
     text = "\n".join(lines) + "\n"
     (folder / "summary.txt").write_text(text)
     summary = {"chunks": chunks, "steps": steps, "dns": dns_result, "suspension_window_s": window,
+               "writes_after_flip": (final_row[0] or {}).get("writes_after_flip") if final_row else None,
                "copies": [dict(zip(["engine", "chunks", "rows", "chunk_seconds", "wall_seconds"], c, strict=True))
                           for c in copies],
                "gates": [dict(zip(["gate", "passed", "seconds", "report"], g, strict=True)) for g in gate_rows]}
@@ -696,6 +789,22 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
     if not_done:
         raise RuntimeError(f"run {run_id} has chunks not done: {', '.join(not_done)}")
     return {"summary": str(folder / "summary.txt"), "tables": len(chunks)}
+
+
+def straggler_lines(drain: dict[str, Any], final: dict[str, Any]) -> list[str]:
+    """The report's lines on the tenant's writes that reached the shared platform after the flip:
+    what the drain saw and copied, and what ``gate_final`` found after it (late writes)."""
+    lines: list[str] = []
+    if drain.get("passes"):
+        lines += ["", "Writes of the tenant on the shared platform after the flip (stragglers):",
+                  f"  drain: {drain.get('seconds', 0):.1f} s in {drain['passes']} passes, ended after "
+                  f"{drain.get('quiet_seconds', 0):.1f} s without a new write; {drain.get('late_cells', 0)} Cassandra "
+                  f"cells and {drain.get('changes', 0)} relational changes seen, newest at "
+                  f"{drain.get('newest_write') or '-'}"]
+    for row in final.get("writes_after_flip") or []:
+        lines.append(f"  {row['unit']:<26} {row['after_flip']:>7} after the flip, {row['after_drain']:>5} after the "
+                     f"drain ended, newest {row['newest'] or '-'}, missing on the target: {row['missing']}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,11 +826,12 @@ def create_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str
 
 
 def drop_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_for_resume: bool = True) -> dict[str, Any]:
-    """Teardown: drop the run's slot once the flip passed its gate, or whenever the run is not live
-    (abort). After an earlier failure the slot is kept (``KeptForResume``): a resumed run replays
-    from its first detach point, and a slot re-created later would miss changes (ADR 4)."""
+    """Teardown: drop the run's slot once the final gate passed (it reads the stream for writes the
+    shared platform took after the drain), or whenever the run is not live (abort). After an
+    earlier failure the slot is kept (``KeptForResume``): a resumed run replays from its first
+    detach point, and a slot re-created later would miss changes (ADR 4)."""
     if keep_for_resume:
-        _keep_for_resume(ep, run_id, "post_flip", "change-capture slot")
+        _keep_for_resume(ep, run_id, "final", "change-capture slot")
     name = cdc.slot_name_for(run_id)
     with ep.source_cdc.connect(autocommit=True) as src:
         dropped = cdc.drop_slot(src, name)
@@ -759,11 +869,15 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
 
 def final_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """GO, registrations suspended: everything the primary committed until now onto the target,
-    then the Cassandra partitions of the rows it brought (``plan_late_partitions``)."""
+    then the Cassandra partitions of the rows it brought (``plan_late_partitions``). A clear after
+    a failure in the window finds registrations resumed by the teardown: suspended again first."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     tmap = tmap or load_tenant_map()
+    with ep.target.connect(autocommit=True) as tconn:
+        regs = ensure_registrations_suspended(ep, spec, run_id, tconn, "final_catch_up")
     out = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
+    out["registrations"] = regs
     out["late_partitions"] = plan_late_partitions(ep, spec, run_id, tmap, "final_catch_up")
     return out
 
@@ -932,8 +1046,14 @@ def suspend_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> di
     return window.to_dict()
 
 
-def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:
-    """Teardown: registrations come back on the source and on the target, whatever failed."""
+def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_for_resume: bool = True) -> dict[str, Any]:
+    """Teardown: registrations come back on the source and on the target, whatever failed.
+
+    When the cutover did not finish (the run is live and its ``post_flip`` gate has not passed),
+    the task then fails on purpose (``KeptForResume``, ADR 10): a *Clear -> Only failed* of the
+    failed work runs it again after the flip, while the cleared tasks suspend registrations
+    again first (``final_catch_up``, ``flip_dns``). ``keep_for_resume=False`` (unattended
+    rehearsals) never fails for that."""
     with ep.source_operator.connect(autocommit=True) as op:
         source = registrations.resume(op, spec.tenant_id)
     target: dict[str, Any] | None = None
@@ -947,6 +1067,16 @@ def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dic
             window = suspension_window(tconn, run_id)
             if window is not None:
                 ledger.record_event(tconn, run_id, "suspension_window", "info", {"seconds": window})
+    if keep_for_resume and not spec.dry_run:
+        try:
+            _keep_for_resume(ep, run_id, "post_flip", "registrations")
+        except KeptForResume as exc:
+            raise KeptForResume(
+                f"registrations of tenant {spec.tenant_id} were resumed although the cutover did not finish (the "
+                f"'post_flip' gate of run {run_id} has not passed). Fix the cause, then clear the failed task "
+                f"instances (only failed, with downstream): the cleared tasks suspend registrations again before "
+                f"the flip, and this teardown runs again after it. To give up instead: mark the ledger run "
+                f"aborted (runbook: Abort), then clear this task.") from exc
     return {"source": source.to_dict(), "target": target}
 
 
@@ -971,45 +1101,129 @@ def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
 
 
 def lower_dns_ttl(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
-    """Lower the records' TTL, then wait out the old TTL: at the flip no client holds an older answer."""
+    """Lower the records' TTL, then wait out the old TTL: at the flip no client holds an older answer.
+    A retry (or a clear) waits only what is left of the wait begun by an earlier try."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    old = dns.lower_ttl(r53, zid, dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix), spec.lowered_ttl)
-    wait = min(max(0, old - 0), spec.max_ttl_wait_s) if old > spec.lowered_ttl else 0
-    time.sleep(wait)
+    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
     with ep.target.connect(autocommit=True) as tconn:
-        ledger.record_event(tconn, run_id, "lower_dns_ttl", "info", {"old_ttl": old, "new_ttl": spec.lowered_ttl,
-                                                                   "waited_s": wait})
-    return {"old_ttl": old, "new_ttl": spec.lowered_ttl, "waited_s": wait}
+        out = ensure_dns_ready(spec, run_id, tconn, r53, zid, plans, "lower_dns_ttl")
+        ledger.record_event(tconn, run_id, "lower_dns_ttl", "info", out)
+    return out
+
+
+def ensure_dns_ready(spec: MigrationSpec, run_id: str, tconn: psycopg.Connection, r53: Any, zid: str,
+                     plans: list[dns.RecordPlan], by: str) -> dict[str, Any]:
+    """The flip's DNS precondition, checked NOW (not taken from an earlier try): every record of the
+    tenant has at most the lowered TTL, and the old TTL has passed since it was lowered (at most
+    ``max_ttl_wait_s``: the operator's cap). Where it does not hold -- a control plane that came back
+    with the records reset to a long TTL -- it lowers again and waits again. Returns what it found,
+    lowered and waited; refuses (``DnsError``) when a record is missing from the zone."""
+    sets = dns.record_sets(r53, zid)
+    missing = dns.missing_records(sets, plans)
+    if missing:
+        raise dns.DnsError(f"the zone {spec.dns_zone} holds no record for {', '.join(missing)}: the DNS control "
+                           f"plane lost them. Restore the records (pointing at the shared platform), then clear "
+                           f"this task")
+    high = dns.ttls_above(sets, plans, spec.lowered_ttl)
+    last = ledger.last_event(tconn, run_id, "dns_ttl_lowered")
+    relowered = bool(high) and last is not None
+    if high or last is None:
+        # Never lowered in this run, or raised again since: lower now and wait the old TTL from now.
+        old = dns.lower_ttl(r53, zid, plans, spec.lowered_ttl)
+        wait = float(min(old, spec.max_ttl_wait_s))
+        detail: dict[str, Any] = {"old_ttl": old, "new_ttl": spec.lowered_ttl, "wait_s": wait, "found_above": high, "by": by}
+        ledger.record_event(tconn, run_id, "dns_ttl_lowered", "info", detail)
+        remaining = wait
+    else:
+        _, detail, since = last
+        remaining = max(0.0, float(detail.get("wait_s", 0)) - since)
+    if remaining > 0:
+        time.sleep(remaining)
+    if relowered:
+        log.warning("the tenant's records were back at a TTL above %ss (%s): lowered again, waited %.0fs",
+                    spec.lowered_ttl, ", ".join(f"{n} {t}s" for n, t in high.items()), remaining)
+    return {"old_ttl": detail["old_ttl"], "new_ttl": spec.lowered_ttl, "waited_s": round(remaining, 3),
+            "found_above": high, "lowered_again": relowered}
+
+
+def ensure_registrations_suspended(ep: Endpoints, spec: MigrationSpec, run_id: str, tconn: psycopg.Connection,
+                                   by: str) -> dict[str, Any]:
+    """The flip's other precondition, checked NOW: the tenant's registrations are suspended. A clear
+    after a failed flip finds them resumed (the teardown ran); they are suspended again here, with
+    a fresh expiry, and the teardown (failed on purpose, ``resume_registrations``) runs again after."""
+    with ep.source_operator.connect(autocommit=True) as op:
+        state = registrations.status(op, spec.tenant_id)
+        if state.active:
+            return {"suspended_again": False, "until": state.to_dict()["suspended_until"]}
+        window = registrations.suspend(op, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
+                                       f"tenant migration {run_id}")
+    ledger.record_event(tconn, run_id, "registrations_suspended", "info", {**window.to_dict(), "by": by})
+    return {"suspended_again": True, "until": window.to_dict()["suspended_until"], "found": state.to_dict()}
 
 
 def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
-    """After the flip, clients with a stale DNS answer still write to the shared platform for up to
-    a TTL: keep bringing those writes over (Cassandra buckets and the change stream) for a window."""
+    """After the flip, clients with a stale DNS answer still write to the shared platform: keep
+    bringing those writes over (Cassandra buckets and the change stream) until they have stopped
+    (``cutover.drain``): at least ``drain_seconds``, then ``drain_quiet_s`` without a new write; a
+    tenant still writing there after ``drain_max_s`` fails the task with what it saw."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     from tenant_migration.cassandra import catchup as cql_catchup
+    from tenant_migration.cassandra.ratelimit import TokenBucket
+    from tenant_migration.cutover import drain
 
     tmap = tmap or load_tenant_map()
-    with ep.target.connect(autocommit=True) as tconn:
-        chunks = ledger.run_chunks(tconn, run_id, "cassandra")
-        with step(tconn, run_id, "drain_stragglers") as detail:
-            since = datetime.now(UTC) - timedelta(minutes=15)
-            flipped = ledger.flip_time(tconn, run_id)  # a weighted shift sent writes to both sides since it began
-            since = min(since, flipped - timedelta(minutes=1)) if flipped else since
-            with ep.cassandra_sessions() as (src, dst):
-                passes = cql_catchup.drain_stragglers(
-                    src, dst, tmap, chunks, since, duration=timedelta(seconds=spec.drain_seconds),
-                    poll_interval=timedelta(seconds=max(1, min(10, spec.drain_seconds // 3 or 1))),
-                    opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
-            pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name="drain_postgres")
-            late = plan_late_partitions(ep, spec, run_id, tmap, "drain_stragglers")
-            out = {"cassandra_passes": [p.to_dict() for p in passes], "postgres": pg,
-                   "cassandra_rows": sum(p.rows for p in passes), "late_partitions": late}
-            detail.update(out)
-    return out
+    opts = cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency)
+    limiter = TokenBucket(opts.rows_per_second)
+    with ep.target.connect(autocommit=True) as tconn, step(tconn, run_id, "drain_stragglers") as detail:
+        flipped = ledger.flip_time(tconn, run_id)
+        if flipped is None:
+            raise PreflightError(f"run {run_id} never flipped its DNS records: flip_dns must run before the drain")
+        # A weighted shift sent writes to both sides since it began; clocks drift by a minute at most.
+        since = min(datetime.now(UTC) - timedelta(minutes=15), flipped - timedelta(minutes=1))
+        late_planned: list[dict[str, Any]] = []
+        with ep.cassandra_sessions() as (src, dst):
+
+            def one_pass(n: int) -> drain.Seen:
+                chunks = ledger.run_chunks(tconn, run_id, "cassandra")
+                cql = cql_catchup.drain_pass(src, dst, tmap, chunks, since, flipped, pass_no=n, opts=opts,
+                                             limiter=limiter)
+                pg = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap, step_name="drain_postgres")
+                if pg["changes_applied"] or n == 1:  # rows the stream brought may own new partitions
+                    late_planned.append(plan_late_partitions(ep, spec, run_id, tmap, "drain_stragglers", source=src))
+                prog = cdc.read_progress(tconn, run_id)
+                newest_change = prog.applied_commit_time if prog and pg["changes_applied"] else None
+                return drain.Seen(cql.rows, cql.late_cells, cql.newest_writetime, int(pg["changes_applied"]),
+                                  newest_change)
+
+            def on_pass(p: drain.DrainPass) -> None:
+                log.info("drain pass %d at %.0fs: %d Cassandra cells on the shared side after the flip, %d relational "
+                         "changes, %s", p.pass_no, p.at_s, p.seen.late_cells, p.seen.changes,
+                         "new writes" if p.new_writes else "quiet")
+
+            try:
+                result = drain.until_quiet(one_pass, min_seconds=spec.drain_seconds, quiet_seconds=spec.drain_quiet_s,
+                                           max_seconds=spec.drain_max_s, poll_seconds=_drain_poll(spec),
+                                           on_pass=on_pass)
+            except drain.DrainNotQuiet as exc:
+                ledger.record_event(tconn, run_id, "drain_not_quiet", "info", exc.result.to_dict())
+                raise
+        out = {**result.to_dict(), "flip_at": flipped.isoformat(),
+               "cassandra_passes": [{"rows": p.seen.rows_copied, "late_cells": p.seen.late_cells}
+                                    for p in result.passes],
+               "cassandra_rows": sum(p.seen.rows_copied for p in result.passes),
+               "late_partitions": {"planned": sum(x["planned"] for x in late_planned),
+                                   "rows": sum(x["rows"] for x in late_planned)}}
+        detail.update(out)
+    return {k: v for k, v in out.items() if k != "pass_log"}
+
+
+def _drain_poll(spec: MigrationSpec) -> float:
+    """Seconds between drain passes: a third of the quiet window, 1 to 10 s."""
+    return float(max(1, min(10, spec.drain_quiet_s // 3 or 1)))
 
 
 def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, drained: dict[str, Any],

@@ -114,9 +114,12 @@ def test_phases_run_in_order(dagbag) -> None:
              "ready.gate_post_copy", "set.catch_up_postgres", "set.warm_up", "set.gate_catch_up",
              "go.suspend_registrations", "go.final_catch_up", "go.gate_pre_flip", "go.approve_flip",
              "go.lower_dns_ttl", "go.flip_dns", "go.drain_stragglers", "go.gate_post_flip",
-             "go.resume_registrations", "drop_cdc_slot", "gate_final", "report"]
+             "go.resume_registrations", "gate_final", "drop_cdc_slot"]
     positions = [order.index(t) for t in chain]
     assert positions == sorted(positions), [t for t, _ in sorted(zip(chain, positions, strict=True), key=lambda x: x[1])]
+    assert order.index("gate_final") < order.index("report")
+    # gate_final reads the change stream for the writes after the drain: the slot is dropped after it.
+    assert "gate_final" in dag.get_task("drop_cdc_slot").upstream_task_ids
 
 
 def test_approval_defaults_to_reject(dagbag) -> None:

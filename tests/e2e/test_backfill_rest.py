@@ -31,7 +31,7 @@ TENANT = 8  # a mid-sized tenant: several chunks per table at chunk_rows=100
 # min_task_seconds 0: the tiny tenant's few seconds of copy would otherwise fit one task per store,
 # and the test needs good batches beside the failing one.
 FORM = {"tenant_id": TENANT, "chunk_rows": 100, "max_tasks": 4, "min_task_seconds": 0, "require_approval": False,
-        "max_ttl_wait_s": 1, "drain_seconds": 3, "load_rate": 100, "load_seconds": 2,
+        "max_ttl_wait_s": 1, "drain_seconds": 3, "drain_quiet_s": 2, "load_rate": 100, "load_seconds": 2,
         "load_max_p99_ms": 2000, "load_min_rate_pct": 50}  # the load check runs beside a whole Airflow on 2 shared cores
 BATCH = "ready.copy_postgres_batch"
 TEARDOWNS = (("ready.reattach_replica", -1), ("drop_cdc_slot", -1))

@@ -20,7 +20,7 @@ from tenant_migration.tenant_map import load_tenant_map
 pytestmark = pytest.mark.e2e
 
 TENANT = 4
-FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "load_rate": 0}
+FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "drain_quiet_s": 2, "load_rate": 0}
 
 
 @pytest.fixture

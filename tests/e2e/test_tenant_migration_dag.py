@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 TENANT = 4
 # The approval is answered "not needed" (rehearsal mode); TTL wait and drain kept short for tests.
-FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "load_rate": 100, "load_seconds": 2,
+FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "drain_quiet_s": 2, "load_rate": 100, "load_seconds": 2,
        "load_max_p99_ms": 2000, "load_min_rate_pct": 50}  # the load check runs beside the whole stack on 2 shared cores
 
 

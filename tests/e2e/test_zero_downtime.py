@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 TENANT = 4
 NORMAL_TTL = 6
 RUN = {"tenant_id": TENANT, "require_approval": False, "max_ttl_wait_s": NORMAL_TTL, "lowered_ttl": 2,
-       "drain_seconds": 8, "load_rate": 100, "load_seconds": 2,
+       "drain_seconds": 8, "drain_quiet_s": 3, "load_rate": 100, "load_seconds": 2,
        "load_max_p99_ms": 2000, "load_min_rate_pct": 50}  # the load check runs beside the whole stack on 2 shared cores
 
 

@@ -183,7 +183,7 @@ def test_pre_flip_gate_requires_registrations_suspended(endpoints, caught_up, ta
         passed, _, _, _ = _gate_row(target_admin, run_id, "pre_flip")
         assert passed is True
     finally:
-        steps.resume_registrations(endpoints, spec, run_id)
+        steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)
 
 
 def test_an_empty_transaction_on_the_primary_is_not_lag(topo, endpoints, caught_up) -> None:

@@ -204,11 +204,12 @@ DRAINED = {"cassandra_passes": [{"rows": 0}]}  # what drain_stragglers returns a
 @pytest.fixture
 def flipped(endpoints, reset, reports):
     """A registered run of TENANT whose records were flipped through the moto server (over HTTP)."""
-    spec = MigrationSpec(tenant_id=TENANT)
+    spec = MigrationSpec(tenant_id=TENANT, max_ttl_wait_s=0)
     run_id = f"gate/{uuid.uuid4().hex[:8]}"
     pre = steps.preflight(endpoints, spec, run_id)
     steps.flip_dns(endpoints, spec, run_id, pre["slug"])
-    return spec, run_id, pre["slug"]
+    yield spec, run_id, pre["slug"]
+    steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)  # the flip suspended them
 
 
 def _gate_row(conn, run_id: str, gate: str):

@@ -22,7 +22,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from tenant_migration.cassandra.copy import ChunkCopier, CopyOptions, CopyStats, TableShape, table_shape
+from tenant_migration.cassandra.copy import (
+    ChunkCopier,
+    CopyOptions,
+    CopyStats,
+    TableShape,
+    iter_pages,
+    select_cells,
+    table_shape,
+)
 from tenant_migration.cassandra.fingerprint import compare_groups
 from tenant_migration.cassandra.plan import ReadGroup, read_groups
 from tenant_migration.cassandra.ratelimit import TokenBucket
@@ -45,6 +53,8 @@ class PassStats:
     seconds: float
     mismatched: int | None = None  # partitions whose fingerprints differ after the pass (None: not checked)
     mismatched_sample: list[str] = field(default_factory=list)
+    late_cells: int = 0  # drain: the tenant's live cells on the source written after the flip
+    newest_writetime: int | None = None  # drain: the newest of them (microseconds)
 
     @property
     def converged(self) -> bool:
@@ -87,13 +97,30 @@ class RecentPartitions:
 
 
 def _copy_pass(source: Session, target: Session, tmap: TenantMap, recent: RecentPartitions, opts: CopyOptions,
-               limiter: TokenBucket, min_writetime: int | None) -> CopyStats:
+               limiter: TokenBucket, min_writetime: int | None, watch_after: int | None = None) -> CopyStats:
     total = CopyStats("*", 0, 0, 0, 0.0)
     for table, groups in recent.groups.items():
         copier = ChunkCopier(source, target, recent.shapes[table], tmap.cassandra_tables[table].day_column, opts,
                              limiter)
-        total.add(copier.copy_groups(groups, min_writetime))
+        total.add(copier.copy_groups(groups, min_writetime, watch_after))
     return total
+
+
+def drain_pass(source: Session, target: Session, tmap: TenantMap, chunks: Sequence[Chunk], since: datetime,
+               watch_after: datetime, *, pass_no: int = 1, opts: CopyOptions | None = None,
+               limiter: TokenBucket | None = None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> PassStats:
+    """One pass of the straggler drain: copy the tenant's partitions of the day buckets from
+    ``since`` to now (every live cell, last write wins on the target), and count the cells the
+    source took after ``watch_after`` (the flip) and the newest of them: the drain's evidence that
+    writes still arrive on the shared platform."""
+    opts = opts or CopyOptions()
+    days = recent_days(since, now())
+    recent = RecentPartitions(source, tmap, chunks, days, opts.in_limit)
+    started = time.monotonic()
+    st = _copy_pass(source, target, tmap, recent, opts, limiter or TokenBucket(opts.rows_per_second), None,
+                    int(watch_after.timestamp() * 1_000_000))
+    return PassStats(pass_no, [d.isoformat() for d in days], st.rows, st.cells, st.writes,
+                     time.monotonic() - started, late_cells=st.late_cells, newest_writetime=st.newest_writetime)
 
 
 def catch_up(
@@ -177,3 +204,62 @@ def drain_stragglers(
         if remaining <= 0:
             return passes
         sleep(min(poll_interval.total_seconds(), remaining))
+
+
+@dataclass
+class LateWrites:
+    """One table: the tenant's cells the shared platform took after the flip, and those the target lacks."""
+
+    table: str
+    cells: int = 0  # live cells on the source written after the flip
+    after_drain: int = 0  # ... of which after the drain ended
+    newest_writetime: int | None = None  # microseconds
+    missing: int = 0  # ... of which the target holds neither the same cell nor a newer one
+    missing_sample: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def late_writes(source: Session, target: Session, tmap: TenantMap, chunks: Sequence[Chunk], since: datetime,
+                flip_us: int, drain_end_us: int | None, *, opts: CopyOptions | None = None, sample: int = 20,
+                now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[LateWrites]:
+    """Per table, the cells of the tenant's partitions (day buckets from ``since``) that the source
+    took after ``flip_us``, compared with the target: a cell is there when the target holds it
+    with the same writetime and value, or a newer write of it (the tenant's own, after the flip)."""
+    opts = opts or CopyOptions()
+    recent = RecentPartitions(source, tmap, chunks, recent_days(since, now()), opts.in_limit)
+    out: list[LateWrites] = []
+    for table, groups in recent.groups.items():
+        shape = recent.shapes[table]
+        nkey, regular = len(shape.primary_key), shape.regular
+        found = LateWrites(table)
+        want: dict[tuple[tuple[Any, ...], int], tuple[int, Any]] = {}
+        for page in iter_pages(source, select_cells(source, shape), groups, read_concurrency=opts.read_concurrency,
+                               fetch_size=opts.fetch_size, opts=opts):
+            for row in page:
+                for i in range(len(regular)):
+                    value, wt = row[nkey + 3 * i], row[nkey + 3 * i + 1]
+                    if wt is None or wt <= flip_us:
+                        continue
+                    found.cells += 1
+                    found.after_drain += int(drain_end_us is not None and wt > drain_end_us)
+                    found.newest_writetime = max(found.newest_writetime or wt, wt)
+                    want[(tuple(row[:nkey]), i)] = (wt, value)
+        if want:
+            for page in iter_pages(target, select_cells(target, shape), groups,
+                                   read_concurrency=opts.read_concurrency, fetch_size=opts.fetch_size, opts=opts):
+                for row in page:
+                    key = tuple(row[:nkey])
+                    for i in range(len(regular)):
+                        got = want.get((key, i))
+                        if got is None:
+                            continue
+                        value, wt = row[nkey + 3 * i], row[nkey + 3 * i + 1]
+                        if wt is not None and (wt > got[0] or (wt == got[0] and value == got[1])):
+                            del want[(key, i)]
+        found.missing = len(want)
+        found.missing_sample = [f"{dict(zip(shape.primary_key, key, strict=True))} {regular[i]} written at {wt}"
+                                for (key, i), (wt, _) in sorted(want.items(), key=lambda kv: kv[1][0])[:sample]]
+        out.append(found)
+    return out

@@ -130,13 +130,17 @@ class CopyStats:
     skipped_older: int = 0  # cells older than ``min_writetime`` (catch-up passes)
     retries: int = 0
     throttled_seconds: float = 0.0
+    late_cells: int = 0  # live cells read with a writetime after ``watch_after`` (the drain's watch)
+    newest_writetime: int | None = None  # the newest of those (microseconds), None when none
 
     def add(self, other: CopyStats) -> None:
         for name in ("partitions", "rows", "cells", "nonempty", "writes", "skipped_expired", "skipped_older",
-                     "retries"):
+                     "retries", "late_cells"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
         self.throttled_seconds += other.throttled_seconds
+        if other.newest_writetime is not None:
+            self.newest_writetime = max(self.newest_writetime or other.newest_writetime, other.newest_writetime)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,6 +355,14 @@ class Writer:
 # ----------------------------------------------------------------------------------- copier
 
 
+def select_cells(session: Session, shape: TableShape) -> Any:
+    """The read of every live cell of a group's partitions: the primary key, then for each regular
+    column its value, WRITETIME and TTL."""
+    meta_cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)}), TTL({cql_ident(c)})" for c in shape.regular)
+    key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
+    return session.prepare(f"SELECT {key_cols}, {meta_cols} FROM {shape.qualified} WHERE {shape.partitions_in}")
+
+
 class ChunkCopier:
     """Copies the partitions of one table's chunks from ``source`` to ``target``."""
 
@@ -362,10 +374,7 @@ class ChunkCopier:
         self.day_column = day_column
         self.opts = opts or CopyOptions()
         self.limiter = limiter
-        where = shape.partitions_in
-        meta_cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)}), TTL({cql_ident(c)})" for c in shape.regular)
-        key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
-        self.select = source.prepare(f"SELECT {key_cols}, {meta_cols} FROM {shape.qualified} WHERE {where}")
+        self.select = select_cells(source, shape)
         self._inserts: dict[tuple[str, ...], Any] = {}
         self._all_insert = self._insert_for(shape.regular)
 
@@ -380,9 +389,12 @@ class ChunkCopier:
             self._inserts[cols] = stmt
         return stmt
 
-    def copy_groups(self, groups: Sequence[ReadGroup], min_writetime: int | None = None) -> CopyStats:
+    def copy_groups(self, groups: Sequence[ReadGroup], min_writetime: int | None = None,
+                    watch_after: int | None = None) -> CopyStats:
         """Copy every live cell of the groups' partitions; cells with a writetime below
-        ``min_writetime`` are skipped (they were copied by an earlier pass)."""
+        ``min_writetime`` are skipped (they were copied by an earlier pass). With ``watch_after``
+        (microseconds), also count the live cells written after it and the newest of them
+        (``late_cells``, ``newest_writetime``): the drain's watch on writes after the flip."""
         from cassandra.query import BatchStatement, BatchType
 
         started = time.monotonic()
@@ -395,6 +407,10 @@ class ChunkCopier:
         batch_rows = self.opts.batch_rows
         seen: set[tuple[Any, ...]] = set()
         floor = min_writetime if min_writetime is not None else -(1 << 63)
+        watching = watch_after is not None
+        watch = watch_after if watch_after is not None else 1 << 63
+        late = 0
+        newest = -(1 << 63)
 
         def on_retry() -> None:
             stats.retries += 1
@@ -428,6 +444,9 @@ class ChunkCopier:
                 uniform = all(row[nkey + 3 * i + 1] == wt0 and row[nkey + 3 * i + 2] == ttl0 for i in range(1, nreg))
                 writes: list[tuple[Any, Any]] = []
                 if uniform and wt0 is not None:
+                    if watching and wt0 > watch:
+                        late += nreg
+                        newest = max(newest, wt0)
                     if wt0 < floor:
                         stats.skipped_older += nreg
                     else:
@@ -443,6 +462,9 @@ class ChunkCopier:
                         wt, ttl_i = row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
                         if wt is None:  # no live cell in this column
                             continue
+                        if watching and wt > watch:
+                            late += 1
+                            newest = max(newest, wt)
                         if wt < floor:
                             stats.skipped_older += 1
                             continue
@@ -472,6 +494,8 @@ class ChunkCopier:
         writer.drain()
         stats.retries += writer.retries
         stats.nonempty = len(seen)
+        stats.late_cells = late
+        stats.newest_writetime = newest if late else None
         stats.throttled_seconds = (self.limiter.waited if self.limiter else 0.0) - throttled0
         stats.seconds = time.monotonic() - started
         return stats

@@ -250,3 +250,19 @@ def lower_ttl(client: Route53Client, zid: str, plans: list[RecordPlan], ttl: int
             HostedZoneId=zid, ChangeBatch={"Comment": "tenant migration: lower TTL", "Changes": changes})
         wait_insync(client, resp["ChangeInfo"]["Id"])
     return old
+
+
+def ttls_above(sets: dict[str, list[dict[str, Any]]], plans: list[RecordPlan], ttl: int) -> dict[str, int]:
+    """The tenant's records whose TTL (of any member of a weighted set) is above ``ttl``: name -> the
+    highest TTL found. A record missing from the zone is not listed (``missing_records`` says so)."""
+    out: dict[str, int] = {}
+    for plan in plans:
+        found = max((int(rr.get("TTL", 0)) for rr in sets.get(plan.name, [])), default=0)
+        if found > ttl:
+            out[plan.name] = found
+    return out
+
+
+def missing_records(sets: dict[str, list[dict[str, Any]]], plans: list[RecordPlan]) -> list[str]:
+    """The tenant's records the zone does not hold (a control plane that lost them)."""
+    return [plan.name for plan in plans if not sets.get(plan.name)]

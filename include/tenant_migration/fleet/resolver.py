@@ -10,6 +10,11 @@ instant and hide the straggler window. Route53 (moto locally) is asked at most o
 servers, which keeps the API rate bounded whatever the fleet size. In the middle of a weighted
 shift a name has several record sets: each client gets the member ``dns.pick`` chooses for it
 (stable per client, in proportion to the weights), as Route53 spreads answers by weight.
+
+Two misbehaviours real clients have, on purpose: ``pinned`` clients keep an answer for
+``pin_seconds`` whatever its TTL (resolvers that pin answers, caches that ignore TTLs), and when the
+control plane does not answer, every client keeps using its expired answer (serve-stale, RFC 8767)
+rather than failing: a Route53 outage moves nobody.
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ class CachingResolver:
     """Thread-safe, per-(client, name) TTL cache in front of the Route53 API."""
 
     def __init__(self, client: dns.Route53Client, zone_id: str, clock: Callable[[], float] = time.monotonic,
-                 upstream_ttl: float = 0.2) -> None:
+                 upstream_ttl: float = 0.2, pinned: frozenset[str] = frozenset(), pin_seconds: float = 0.0) -> None:
         self.client = client
+        self.pinned = pinned
+        self.pin_seconds = pin_seconds
+        self.stale_served = 0  # answers used past their TTL because the control plane did not answer
         self.zone_id = zone_id
         self.clock = clock
         self.upstream_ttl = upstream_ttl
@@ -63,11 +71,25 @@ class CachingResolver:
             hit = self._cache.get(key)
             if hit is not None and now - hit.fetched_at < hit.ttl:
                 return hit
-        sets = self._records(now).get(name)
+        try:
+            sets = self._records(now).get(name)
+        except Exception:
+            if hit is None:
+                raise
+            with self._lock:
+                self.stale_served += 1
+            return hit
         if not sets:
+            if hit is not None:  # a zone that lost the record (a control plane restarted empty): keep the answer
+                with self._lock:
+                    self.stale_served += 1
+                return hit
             raise dns.DnsError(f"{name} has no record")
         rr = dns.pick(sets, client)
-        answer = Answer(name, rr["ResourceRecords"][0]["Value"], int(rr.get("TTL", 60)), now)
+        ttl = int(rr.get("TTL", 60))
+        if client in self.pinned:
+            ttl = max(ttl, int(self.pin_seconds))
+        answer = Answer(name, rr["ResourceRecords"][0]["Value"], ttl, now)
         with self._lock:
             self._cache[key] = answer
             self.lookups += 1

@@ -51,6 +51,10 @@ class FleetConfig:
     registration_retry_s: float = 5.0
     rule_update_share: float = 0.3  # fraction of app updates that change a rule (else a property)
     dns_clients: int = 16
+    # Devices of the first ``pinned_dns_clients`` caches ignore TTLs: they keep an answer for
+    # ``pin_seconds`` (stragglers that outlive any TTL-based drain).
+    pinned_dns_clients: int = 0
+    pin_seconds: float = 0.0
     app_clients: int = 2
     request_timeout_s: float = 5.0
     # Load checks only: write every datapoint into this day bucket (far outside the migrated days,

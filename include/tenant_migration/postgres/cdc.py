@@ -812,3 +812,121 @@ def lag(source: psycopg.Connection, target: psycopg.Connection, run_id: str) -> 
         "lag_bytes": max(0, lsn_to_int(row[0]) - lsn_to_int(prog.applied_lsn)),
         "seconds_since_last_applied_commit": seconds,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# After the drain: what the shared platform took that the target lacks
+# --------------------------------------------------------------------------------------------------
+
+_NO_EQUALITY = ("json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle")
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A change of the tenant the run's stream holds, not applied, whose effect the target lacks."""
+
+    table: str
+    op: str
+    key: dict[str, str | None]
+    commit_time: datetime | None
+    lsn: str
+
+    def label(self) -> str:
+        at = self.commit_time.isoformat() if self.commit_time else "?"
+        return f"{self.table} {self.op} {self.key} committed {at}"
+
+
+@dataclass
+class PendingReport:
+    tenant_changes: int  # the tenant's changes in the stream after the applied point
+    missing: list[PendingChange]
+    newest: datetime | None  # commit time of the newest of those changes
+    peeked: int  # stream changes read (all tenants)
+    truncated: bool  # the peek reached its limit: more may be pending
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tenant_changes": self.tenant_changes, "missing": len(self.missing),
+                "missing_sample": [m.label() for m in self.missing[:20]],
+                "newest": self.newest.isoformat() if self.newest else None, "peeked": self.peeked,
+                "truncated": self.truncated}
+
+
+def _target_has(target: psycopg.Connection, tmap: TenantMap, spec: TableSpec, types: dict[str, str],
+                key: Row, values: Row | None) -> bool:
+    """The target holds the row of ``key`` (``values`` None) or holds ``values`` in it, or a newer
+    version (``updated_at`` at or after the change's: last writer wins, as the applier does).
+    Values are the stream's text forms, read by each column's own input function."""
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in spec.key)
+    params: list[Any] = [key[k] for k in spec.key]
+    if values is None:
+        test: sql.Composable = sql.SQL("true")
+        qparams: list[Any] = []
+    else:
+        parts = []
+        qparams = []
+        for col, value in values.items():
+            if col in spec.key or col not in types:
+                continue
+            if types[col].split("(")[0].split("[")[0] in _NO_EQUALITY:
+                parts.append(sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(sql.Identifier(col)))
+            else:
+                parts.append(sql.SQL("{} IS NOT DISTINCT FROM %s").format(sql.Identifier(col)))
+            qparams.append(value)
+        same = sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+        if "updated_at" in values and "updated_at" in types and values["updated_at"] is not None:
+            test = sql.SQL("({}) OR updated_at >= %s").format(same)
+            qparams.append(values["updated_at"])
+        else:
+            test = same
+    row = target.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(test, tmap.qualified(spec.name), where),
+                         [*qparams, *params]).fetchone()
+    return bool(row and row[0])
+
+
+def pending_tenant_changes(source: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap, tenant_id: int,
+                           run_id: str, slot_name: str, *, limit: int = 200_000) -> PendingReport:
+    """The tenant's changes the run's stream holds after its applied point (``peek``: nothing is
+    consumed) whose effect the target does not show: an insert or update whose values (or a newer
+    version) the target lacks, a delete of a row the target still holds. After the drain, these are
+    writes the shared platform accepted that nobody copied. A change the target already shows (the
+    registration switch resumed on both sides, a straggler's write the tenant repeated) is not."""
+    from tenant_migration.postgres.catalog import columns_of_tables
+
+    prog = read_progress(target, run_id)
+    applied = lsn_to_int(prog.applied_lsn) if prog else 0
+    rows = _peek(source, slot_name, limit)
+    applier = Applier(target, tmap, tenant_id)
+    types = {t: dict(cols) for t, cols in columns_of_tables(target, tmap.schema, list(tmap.tables)).items()}
+    count = 0
+    newest: datetime | None = None
+    missing: list[PendingChange] = []
+    for txn in group_transactions(rows):
+        if lsn_to_int(txn.commit_lsn) <= applied:
+            continue
+        for ch in txn.changes:
+            if ch.op == "TRUNCATE":
+                hit = [t for s, t in ch.truncated if s == tmap.schema and t in tmap.tables]
+                if hit:
+                    count += 1
+                    missing.append(PendingChange(",".join(hit), "TRUNCATE", {}, txn.commit_time, ch.lsn))
+                continue
+            if ch.schema != tmap.schema or ch.table not in tmap.tables:
+                continue
+            spec = tmap.tables[ch.table]
+            if ch.op == "DELETE":
+                assert ch.old_key is not None
+                key, values, ours = ch.old_key, None, _target_has(target, tmap, spec, types[ch.table], ch.old_key, None)
+                lacks = ours  # the tenant's row (the target holds it) is still there
+            else:
+                assert ch.new is not None
+                key = {k: ch.new.get(k) for k in spec.key}
+                values = ch.new
+                ours = applier.is_member(spec, ch.new)
+                lacks = ours and not _target_has(target, tmap, spec, types[ch.table], key, values)
+            if not ours:
+                continue
+            count += 1
+            newest = max(newest or txn.commit_time, txn.commit_time) if txn.commit_time else newest
+            if lacks:
+                missing.append(PendingChange(ch.table, ch.op, key, txn.commit_time, ch.lsn))
+    return PendingReport(count, missing, newest, len(rows), len(rows) >= limit)

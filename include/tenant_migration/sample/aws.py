@@ -31,8 +31,9 @@ def _upsert(name: str, rtype: str, value: str, ttl: int) -> dict[str, Any]:
     }
 
 
-def seed_dns(r53: Any, slugs: list[str], zone: str = ZONE, prefix: str = "vpc", reset: bool = True) -> int:
-    """Shared endpoints (A), every tenant's records (CNAME to shared) and dedicated endpoints (A).
+def seed_dns(r53: Any, slugs: list[str], zone: str = ZONE, prefix: str = "vpc", reset: bool = True,
+             ttl: int = 300) -> int:
+    """Shared endpoints (A), every tenant's records (CNAME to shared, ``ttl``) and dedicated endpoints (A).
 
     With ``reset`` the tenants' records point back at the shared platform (demo and test reset).
     """
@@ -47,12 +48,12 @@ def seed_dns(r53: Any, slugs: list[str], zone: str = ZONE, prefix: str = "vpc", 
             svc = plan.name.split(".", 1)[0]
             changes.append(_upsert(plan.tenant_target, "A", TENANT_ADDRESSES[svc], 300))
             if (reset or plan.name not in existing) and plan.name not in weighted:
-                changes.append(_upsert(plan.name, "CNAME", plan.shared_target, 300))
+                changes.append(_upsert(plan.name, "CNAME", plan.shared_target, ttl))
     for i in range(0, len(changes), 500):
         r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": changes[i : i + 500]})
     stuck = [plan for slug in slugs for plan in dns.tenant_records(zone, slug, prefix) if plan.name in weighted]
     if stuck and reset:
-        dns.shift_records(r53, zid, stuck, 0, ttl=300)
+        dns.shift_records(r53, zid, stuck, 0, ttl=ttl)
     return len(changes) + len(stuck)
 
 

@@ -260,16 +260,20 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
 
 def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str, folder: Path,
                started: float | None = None, cassandra: Any = None, history: Any = None,
-               late: Any = None) -> GateResult:
+               late: Any = None, after_flip: Any = None) -> GateResult:
     """``cassandra``: per table, the target's partitions and those of no device / property of the
     tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign.
     ``history``: per day-bucketed table, the days planned and the retention window's
     (``steps.history_frame``), each short one a failure unless ``accepted`` says it is intended.
-    ``late``: the comparison of the partitions planned after the detach (``steps.late_frame``)."""
+    ``late``: the comparison of the partitions planned after the detach (``steps.late_frame``).
+    ``after_flip``: the tenant's writes on the shared platform after the flip, compared with the
+    target (``steps.after_flip_frame``)."""
     started = time.monotonic() if started is None else started
     checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
     if late is not None:
         checks += late_checks("final", late)
+    if after_flip is not None:
+        checks += after_flip_checks("final", after_flip)
     if cassandra is not None:
         frame_checks = [FrameCheck(
             "cassandra__only_this_tenant", "ExpectColumnValuesToBeBetween",
@@ -315,6 +319,24 @@ def late_checks(gate: str, late: Any) -> list[dict[str, Any]]:
                  "describe": "partitions planned after the detach (rows the change stream brought): none planned",
                  "validation": None}]
     return run_frame_checks(gate, late, comparison_checks("late_partitions"), "unit")
+
+
+def after_flip_checks(gate: str, after: Any) -> list[dict[str, Any]]:
+    """The tenant's writes the shared platform took after the flip (``steps.after_flip_frame``: per
+    Cassandra table and for the change stream) are all on the target. A run that never flipped
+    has nothing to compare: one passing entry says so."""
+    if after.empty:
+        return [{"name": "writes_after_flip_on_target", "success": True, "observed": 0, "unexpected": [],
+                 "describe": "writes of the tenant on the shared platform after the flip: the run never flipped",
+                 "validation": None}]
+    checks = run_frame_checks(gate, after, [FrameCheck(
+        "writes_after_flip_on_target", "ExpectColumnValuesToBeBetween",
+        {"column": "missing", "min_value": 0, "max_value": 0},
+        "every write of the tenant the shared platform took after the flip (stragglers) is on the target")], "unit")
+    bad = after[after["missing"] != 0]
+    if not bad.empty:
+        checks[-1]["unexpected"] = [f"{u}: {o}" for u, o in zip(bad["unit"], bad["offending"], strict=True)]
+    return checks
 
 
 def coverage_checks(gate: str, coverage: Any) -> list[dict[str, Any]]:

@@ -29,7 +29,9 @@ def run(topo, tiny_dataset, endpoints, reports):
     from tenant_migration.sample import platform
 
     platform.demo_reset(topo)
-    spec = MigrationSpec(tenant_id=TENANT, dns_shift_percent_steps=(10, 50, 100), dns_shift_dwell_s=0)
+    # max_ttl_wait_s 0: the flip's TTL precondition holds at once (test_flip_preconditions waits).
+    spec = MigrationSpec(tenant_id=TENANT, dns_shift_percent_steps=(10, 50, 100), dns_shift_dwell_s=0,
+                         max_ttl_wait_s=0)
     run_id = f"shift/{uuid.uuid4().hex[:8]}"
     slug = steps.preflight(endpoints, spec, run_id)["slug"]
     with admin(topo, "primary") as p, admin(topo, "target") as t:
@@ -42,6 +44,7 @@ def run(topo, tiny_dataset, endpoints, reports):
     plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
     ns = types.SimpleNamespace(spec=spec, run_id=run_id, slug=slug, r53=r53, zid=zid, plans=plans)
     yield ns
+    steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)  # the flip suspended them
     platform.demo_reset(topo)  # also from a weighted set a test left behind
     assert _state(ns) == _simple(ns, to_tenant=False), "the demo reset converges every record back"
 
@@ -240,6 +243,7 @@ def test_abort_mid_shift_keeps_the_writes_the_source_took_during_the_shift(topo,
         _stop_shift_at_50(monkeypatch)
         with pytest.raises(GateFailed, match="injected"):
             steps.flip_dns(endpoints, spec, run_id, run.slug)
+        steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)  # the teardown, as the DAG runs it
         late = uuid.uuid4()  # a user a device-app created through the source while it held 50 %
         with endpoints.source_primary.connect(autocommit=True) as app:
             app.execute("INSERT INTO platform.users (user_id, tenant_id, email, display_name, role) "

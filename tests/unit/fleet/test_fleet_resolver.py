@@ -64,3 +64,40 @@ def test_route53_is_asked_at_most_once_per_upstream_ttl_for_the_whole_fleet() ->
     for i in range(100):
         res.resolve(NAME, f"c{i}")
     assert r53.calls == 1 and res.lookups == 100
+
+
+def test_a_pinned_client_ignores_the_ttl_for_its_pin() -> None:
+    r53, clock = FakeRoute53("devices.shared.", 2), Clock()
+    res = CachingResolver(r53, "Z1", clock=clock, upstream_ttl=0.0, pinned=frozenset({"pin"}), pin_seconds=30)
+    res.resolve(NAME, "pin")
+    res.resolve(NAME, "ok")
+    r53.target = "devices.vpc-acme."
+    clock.now = 5.0
+    assert res.resolve(NAME, "ok").endpoint == "devices.vpc-acme."  # honours the 2 s TTL
+    assert res.resolve(NAME, "pin").endpoint == "devices.shared."  # still on the old answer
+    clock.now = 30.0
+    assert res.resolve(NAME, "pin").endpoint == "devices.vpc-acme."
+
+
+class DownRoute53(FakeRoute53):
+    down = False
+
+    def list_resource_record_sets(self, **kwargs: Any) -> dict[str, Any]:
+        if self.down:
+            raise ConnectionError("control plane down")
+        return super().list_resource_record_sets(**kwargs)
+
+
+def test_an_outage_of_the_control_plane_serves_the_stale_answer() -> None:
+    r53, clock = DownRoute53("devices.shared.", 2), Clock()
+    res = CachingResolver(r53, "Z1", clock=clock, upstream_ttl=0.0)
+    res.resolve(NAME, "a")
+    r53.down = True
+    clock.now = 10.0
+    assert res.resolve(NAME, "a").endpoint == "devices.shared." and res.stale_served == 1
+    try:
+        res.resolve(NAME, "never-resolved")
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("a client with no answer at all cannot resolve during the outage")
