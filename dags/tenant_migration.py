@@ -18,9 +18,13 @@ partitions of rows the stream brought: devices born after the detach) → `warm_
 `gate_catch_up` (first applies what the primary committed meanwhile, then checks lag and recent buckets).
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
 `final_catch_up` (change stream until now, then the new rows' partitions) → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
-`flip_dns` → `drain_stragglers` → `gate_post_flip` → `resume_registrations` (teardown) →
-`drop_cdc_slot` (teardown) → `gate_final` (no PostgreSQL row and no Cassandra partition of another
-tenant on the target; registrations back on; every chunk done) → `report`.
+`flip_dns` (checks again, at that moment, that registrations are suspended and that every record is
+at `lowered_ttl` with the old TTL waited out; lowers and waits again when not) → `drain_stragglers`
+(at least `drain_seconds`, then until no new write of the tenant reached the shared platform for
+`drain_quiet_s`; fails loudly after `drain_max_s`) → `gate_post_flip` → `resume_registrations`
+(teardown) → `gate_final` (no PostgreSQL row and no Cassandra partition of another tenant on the
+target; registrations back on; every chunk done; every write the shared platform took after the
+flip on the target) → `drop_cdc_slot` (teardown, after `gate_final`: it reads the stream) → `report`.
 
 **Weighted shift** (optional, `dns_shift_percent_steps`, e.g. `10,50,100`; empty = flip at once):
 `flip_dns` moves each record in steps. Each step is ONE Route53 change batch (a weighted pair per
@@ -38,14 +42,20 @@ written.
 |---|---|---|
 | `preflight`, gates, `load_check` | yes | re-evaluate the data as it is now; evidence under the reports folder |
 | `create_cdc_slot`, `detach_replica` | yes | idempotent |
-| `reattach_replica`, `drop_cdc_slot` (teardowns) | yes | release once `post_copy` / `post_flip` passed; after an earlier failure they **keep** the replica detached / the slot (ADR 7) and fail on purpose: red = still held |
+| `reattach_replica`, `drop_cdc_slot` (teardowns) | yes | release once `post_copy` / `final` passed; after an earlier failure they **keep** the replica detached / the slot (ADR 7) and fail on purpose: red = still held |
 | `copy_shared_tables` | yes | replaces the small reference tables whole, in one transaction each |
 | `plan_*` | yes | the plan is stored once per run; a re-run returns only chunks not done |
 | `copy_*_batch` | yes | backfill: *Clear → Only failed* with *Downstream* on the failed map indexes; done chunks are skipped, the kept teardowns re-run and release |
 | `catch_up_*`, `final_catch_up`, `drain_stragglers` | yes | resume from `tm_control.cdc_progress` |
-| `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed |
+| `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed; while the cutover is unfinished it resumes, then fails on purpose (red), so that *Only failed* runs it again after the flip (ADR 10) |
 | `flip_dns` | **by hand only** (no automatic retry: a cutover task) | converges from the records as they are now; a cleared shift resumes at the first step at or above the weight it finds (never back towards the source); check the records and the `dns_shift_<p>` gate report first |
 | `report` | yes | |
+
+| what you see | what it means | what to do |
+|---|---|---|
+| **DNS control plane down during the flip**: `flip_dns` red with a connection error (or `holds no record for ...`); `resume_registrations` and `drop_cdc_slot` red | nothing moved, or the records are where the last change batch left them; registrations were resumed so the tenant can register while the outage lasts; the slot is kept | wait for Route53 to answer; make sure the tenant's records exist (restore them on the shared platform if the zone lost them); then *Clear → Only failed* with *Downstream* on `go.flip_dns`. The cleared `flip_dns` suspends registrations again, finds the records' TTL as it is *now* (a control plane back with long TTLs is lowered again and waited out again, up to `max_ttl_wait_s`: the log says `lowered again`), then flips; the drain waits for the clients that kept the old answer |
+| **Drain never quiet**: `drain_stragglers` red with `still reach the shared platform ... after the drain began` | some clients never left the shared platform (a resolver pinning the old answer, a TTL ignored): the message has the count and the newest write | find those clients (the shared platform's access logs for the tenant's names), then clear `go.drain_stragglers` with downstream: it copies what arrived and waits for quiet again. To go back instead: `tenant_rollback` |
+| **`gate_final` fails `writes_after_flip_on_target`** | the shared platform took writes of the tenant after the drain ended; the evidence names each missing key (Cassandra cell, relational change) | clear `go.drain_stragglers` with downstream: the drain copies them (the slot was kept) and the gate runs again |
 
 **Resume** after a failure before the flip: fix the cause, then clear only the failed task
 instances with downstream (UI, or REST `clearTaskInstances` with `only_failed` and

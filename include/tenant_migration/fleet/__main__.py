@@ -26,7 +26,7 @@ def build(ep: Endpoints, cfg: FleetConfig, journal: Journal) -> Fleet:
     r53 = ep.aws.client("route53")
     resolver = CachingResolver(r53, dns.zone_id(r53, cfg.zone),
                                pinned=frozenset(f"dev{i}" for i in range(cfg.pinned_dns_clients)),
-                               pin_seconds=cfg.pin_seconds)
+                               pin_seconds=cfg.pin_seconds, zone=cfg.zone)
     directory = EndpointDirectory.for_tenant(ep, app_on_target(ep), cfg.zone, cfg.slug, cfg.prefix)
     return Fleet(cfg, resolver, directory, journal, tenant_profile(ep.replica, cfg.tenant_id, cfg.devices))
 

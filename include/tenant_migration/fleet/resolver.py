@@ -40,8 +40,10 @@ class CachingResolver:
     """Thread-safe, per-(client, name) TTL cache in front of the Route53 API."""
 
     def __init__(self, client: dns.Route53Client, zone_id: str, clock: Callable[[], float] = time.monotonic,
-                 upstream_ttl: float = 0.2, pinned: frozenset[str] = frozenset(), pin_seconds: float = 0.0) -> None:
+                 upstream_ttl: float = 0.2, pinned: frozenset[str] = frozenset(), pin_seconds: float = 0.0,
+                 zone: str | None = None) -> None:
         self.client = client
+        self.zone = zone  # the zone's name: a zone re-created under a new id (a control plane restarted) is found again
         self.pinned = pinned
         self.pin_seconds = pin_seconds
         self.stale_served = 0  # answers used past their TTL because the control plane did not answer
@@ -59,10 +61,24 @@ class CachingResolver:
     def _records(self, now: float) -> dict[str, list[dict[str, Any]]]:
         with self._upstream_lock:
             if now - self._sets_at >= self.upstream_ttl:
-                self._sets = dns.record_sets(self.client, self.zone_id)
+                try:
+                    sets = dns.record_sets(self.client, self.zone_id)
+                except Exception:
+                    if self.zone is None:
+                        raise
+                    self.zone_id = dns.zone_id(self.client, self.zone)  # resolvers follow names, not ids
+                    sets = dns.record_sets(self.client, self.zone_id)
+                self._sets = sets
                 self._sets_at = now
                 self.upstream_queries += 1
             return self._sets
+
+    def release_pins(self) -> None:
+        """The pinned clients re-resolve from now on (restarted, or their cache flushed)."""
+        with self._lock:
+            for key in [k for k in self._cache if k[0] in self.pinned]:
+                del self._cache[key]
+            self.pinned = frozenset()
 
     def resolve(self, name: str, client: str = "") -> Answer:
         now = self.clock()

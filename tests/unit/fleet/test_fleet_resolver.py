@@ -79,6 +79,17 @@ def test_a_pinned_client_ignores_the_ttl_for_its_pin() -> None:
     assert res.resolve(NAME, "pin").endpoint == "devices.vpc-acme."
 
 
+def test_released_pins_re_resolve_at_once() -> None:
+    r53, clock = FakeRoute53("devices.shared.", 2), Clock()
+    res = CachingResolver(r53, "Z1", clock=clock, upstream_ttl=0.0, pinned=frozenset({"pin"}), pin_seconds=3600)
+    res.resolve(NAME, "pin")
+    r53.target = "devices.vpc-acme."
+    clock.now = 100.0
+    assert res.resolve(NAME, "pin").endpoint == "devices.shared."
+    res.release_pins()
+    assert res.resolve(NAME, "pin").endpoint == "devices.vpc-acme."
+
+
 class DownRoute53(FakeRoute53):
     down = False
 

@@ -1,0 +1,218 @@
+"""Writes after the flip that nobody copies, tried as the on-call engineer would: a real Airflow
+(``airflow standalone``), the migration triggered through the REST API with the form's conf, and a
+simulated fleet of the tenant writing through its DNS records the whole run.
+
+(a) The DNS control plane (the moto server) goes down while the TTL wait before the flip runs, so
+    ``flip_dns`` fails; it comes back empty and is re-seeded with the tenant's records on the shared
+    platform at a long TTL. The runbook's clear (only failed, with downstream) resumes the run:
+    ``flip_dns`` suspends registrations again (the teardown had resumed them), lowers the TTL again
+    and waits it out again; the clients that fetched the long-TTL answer keep writing to the shared
+    platform after the flip, and the drain waits for them.
+(b) Some clients ignore TTLs: they keep the shared platform's answer until 15 s into the drain,
+    far past its nominal 3 s + 4 s quiet; the drain waits until they stop.
+
+Both: the run succeeds and the fleet's journal shows every acknowledged write on the target.
+Before the fix both runs succeeded too, with acknowledged writes missing on the target.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import admin
+
+from tenant_migration.cutover import dns
+from tenant_migration.fleet import report as zd_report
+from tenant_migration.fleet.__main__ import build
+from tenant_migration.fleet.journal import Journal
+from tenant_migration.fleet.simulator import FleetConfig, FleetStats
+from tenant_migration.fleet.verify import verify
+from tenant_migration.sample import aws, data
+from tenant_migration.spec import MigrationSpec
+from tenant_migration.stack import moto
+from tenant_migration.stack.airflow_rest import AirflowRest, start_standalone, stop
+
+pytestmark = pytest.mark.e2e
+
+DAG = "tenant_migration"
+TENANT = 4
+NORMAL_TTL = 4  # the records' TTL before the run (what the TTL wait waits out)
+LONG_TTL = 20  # the TTL the control plane comes back with in (a)
+PINNED_INTO_DRAIN = 15  # (b): how long into the drain the clients that ignore TTLs keep the shared platform
+FORM = {"tenant_id": TENANT, "require_approval": False, "lowered_ttl": 2, "max_ttl_wait_s": NORMAL_TTL,
+        "drain_seconds": 3, "drain_quiet_s": 4, "drain_max_s": 240, "load_rate": 0,
+        "min_task_seconds": 0, "max_tasks": 2}
+
+
+@pytest.fixture(scope="module")
+def airflow(topo, tmp_path_factory) -> Iterator[AirflowRest]:
+    proc, api = start_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log")
+    try:
+        api.wait_for_dag(DAG)
+        # A run an earlier, interrupted session left running would hold the DAG (max_active_runs=1).
+        for run in api.call("GET", f"/dags/{DAG}/dagRuns?state=running&state=queued")["dag_runs"]:
+            api.call("PATCH", f"/dags/{DAG}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+        api.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
+        yield api
+    finally:
+        stop(proc)
+
+
+class FleetRun:
+    """The fleet writing through DNS in a thread, its journal, and what it found afterwards."""
+
+    def __init__(self, endpoints, cfg: FleetConfig, journal_file) -> None:
+        self.journal_file = journal_file
+        self.journal = Journal(journal_file)
+        self.fleet = build(endpoints, cfg, self.journal)
+        self.fleet.connect_all()
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.outcome["stats"] = self.fleet.run()
+        except BaseException as exc:
+            self.outcome["error"] = exc
+
+    def __enter__(self) -> FleetRun:
+        self.thread.start()
+        time.sleep(3)  # the fleet writes to the shared platform before the run starts
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(3)  # and keeps writing, now to the target, after the run
+        self.fleet.stop()
+        self.thread.join(timeout=120)
+        self.journal.close()
+
+
+def _fleet_config(slug: str, **over: Any) -> FleetConfig:
+    return FleetConfig(**{"tenant_id": TENANT, "slug": slug, "devices": 40, "active_fraction": 0.25,
+                          "active_per_second": 2.0, "background_per_hour": 60.0, "app_updates_per_second": 1.0,
+                          "registrations_per_minute": 10.0, "device_registrations_per_minute": 0.0,
+                          "registration_retry_s": 2.0, "duration_s": 3600.0, "dns_clients": 8, "app_clients": 2,
+                          **over})
+
+
+def _prepare(topo, endpoints) -> str:
+    """An emptied target, DNS on the shared platform at the normal TTL; returns the tenant's slug."""
+    from tenant_migration.sample import platform
+
+    platform.demo_reset(topo)
+    slug = data.TENANT_SLUGS[TENANT - 1]
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, MigrationSpec.dns_zone)
+    dns.lower_ttl(r53, zid, dns.tenant_records(MigrationSpec.dns_zone, slug), NORMAL_TTL)
+    return slug
+
+
+def _states(api: AirflowRest, run_id: str) -> dict[str, str]:
+    return {ti["task_id"]: str(ti["state"]) for ti in api.task_instances(DAG, run_id) if ti["map_index"] == -1}
+
+
+def _wait_task(api: AirflowRest, run_id: str, task: str, states: set[str], timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _states(api, run_id).get(task)
+        if state in states:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"{task} never reached {states} within {timeout}s: {_states(api, run_id)}")
+
+
+def _ledger(topo, run_id: str) -> tuple[str, list[tuple[str, str, dict]]]:
+    key = f"{DAG}/{run_id}"
+    with admin(topo, "target") as t:
+        status = t.execute("SELECT status FROM tm_control.runs WHERE run_id = %s", (key,)).fetchone()[0]
+        events = [(r[0], r[1], r[2]) for r in t.execute(
+            "SELECT step, kind, detail FROM tm_control.events WHERE run_id = %s ORDER BY event_id", (key,))]
+    return str(status), events
+
+
+def _check_nothing_lost(run: FleetRun, endpoints, topo, run_id: str, tmp_path) -> tuple[Any, Any]:
+    assert "error" not in run.outcome, run.outcome.get("error")
+    stats = run.outcome["stats"]
+    assert isinstance(stats, FleetStats)
+    result = verify(run.journal_file, endpoints.target, endpoints.cassandra_target)
+    rep = zd_report.build_report(run.journal_file, endpoints.target, f"{DAG}/{run_id}", tmp_path / "zd")
+    print(rep.summary())
+    print("fleet journal:", result.to_dict())
+    assert result.datapoints_acked > 0 and result.app_updates_checked > 0
+    assert result.ok, result.to_dict()  # every acknowledged write is on the target, in its final state
+    return result, rep
+
+
+def test_a_control_plane_outage_during_the_flip_loses_no_write(airflow, topo, endpoints, tiny_dataset,
+                                                              tmp_path) -> None:
+    slug = _prepare(topo, endpoints)
+    with FleetRun(endpoints, _fleet_config(slug), tmp_path / "journal.jsonl") as fleet:
+        run_id = airflow.trigger(DAG, airflow.form_conf(DAG, **FORM))
+        _wait_task(airflow, run_id, "go.lower_dns_ttl", {"running"})
+        time.sleep(1)  # the TTL is lowered; the task waits out the old one
+        moto.down(topo)  # the DNS control plane fails: flip_dns cannot reach it
+        assert _wait_task(airflow, run_id, "go.flip_dns", {"failed", "success"}) == "failed"
+        assert airflow.wait_run(DAG, run_id) == "failed"
+        first = _states(airflow, run_id)
+        # The teardown resumed registrations (the tenant can register while nobody knows how long
+        # the outage lasts) and says so in red; the slot is kept for the resume.
+        assert first["go.resume_registrations"] == "failed" and first["drop_cdc_slot"] == "failed", first
+
+        # The control plane comes back empty; the platform's records are restored on the shared
+        # platform at their long TTL. Clients fetch that answer from now on.
+        moto.up(topo)
+        r53 = endpoints.aws.client("route53")
+        aws.seed_dns(r53, list(data.TENANT_SLUGS), reset=False, ttl=LONG_TTL)
+        aws.seed_rds(endpoints.aws.client("rds"))
+        time.sleep(3)
+
+        # The runbook's clear: only failed, with downstream, from flip_dns.
+        airflow.call("POST", f"/dags/{DAG}/clearTaskInstances", {
+            "dry_run": False, "dag_run_id": run_id, "task_ids": ["go.flip_dns"], "only_failed": True,
+            "include_downstream": True, "reset_dag_runs": True})
+        assert airflow.wait_run(DAG, run_id) == "success", {k: v for k, v in _states(airflow, run_id).items()
+                                                            if v != "success"}
+    status, events = _ledger(topo, run_id)
+    assert status == "succeeded"
+    lowered = [d for s, k, d in events if s == "dns_ttl_lowered"]
+    assert [d["by"] for d in lowered] == ["lower_dns_ttl", "flip_dns"], lowered
+    assert set(lowered[1]["found_above"].values()) == {LONG_TTL}, "the flip found the long TTL and lowered again"
+    suspended = [d.get("by") for s, k, d in events if s == "registrations_suspended"]
+    assert suspended == [None, "flip_dns"], "the flip suspended registrations again before flipping"
+    drain = next(d for s, k, d in reversed(events) if s == "drain_stragglers" and k == "finished")
+    print("drain:", {k: drain[k] for k in ("seconds", "quiet_seconds", "passes", "late_cells", "changes",
+                                            "newest_write")})
+    assert drain["quiet_seconds"] >= FORM["drain_quiet_s"]
+    _, rep = _check_nothing_lost(fleet, endpoints, topo, run_id, tmp_path)
+    assert rep.stragglers["after_drain"] == 0, rep.stragglers
+
+
+def test_clients_that_ignore_ttls_are_waited_for(airflow, topo, endpoints, tiny_dataset, tmp_path) -> None:
+    slug = _prepare(topo, endpoints)
+    cfg = _fleet_config(slug, pin_seconds=3600)
+    fleet_run = FleetRun(endpoints, cfg, tmp_path / "journal.jsonl")
+    # The DNS caches of two active devices (writing twice a second each) ignore TTLs: they never
+    # re-resolve by themselves. (A straggler writing a few times an hour needs a quiet window
+    # longer than its interval; gate_final catches what a shorter one lets through.)
+    fleet_run.fleet.resolver.pinned = frozenset(f"dev{d % cfg.dns_clients}" for d in fleet_run.fleet.active[:2])
+    with fleet_run as fleet:
+        run_id = airflow.trigger(DAG, airflow.form_conf(DAG, **FORM))
+        _wait_task(airflow, run_id, "go.drain_stragglers", {"running"})
+        time.sleep(PINNED_INTO_DRAIN)  # far past the drain's nominal drain_seconds + drain_quiet_s
+        fleet.fleet.resolver.release_pins()  # the pinned devices restart and resolve again
+        assert airflow.wait_run(DAG, run_id) == "success", {k: v for k, v in _states(airflow, run_id).items()
+                                                            if v != "success"}
+        assert _states(airflow, run_id)["go.drain_stragglers"] == "success"
+    status, events = _ledger(topo, run_id)
+    assert status == "succeeded"
+    drain = next(d for s, k, d in reversed(events) if s == "drain_stragglers" and k == "finished")
+    print("drain:", {k: drain[k] for k in ("seconds", "quiet_seconds", "passes", "late_cells", "changes",
+                                            "newest_write")})
+    assert drain["late_cells"] > 0, "the pinned clients wrote to the shared platform after the flip"
+    assert drain["seconds"] >= PINNED_INTO_DRAIN + FORM["drain_quiet_s"], "the drain waited for the pinned clients"
+    _, rep = _check_nothing_lost(fleet, endpoints, topo, run_id, tmp_path)
+    assert rep.stragglers["after_drain"] == 0, rep.stragglers
