@@ -18,13 +18,12 @@ partitions of rows the stream brought: devices born after the detach) → `warm_
 `gate_catch_up` (first applies what the primary committed meanwhile, then checks lag and recent buckets).
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
 `final_catch_up` (change stream until now, then the new rows' partitions) → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
-`flip_dns` (checks again, at that moment, that registrations are suspended and that every record is
-at `lowered_ttl` with the old TTL waited out; lowers and waits again when not) → `drain_stragglers`
-(at least `drain_seconds`, then until no new write of the tenant reached the shared platform for
-`drain_quiet_s`; fails loudly after `drain_max_s`) → `gate_post_flip` → `resume_registrations`
-(teardown) → `gate_final` (no PostgreSQL row and no Cassandra partition of another tenant on the
-target; registrations back on; every chunk done; every write the shared platform took after the
-flip on the target) → `drop_cdc_slot` (teardown, after `gate_final`: it reads the stream) → `report`.
+`flip_dns` (re-checks now: registrations suspended, every record at `lowered_ttl` with the old TTL
+waited out; suspends / lowers and waits again when not) → `drain_stragglers` (at least `drain_seconds`,
+then until no write of the tenant reached the shared platform for `drain_quiet_s`; fails loudly after
+`drain_max_s`) → `gate_post_flip` → `resume_registrations` (teardown) → `gate_final` (nothing of
+another tenant on the target; registrations back on; every chunk done; every write the shared
+platform took after the flip on the target) → `drop_cdc_slot` (teardown; reads no more) → `report`.
 
 **Weighted shift** (optional, `dns_shift_percent_steps`, e.g. `10,50,100`; empty = flip at once):
 `flip_dns` moves each record in steps. Each step is ONE Route53 change batch (a weighted pair per
@@ -33,9 +32,8 @@ the simple target record the direct flip leaves), waited INSYNC and read back; t
 for `dns_shift_dwell_s`, then the `dns_shift_<p>` gate (every record at the step's weights; the
 target's PostgreSQL, Cassandra and endpoint records answer) before the next step. While shifting,
 both deployments take the tenant's writes; `drain_stragglers` brings the source's over (from the
-shift's start) once it is at 100 %. Registrations stay suspended through the shift: the step list is
-refused up front if its dwell outlasts half the suspension, and a malformed list before anything is
-written.
+shift's start) once it is at 100 %. Registrations stay suspended through the shift: a step list whose
+dwell outlasts half the suspension is refused up front, a malformed one before anything is written.
 
 #### Runbook
 | task | safe to clear? | notes |
@@ -50,12 +48,9 @@ written.
 | `suspend_registrations` / `resume_registrations` | yes | resume also runs when anything failed; while the cutover is unfinished it resumes, then fails on purpose (red), so that *Only failed* runs it again after the flip (ADR 10) |
 | `flip_dns` | **by hand only** (no automatic retry: a cutover task) | converges from the records as they are now; a cleared shift resumes at the first step at or above the weight it finds (never back towards the source); check the records and the `dns_shift_<p>` gate report first |
 | `report` | yes | |
-
-| what you see | what it means | what to do |
-|---|---|---|
-| **DNS control plane down during the flip**: `flip_dns` red with a connection error (or `holds no record for ...`); `resume_registrations` and `drop_cdc_slot` red | nothing moved, or the records are where the last change batch left them; registrations were resumed so the tenant can register while the outage lasts; the slot is kept | wait for Route53 to answer; make sure the tenant's records exist (restore them on the shared platform if the zone lost them); then *Clear → Only failed* with *Downstream* on `go.flip_dns`. The cleared `flip_dns` suspends registrations again, finds the records' TTL as it is *now* (a control plane back with long TTLs is lowered again and waited out again, up to `max_ttl_wait_s`: the log says `lowered again`), then flips; the drain waits for the clients that kept the old answer |
-| **Drain never quiet**: `drain_stragglers` red with `still reach the shared platform ... after the drain began` | some clients never left the shared platform (a resolver pinning the old answer, a TTL ignored): the message has the count and the newest write | find those clients (the shared platform's access logs for the tenant's names), then clear `go.drain_stragglers` with downstream: it copies what arrived and waits for quiet again. To go back instead: `tenant_rollback` |
-| **`gate_final` fails `writes_after_flip_on_target`** | the shared platform took writes of the tenant after the drain ended; the evidence names each missing key (Cassandra cell, relational change) | clear `go.drain_stragglers` with downstream: the drain copies them (the slot was kept) and the gate runs again |
+| **DNS control plane down during the flip**: `flip_dns` red (connection error, or `holds no record for ...`), `resume_registrations` and `drop_cdc_slot` red | yes, once Route53 answers | nothing moved (or the records are where the last batch left them); registrations were resumed for the outage; the slot is kept. Make sure the tenant's records exist (restore them on the shared platform if the zone lost them), then *Clear → Only failed* with *Downstream* on `go.flip_dns`: it suspends registrations again, finds the TTL as it is *now* (back at a long TTL: lowered and waited out again, up to `max_ttl_wait_s`; the log says so), flips; the drain waits for clients that kept the old answer (ADR 10) |
+| **Drain never quiet**: `drain_stragglers` red, `still reach the shared platform ...` with the count and the newest write | yes | some clients never left the shared platform (a resolver pinning the old answer, a TTL ignored): find them (the shared platform's logs for the tenant's names), then clear `go.drain_stragglers` with downstream; or go back with `tenant_rollback` |
+| **`gate_final` fails `writes_after_flip_on_target`** | yes | the shared platform took writes of the tenant after the drain; the evidence names each key. Clear `go.drain_stragglers` with downstream: it copies them (the slot was kept), the gate runs again |
 
 **Resume** after a failure before the flip: fix the cause, then clear only the failed task
 instances with downstream (UI, or REST `clearTaskInstances` with `only_failed` and
@@ -70,11 +65,8 @@ streams what the source took during the shift to the target (the run's kept chan
 copies the target's rows back. After `flip_dns`: run the
 `tenant_rollback` DAG (DNS back, the target's new changes back to the source, behind a gate); it
 marks the migration run aborted, so a red `drop_cdc_slot` cleared afterwards drops the slot.
-**Cassandra's log during the gates.** Each gate sends hundreds of aggregates over an `IN` of
-partitions, and Cassandra logs a WARN for every one ("Aggregation query used on multiple partition
-keys"). On the shared cluster, quiet that logger for the window on each node --
-`nodetool setlogginglevel org.apache.cassandra.cql3.statements.SelectStatement ERROR`, and back
-with `INFO` after `gate_final` (the local stack's nodes start that way).
+**Cassandra's log during the gates**: a WARN per aggregate over an `IN` of partitions; quiet it on
+the shared cluster's nodes for the window (README, *Operating notes*).
 """
 
 from __future__ import annotations

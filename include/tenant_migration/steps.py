@@ -1137,6 +1137,9 @@ def ensure_dns_ready(spec: MigrationSpec, run_id: str, tconn: psycopg.Connection
         detail: dict[str, Any] = {"old_ttl": old, "new_ttl": spec.lowered_ttl, "wait_s": wait, "found_above": high, "by": by}
         ledger.record_event(tconn, run_id, "dns_ttl_lowered", "info", detail)
         remaining = wait
+        if wait < old:
+            log.warning("the records' old TTL is %ss; waiting %ss (max_ttl_wait_s): clients may keep the old "
+                        "answer up to %ss after the flip, the drain waits for their writes", old, wait, old - wait)
     else:
         _, detail, since = last
         remaining = max(0.0, float(detail.get("wait_s", 0)) - since)
