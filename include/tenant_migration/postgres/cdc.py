@@ -456,7 +456,22 @@ class Applier:
         self.source = source  # for back-filling rows that move into the tenant; None disables it
         self._upserts: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
         self._children = self._child_tables()
+        self._always: dict[str, frozenset[str]] = {}
         self.backfilled_rows = 0
+
+    def _always_identity(self, table: str) -> frozenset[str]:
+        """The table's ``GENERATED ALWAYS`` identity columns on the target (asked once per table):
+        an insert must say ``OVERRIDING SYSTEM VALUE`` to keep the source's values, and an update
+        cannot set them (they never change on the source either)."""
+        found = self._always.get(table)
+        if found is None:
+            rows = self.target.execute(
+                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+                "AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'a'",
+                (self.tmap.schema, table)).fetchall()
+            found = self._always[table] = frozenset(str(r[0]) for r in rows)
+        return found
 
     def _child_tables(self) -> dict[str, list[str]]:
         kids: dict[str, list[str]] = {name: [] for name in self.tmap.tables}
@@ -470,7 +485,8 @@ class Applier:
         cached = self._upserts.get((spec.name, cols))
         if cached is not None:
             return cached
-        rest = [c for c in cols if c not in spec.key]
+        always = self._always_identity(spec.name)
+        rest = [c for c in cols if c not in spec.key and c not in always]
         # Last writer wins by updated_at: after the DNS flip the target takes the tenant's writes,
         # and a straggler's older change drained from the source must not overwrite a newer one.
         # Before the flip the source is the only writer, so its changes are always the newer.
@@ -486,9 +502,11 @@ class Applier:
             if rest
             else sql.SQL("DO NOTHING")
         )
-        stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {} RETURNING (xmax = 0)").format(
+        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if always & set(cols) else sql.SQL("")
+        stmt = sql.SQL("INSERT INTO {} ({}){} VALUES ({}) ON CONFLICT ({}) {} RETURNING (xmax = 0)").format(
             self.tmap.qualified(spec.name),
             sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            overriding,
             sql.SQL(", ").join(sql.Placeholder() * len(cols)),
             sql.SQL(", ").join(sql.Identifier(c) for c in spec.key),
             action,
