@@ -52,3 +52,19 @@ def drop_test_platform(topo: Topology, endpoints: Any, name: str) -> None:
             s.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
     with admin(topo, "target") as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def copy_on_the_snapshot(endpoints: Any, spec: Any, run_id: str, consistent_lsn: str, gate: bool = True) -> None:
+    """READY as the DAG runs it: detach the replica at the slot's point, copy both stores (then the
+    post-copy gate), and reattach the replica whatever happened."""
+    from tenant_migration import replica, steps
+
+    steps.detach_replica(endpoints, spec, run_id, consistent_lsn)
+    try:
+        steps.copy_postgres(endpoints, spec, run_id)
+        steps.copy_cassandra(endpoints, spec, run_id)
+        if gate:
+            steps.gate_post_copy(endpoints, spec, run_id)
+    finally:
+        with endpoints.replica_control.connect(autocommit=True) as rc:
+            replica.reattach(rc)

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import admin
+from helpers import admin, copy_on_the_snapshot
 
-from tenant_migration import ledger, replica, steps
+from tenant_migration import ledger, steps
 from tenant_migration.cassandra.catchup import recent_days
 from tenant_migration.postgres import cdc
 from tenant_migration.spec import MigrationSpec
@@ -37,13 +37,7 @@ def caught_up(topo, tiny_dataset, endpoints, reports):
     steps.preflight(endpoints, spec, run_id)
     slot = steps.create_cdc_slot(endpoints, spec, run_id)
     try:
-        steps.detach_replica(endpoints, spec, run_id, slot["consistent_lsn"])
-        try:
-            steps.copy_postgres(endpoints, spec, run_id)
-            steps.copy_cassandra(endpoints, spec, run_id)
-        finally:
-            with endpoints.replica_control.connect(autocommit=True) as rc:
-                replica.reattach(rc)
+        copy_on_the_snapshot(endpoints, spec, run_id, slot["consistent_lsn"], gate=False)
         with endpoints.target.connect() as tconn:
             chunk = next(c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.table_name == "datapoints")
         device, prop = chunk.bounds["bases"][0]

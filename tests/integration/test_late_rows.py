@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import admin
+from helpers import admin, copy_on_the_snapshot
 
-from tenant_migration import ledger, replica, steps
+from tenant_migration import ledger, steps
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
 
@@ -77,14 +77,7 @@ def test_devices_created_after_the_detach_are_planned_copied_and_gated(topo, tin
     slot = steps.create_cdc_slot(endpoints, spec, run_id)
     born: list[dict[str, Any]] = []
     try:
-        steps.detach_replica(endpoints, spec, run_id, slot["consistent_lsn"])
-        try:
-            steps.copy_postgres(endpoints, spec, run_id)
-            steps.copy_cassandra(endpoints, spec, run_id)
-            steps.gate_post_copy(endpoints, spec, run_id)
-        finally:
-            with endpoints.replica_control.connect(autocommit=True) as rc:
-                replica.reattach(rc)
+        copy_on_the_snapshot(endpoints, spec, run_id, slot["consistent_lsn"])
         born.append(_new_device(topo, endpoints, 1000, points=6))  # after the detach, before the catch-up
         steps.catch_up_postgres(endpoints, spec, run_id)
         out = steps.catch_up_cassandra(endpoints, spec, run_id)

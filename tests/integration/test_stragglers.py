@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import admin
+from helpers import admin, copy_on_the_snapshot
 
-from tenant_migration import replica, steps
+from tenant_migration import steps
 from tenant_migration.cutover.drain import DrainNotQuiet
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
@@ -107,14 +107,7 @@ def flipped(topo, tiny_dataset, endpoints, reports):
     pre = steps.preflight(endpoints, spec, run_id)
     slot = steps.create_cdc_slot(endpoints, spec, run_id)
     try:
-        steps.detach_replica(endpoints, spec, run_id, slot["consistent_lsn"])
-        try:
-            steps.copy_postgres(endpoints, spec, run_id)
-            steps.copy_cassandra(endpoints, spec, run_id)
-            steps.gate_post_copy(endpoints, spec, run_id)
-        finally:
-            with endpoints.replica_control.connect(autocommit=True) as rc:
-                replica.reattach(rc)
+        copy_on_the_snapshot(endpoints, spec, run_id, slot["consistent_lsn"])
         steps.catch_up_postgres(endpoints, spec, run_id)
         steps.catch_up_cassandra(endpoints, spec, run_id)
         steps.suspend_registrations(endpoints, spec, run_id)
