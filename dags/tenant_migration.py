@@ -17,7 +17,7 @@ partitions of rows the stream brought: devices born after the detach) → `warm_
 `load_check` (the target takes the tenant's write shape at `load_rate`; p99 and errors gate it) →
 `gate_catch_up` (first applies what the primary committed meanwhile, then checks lag and recent buckets).
 **GO** — `suspend_registrations` (setup; the platform's own expiry is a dead-man switch) →
-`final_catch_up` (change stream until now, then the new rows' partitions) → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
+`final_catch_up` (change stream until now, the new rows' partitions, sequences past the source's) → `gate_pre_flip` → approval (Reject when nobody answers) → `lower_dns_ttl` →
 `flip_dns` (re-checks now: registrations suspended, every record at `lowered_ttl` with the old TTL
 waited out; suspends / lowers and waits again when not) → `drain_stragglers` (at least `drain_seconds`,
 then until no write of the tenant reached the shared platform for `drain_quiet_s`; fails loudly after

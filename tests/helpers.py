@@ -46,25 +46,60 @@ def create_keyspace(endpoints: Any, name: str, *tables: str) -> None:
 
 
 def drop_test_platform(topo: Topology, endpoints: Any, name: str) -> None:
-    """Drop what a test made under ``name``: its keyspace on both clusters and its schema on the target."""
+    """Drop what a test made under ``name``: its keyspace on both clusters and its schema on the
+    target and the primary (the standby follows)."""
     with endpoints.cassandra_sessions() as (src, dst):
         for s in (src, dst):
             s.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
-    with admin(topo, "target") as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    for server in ("target", "primary"):
+        with admin(topo, server) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
-def copy_on_the_snapshot(endpoints: Any, spec: Any, run_id: str, consistent_lsn: str, gate: bool = True) -> None:
+def make_test_platform(topo: Topology, endpoints: Any, name: str, pg_ddl: list[str], cql_ddl: list[str],
+                       rows: list[str] | None = None) -> None:
+    """A platform of a test's own under ``name``: schema ``name`` (``pg_ddl``, ``{s}`` for its name)
+    on the primary and the target, ``rows`` (SQL, ``{s}`` too) on the primary only, keyspace ``name``
+    (``cql_ddl``, ``{ks}``) on both clusters; returns once the standby (the replica) has replayed it.
+    Drop it with ``drop_test_platform``."""
+    from tenant_migration.sample.platform import wait_standby_caught_up
+
+    grants = {"primary": ["GRANT USAGE ON SCHEMA {s} TO migration_reader, platform_app",
+                          "GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO migration_reader",
+                          "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO migration_reader"],
+              "target": ["GRANT USAGE ON SCHEMA {s} TO migration_writer",
+                         "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {s} TO migration_writer",
+                         "GRANT SELECT, UPDATE, USAGE ON ALL SEQUENCES IN SCHEMA {s} TO migration_writer"]}
+    for server in ("primary", "target"):
+        with admin(topo, server) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+            for ddl in pg_ddl + grants[server]:  # the roles the sample's roles.sql grants, on this schema
+                conn.execute(ddl.format(s=name))
+            if server == "primary":
+                for stmt in rows or []:
+                    conn.execute(stmt.format(s=name))
+    create_keyspace(endpoints, name, *cql_ddl)
+    wait_standby_caught_up(topo)
+
+
+def sample_slug(topo: Topology, tenant_id: int) -> str:
+    """A sample tenant's slug: a test platform's root row takes it to find its DNS records."""
+    with admin(topo, "standby") as conn:
+        return str(conn.execute("SELECT slug FROM platform.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()[0])
+
+
+def copy_on_the_snapshot(endpoints: Any, spec: Any, run_id: str, consistent_lsn: str, gate: bool = True,
+                         tmap: Any = None) -> None:
     """READY as the DAG runs it: detach the replica at the slot's point, copy both stores (then the
-    post-copy gate), and reattach the replica whatever happened."""
+    post-copy gate), and reattach the replica whatever happened. ``tmap``: a test platform's."""
     from tenant_migration import replica, steps
 
     steps.detach_replica(endpoints, spec, run_id, consistent_lsn)
     try:
-        steps.copy_postgres(endpoints, spec, run_id)
-        steps.copy_cassandra(endpoints, spec, run_id)
+        steps.copy_postgres(endpoints, spec, run_id, tmap)
+        steps.copy_cassandra(endpoints, spec, run_id, tmap)
         if gate:
-            steps.gate_post_copy(endpoints, spec, run_id)
+            steps.gate_post_copy(endpoints, spec, run_id, tmap)
     finally:
         with endpoints.replica_control.connect(autocommit=True) as rc:
             replica.reattach(rc)

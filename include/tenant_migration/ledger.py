@@ -154,6 +154,14 @@ def check_snapshot(conn: psycopg.Connection, run_id: str, replica_lsn: str | Non
         )
 
 
+def run_known(conn: psycopg.Connection, run_id: str) -> bool:
+    """``run_id`` is registered in the ledger (False when there is no ledger yet); nothing is created."""
+    row = conn.execute("SELECT to_regclass('tm_control.runs') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return False
+    return conn.execute("SELECT 1 FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() is not None
+
+
 def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM tm_control.runs WHERE run_id = %s", (run_id,))
     row = cur.fetchone()

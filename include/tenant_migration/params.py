@@ -57,6 +57,10 @@ MIGRATION_PARAMS = {
     "drain_max_s": Param(900, type="integer", minimum=1, title="Drain at most (s)",
                          description="The drain fails loudly (with the count and the newest write) when the tenant "
                                      "still writes to the shared platform after this long."),
+    "sequence_headroom": Param(1_000_000, type="integer", minimum=0, title="Sequence headroom",
+                               description="Before the flip, each sequence of the tenant's tables starts on the target "
+                                           "this far past the source's: room for the keys of rows the shared platform "
+                                           "still takes after the flip (the drain copies them with those keys)."),
     "load_rate": Param(500, type="integer", minimum=0, title="Load check rate (writes/s)",
                        description="SET-phase load check: writes/s driven at the target in the tenant's shape (0 skips it)."),
     "load_seconds": Param(10, type="integer", minimum=1, title="Load check duration (s)",

@@ -36,6 +36,7 @@ class MigrationSpec:
     drain_seconds: int = 60  # the drain's minimum length
     drain_quiet_s: int = 30  # ... then it ends once no new write reached the shared platform for this long
     drain_max_s: int = 900  # ... or fails loudly when the tenant still writes there after this
+    sequence_headroom: int = 1_000_000  # target sequences start this far past the source's (stragglers' keys)
     require_approval: bool = True
     max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
     min_task_seconds: int = 30  # estimated copy work per mapped copy task (sizing.py, README)
@@ -133,6 +134,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         drain_seconds=_int(params, "drain_seconds", MigrationSpec.drain_seconds, 0, 86_400),
         drain_quiet_s=_int(params, "drain_quiet_s", MigrationSpec.drain_quiet_s, 0, 86_400),
         drain_max_s=_int(params, "drain_max_s", MigrationSpec.drain_max_s, 1, 86_400),
+        sequence_headroom=_int(params, "sequence_headroom", MigrationSpec.sequence_headroom, 0, 2**62),
         require_approval=_bool(params, "require_approval", MigrationSpec.require_approval),
         max_tasks=_int(params, "max_tasks", MigrationSpec.max_tasks, 1, 256),
         min_task_seconds=_int(params, "min_task_seconds", MigrationSpec.min_task_seconds, 0, 86_400),

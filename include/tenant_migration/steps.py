@@ -28,13 +28,13 @@ from tenant_migration.cassandra import schema as cql_schema
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.postgres import cdc
+from tenant_migration.postgres import cdc, sequences
 from tenant_migration.postgres import copy as pg_copy
 from tenant_migration.postgres import planner as pg_planner
 from tenant_migration.postgres.catalog import schema_drift
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
-from tenant_migration.validation import gates, gx_gate
+from tenant_migration.validation import dedicated, gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 from tenant_migration.validation.gx_gate import GateResult
 
@@ -102,6 +102,13 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             # is the error to show, not a failed query); nothing is written yet.
             checks = None if drift else gates.preflight_checks(rconn, tmap, spec.tenant_id, drift)
             problems += drift + cassandra.result() + zone.result()
+        skipped: dict[str, int] = {}
+        if not problems:
+            with ep.cassandra_target.session() as dst:
+                problems += empty_key_problems(rconn, dst, tmap, spec.tenant_id, skipped)
+                if not ledger.run_known(tconn, run_id):
+                    # A new run: the target holds nothing of anyone else (a resumed run checked it first).
+                    problems += dedicated.target_problems(rconn, tconn, dst, tmap, spec.tenant_id)
         if problems:
             raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(problems))
         assert checks is not None
@@ -109,12 +116,14 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         if not gate.passed:
             raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
         if spec.dry_run:
-            return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True, "report": str(gate.html_path)}
+            return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True, "report": str(gate.html_path),
+                    "empty_keys_skipped": skipped}
         new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id), spec.to_dict())
         _record_gate(tconn, run_id, gate)
         ledger.record_event(tconn, run_id, "preflight", "started", at=began)
-        ledger.record_event(tconn, run_id, "preflight", "finished", {"slug": slug, "new_run": new})
-    return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False}
+        ledger.record_event(tconn, run_id, "preflight", "finished",
+                            {"slug": slug, "new_run": new, "empty_keys_skipped": skipped})
+    return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False, "empty_keys_skipped": skipped}
 
 
 def cassandra_drift(ep: Endpoints, tmap: TenantMap) -> list[str]:
@@ -157,7 +166,56 @@ def key_problems(tmap: TenantMap, name: str, columns: list[tuple[str, str, int, 
     if len(cql_plan.base_columns(spec)) != len(spec.partitions_from_columns):
         problems.append(f"{where}: partitions_from names {len(spec.partitions_from_columns)} columns for "
                         f"{len(cql_plan.base_columns(spec))} partition-key columns {cql_plan.base_columns(spec)}")
+    for col, kind, _, cql_type in columns:
+        if kind in ("partition_key", "clustering"):
+            continue
+        if cql_type == "counter":
+            problems.append(f"{where}: column {col} is a counter, which cannot be copied with its write time "
+                            "(counters take no USING TIMESTAMP, and a re-copy would add twice)")
+        elif _non_frozen_udt(cql_type):
+            problems.append(f"{where}: column {col} is a non-frozen user-defined type ({cql_type}), whose fields "
+                            "are not copied cell by cell (supported: scalars, frozen types, set, list, map)")
     return problems
+
+
+_NATIVE_TYPES = frozenset({"ascii", "bigint", "blob", "boolean", "date", "decimal", "double", "duration", "float",
+                           "inet", "int", "smallint", "text", "time", "timestamp", "timeuuid", "tinyint", "uuid",
+                           "varchar", "varint"})
+
+
+def _non_frozen_udt(cql_type: str) -> bool:
+    """A bare type name that no native type, collection, tuple, vector or ``frozen<>`` is."""
+    return "<" not in cql_type and cql_type not in _NATIVE_TYPES
+
+
+def empty_key_problems(rconn: psycopg.Connection, session: Any, tmap: TenantMap, tenant_id: int,
+                       skipped: dict[str, int]) -> list[str]:
+    """The tenant's relational rows that would be an empty single-column partition key, which
+    Cassandra refuses (``cql_plan.empty_key_rows``): a problem per table, or, where the tenant map
+    says ``empty_keys: skip``, counted in ``skipped`` and logged (such a key can hold no data)."""
+    problems = []
+    for name, spec in tmap.cassandra_tables.items():
+        types = keys_types(session, tmap.keyspace, name)
+        count, named = cql_plan.empty_key_rows(rconn, tmap, spec, tenant_id, types)
+        if not count:
+            continue
+        rows = ", ".join(named) + (f" and {count - len(named)} more" if count > len(named) else "")
+        if spec.empty_keys == "skip":
+            skipped[name] = count
+            log.warning("cassandra %s.%s: %d row(s) of the tenant have an empty partition key %s (%s): skipped, "
+                        "as the tenant map says (Cassandra can hold no partition under an empty key)",
+                        tmap.keyspace, name, count, spec.partition_key[0], rows)
+            continue
+        problems.append(f"cassandra {tmap.keyspace}.{name}: {count} row(s) of tenant {tenant_id} would have an "
+                        f"empty partition key {spec.partition_key[0]}, which Cassandra refuses: {rows}. Fix the "
+                        "rows, or set 'empty_keys: skip' on this table in the tenant map to leave them out")
+    return problems
+
+
+def keys_types(session: Any, keyspace: str, table: str) -> dict[str, str]:
+    from tenant_migration.cassandra import keys
+
+    return keys.column_types(cql_schema.table_columns(session, keyspace, table))
 
 
 def dns_problems(ep: Endpoints, spec: MigrationSpec, slug: str) -> list[str]:
@@ -879,7 +937,38 @@ def final_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     out = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
     out["registrations"] = regs
     out["late_partitions"] = plan_late_partitions(ep, spec, run_id, tmap, "final_catch_up")
+    out["sequences"] = advance_sequences(ep, spec, run_id, tmap)
     return out
+
+
+def migrated_tables(tmap: TenantMap) -> list[str]:
+    """Every PostgreSQL table a run writes on the target: the tenant's and the shared ones."""
+    return tmap.load_order() + list(tmap.shared_tables)
+
+
+def advance_sequences(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap) -> dict[str, Any]:
+    """Every sequence the migrated tables draw from set on the target past the primary's, with
+    ``sequence_headroom`` (``postgres.sequences``); idempotent, only ever forward."""
+    with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
+        with step(tconn, run_id, "advance_sequences") as detail:
+            found = sequences.advance(src, tconn, tmap.schema, migrated_tables(tmap), spec.sequence_headroom)
+            moved = [st for st in found if st.set_to is not None]
+            for st in moved:
+                log.info("sequence %s: set to %d on the target (source next %d, target column max %s, headroom %d)",
+                         st.use.label, st.set_to, st.source_next, st.target_max, spec.sequence_headroom)
+            detail.update({"sequences": len(found), "advanced": [st.use.label for st in moved]})
+    return {"sequences": len(found), "advanced": len(moved)}
+
+
+def sequence_frame(src: psycopg.Connection, tconn: psycopg.Connection, tmap: TenantMap) -> Any:
+    """Per sequence of the migrated tables: both sides' next values, the target column's maximum,
+    and how far the target is short of both (0 when it is past them)."""
+    import pandas as pd
+
+    rows = [{"unit": f"sequence:{st.use.label}", "source_next": st.source_next, "target_next": st.target_next,
+             "target_max": st.target_max, "short_by": max(0, st.needed(0) - st.target_next)}
+            for st in sequences.states(src, tconn, tmap.schema, migrated_tables(tmap))]
+    return pd.DataFrame(rows, columns=["unit", "source_next", "target_next", "target_max", "short_by"])
 
 
 def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -963,6 +1052,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
         with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
             # PostgreSQL first, while the clusters are still connecting.
             lag = measure_cdc_lag(src, tconn, run_id)
+            seqs = sequence_frame(src, tconn, tmap) if gate_name == "pre_flip" else None
             _, commit_time = _detach_lsn(tconn, run_id)
             days = recent_days((commit_time or datetime.now(UTC)) - timedelta(minutes=15), datetime.now(UTC))
             # Devices keep writing: compare the cells written before the last Cassandra catch-up
@@ -995,6 +1085,8 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
             ], "unit")
             checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
             checks += gates.coverage_checks(gate_name, coverage)
+            if seqs is not None:
+                checks += gates.sequence_checks(gate_name, seqs)
             gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / _safe(run_id), started)
             _record_gate(tconn, run_id, gate)
     if not gate.passed:
@@ -1089,7 +1181,8 @@ def suspension_window(tconn: psycopg.Connection, run_id: str) -> float | None:
 
 
 def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
-    """Before the flip: everything the source committed is on the target, and registrations are off."""
+    """Before the flip: everything the source committed is on the target, every sequence of the
+    migrated tables is past the source's, and registrations are off."""
     out = gate_catch_up(ep, spec, run_id, gate_name="pre_flip", tmap=tmap)
     if spec.dry_run:
         return out

@@ -21,6 +21,9 @@ from psycopg import sql
 SAMPLE_MAP = Path(__file__).parent / "sample" / "tenant_map.yaml"
 
 
+EMPTY_KEYS = ("refuse", "skip")
+
+
 class TenantMapError(ValueError):
     """The tenant map is malformed or does not match the live catalog."""
 
@@ -47,6 +50,9 @@ class CassandraTableSpec:
     partitions_from_table: str
     partitions_from_columns: tuple[str, ...]
     day_column: str | None = None
+    # A relational row whose value would be an empty single-column partition key (Cassandra refuses
+    # it): "refuse" it in the preflight, or "skip" it (it can hold no Cassandra data) and report it.
+    empty_keys: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,26 @@ class TenantMap:
             self.tenant_predicate(hop.table, parent_alias),
         )
 
+    def tenant_of(self, table: str, alias: str = "t") -> sql.Composed:
+        """A scalar expression giving the tenant a row of ``table`` aliased ``alias`` belongs to
+        (NULL when a tenant or hop column is NULL, or the parent row is missing): the tenant column,
+        or correlated look-ups along the hops. For naming the owner of a few rows, not for scans."""
+        spec = self.tables[table]
+        if spec.tenant_column is not None:
+            return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(spec.tenant_column))
+        assert spec.via is not None
+        hop = spec.via
+        parent_alias = f"{alias}_{len(self.path(table))}"
+        return sql.SQL("(SELECT {} FROM {} AS {} WHERE {}.{} = {}.{} LIMIT 1)").format(
+            self.tenant_of(hop.table, parent_alias),
+            sql.Identifier(self.schema, hop.table),
+            sql.Identifier(parent_alias),
+            sql.Identifier(parent_alias),
+            sql.Identifier(hop.parent_column),
+            sql.Identifier(alias),
+            sql.Identifier(hop.column),
+        )
+
     def select_tenant_rows(self, table: str, columns: list[str]) -> sql.Composed:
         """``SELECT cols FROM schema.table t WHERE <tenant predicate>``."""
         return sql.SQL("SELECT {} FROM {} AS t WHERE {}").format(
@@ -191,7 +217,10 @@ def parse_tenant_map(doc: dict[str, Any]) -> TenantMap:
             partitions_from_table=_require(src, "table", where + ".partitions_from"),
             partitions_from_columns=tuple(_require(src, "columns", where + ".partitions_from")),
             day_column=raw.get("day_column"),
+            empty_keys=str(raw.get("empty_keys", "refuse")),
         )
+        if ctables[name].empty_keys not in EMPTY_KEYS:
+            raise TenantMapError(f"{where}.empty_keys: '{ctables[name].empty_keys}' is not one of {list(EMPTY_KEYS)}")
     tmap = TenantMap(
         platform=str(doc.get("platform", "unnamed")),
         schema=str(pg.get("schema", "public")),

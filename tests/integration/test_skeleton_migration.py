@@ -306,3 +306,53 @@ def test_dns_flip_is_visible_through_the_moto_server(endpoints, clean_target, re
     assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.2"
     dns.point_records(r53, zid, plans, to_tenant=True)
     assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.3"
+
+
+def test_a_target_holding_another_tenant_is_refused_naming_table_and_tenant(endpoints, clean_target, target_admin,
+                                                                             reports) -> None:
+    """Issue 28, item 5. Before the fix the other tenant's run passed every preflight check and
+    wrote beside the first tenant until a checksum mismatch stopped it."""
+    import re
+
+    first = _run_id()
+    _migrate(endpoints, MigrationSpec(tenant_id=TENANT), first)
+    other = data.TEST_POOL_TENANT_ID
+    runs = ledger_runs(target_admin)
+    with pytest.raises(steps.PreflightError) as refused:
+        steps.preflight(endpoints, MigrationSpec(tenant_id=other), _run_id())
+    msg = str(refused.value)
+    assert f"target postgres platform.tenants: holds rows that are not tenant {other}'s (tenant_id={TENANT}: tenant {TENANT})" in msg
+    # Three hops from the tenant (rule_actions -> rules -> properties -> devices): the owner is still named.
+    assert re.search(rf"platform\.rule_actions: holds rows that are not tenant {other}'s \(rule_id=\d+, action_no=\d+: "
+                     rf"tenant {TENANT}", msg)
+    assert re.search(rf"target cassandra telemetry\.datapoints: \d+ of its \d+ partitions are not tenant {other}'s "
+                     rf"\(datapoints\(device_id=\d+, property_id=\d+, day=[\d-]+\): tenant {TENANT} on the source", msg)
+    assert "nothing was written" in msg and ledger_runs(target_admin) == runs
+
+    # The tenant's own runs are not refused: a resume of the first, and a new run beside its data.
+    assert steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), first)["new_run"] is False
+    again = _run_id()
+    with endpoints.target.connect() as t:
+        ledger.finish_run(t, first, "succeeded")
+        assert steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), again)["new_run"] is True
+        ledger.finish_run(t, again, "aborted")
+
+    # Cassandra alone: the relational rows gone from the target, the partitions still there.
+    target_admin.execute(psycopg.sql.SQL("TRUNCATE {} CASCADE").format(
+        psycopg.sql.SQL(", ").join(TMAP.qualified(t) for t in TMAP.load_order())))
+    with pytest.raises(steps.PreflightError) as refused:
+        steps.preflight(endpoints, MigrationSpec(tenant_id=other), _run_id())
+    assert "target postgres" not in str(refused.value)
+    assert re.search(r"target cassandra telemetry\.latest_values: \d+ of its \d+ partitions are not tenant "
+                     rf"{other}'s \(latest_values\(device_id=\d+\): tenant {TENANT} on the source", str(refused.value))
+
+
+def test_a_live_run_of_another_tenant_on_the_target_is_refused(endpoints, clean_target, target_admin, reports) -> None:
+    first = _run_id()
+    steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), first)  # registered, nothing copied yet
+    try:
+        with pytest.raises(steps.PreflightError, match=rf"target ledger: run {first} of tenant {TENANT} is live"):
+            steps.preflight(endpoints, MigrationSpec(tenant_id=data.TEST_POOL_TENANT_ID), _run_id())
+    finally:
+        with endpoints.target.connect() as t:
+            ledger.finish_run(t, first, "aborted")

@@ -28,6 +28,8 @@ from tenant_migration.cassandra.copy import (
     CopyStats,
     TableShape,
     iter_pages,
+    newest,
+    reader_for,
     select_cells,
     table_shape,
 )
@@ -235,11 +237,13 @@ def late_writes(source: Session, target: Session, tmap: TenantMap, chunks: Seque
         nkey, regular = len(shape.primary_key), shape.regular
         found = LateWrites(table)
         want: dict[tuple[tuple[Any, ...], int], tuple[int, Any]] = {}
-        for page in iter_pages(source, select_cells(source, shape), groups, read_concurrency=opts.read_concurrency,
+        # A collection's cells are its elements: compared as the whole collection at its newest element.
+        src_reader, dst_reader = reader_for(source, shape), reader_for(target, shape)
+        for page in iter_pages(src_reader, select_cells(src_reader, shape), groups, read_concurrency=opts.read_concurrency,
                                fetch_size=opts.fetch_size, opts=opts):
             for row in page:
                 for i in range(len(regular)):
-                    value, wt = row[nkey + 3 * i], row[nkey + 3 * i + 1]
+                    value, wt = row[nkey + 3 * i], newest(row[nkey + 3 * i + 1])
                     if wt is None or wt <= flip_us:
                         continue
                     found.cells += 1
@@ -247,7 +251,7 @@ def late_writes(source: Session, target: Session, tmap: TenantMap, chunks: Seque
                     found.newest_writetime = max(found.newest_writetime or wt, wt)
                     want[(tuple(row[:nkey]), i)] = (wt, value)
         if want:
-            for page in iter_pages(target, select_cells(target, shape), groups,
+            for page in iter_pages(dst_reader, select_cells(dst_reader, shape), groups,
                                    read_concurrency=opts.read_concurrency, fetch_size=opts.fetch_size, opts=opts):
                 for row in page:
                     key = tuple(row[:nkey])
@@ -255,7 +259,7 @@ def late_writes(source: Session, target: Session, tmap: TenantMap, chunks: Seque
                         got = want.get((key, i))
                         if got is None:
                             continue
-                        value, wt = row[nkey + 3 * i], row[nkey + 3 * i + 1]
+                        value, wt = row[nkey + 3 * i], newest(row[nkey + 3 * i + 1])
                         if wt is not None and (wt > got[0] or (wt == got[0] and value == got[1])):
                             del want[(key, i)]
         found.missing = len(want)

@@ -17,6 +17,12 @@ The engine is a pipeline in one thread plus the driver's I/O thread:
   falls behind (backpressure); failed writes are retried with backoff while holding their permit;
 * a token bucket charged with rows read caps the run's rows/s on the shared source.
 
+Non-frozen collections (ADR 11) hold a cell per element, each with its own WRITETIME and TTL: a
+set's or a map's elements are added (``c = c + ?``) per group sharing both, which is idempotent; a
+list is rewritten whole at its newest element's writetime, in one batch that keeps its order, unless
+the target holds it at that time or later (a second append would double it). Such tables are read
+through a session with the pure-Python decoder (``reader_for``).
+
 Several processes (``CopyOptions.processes``) split the ledger's pending chunks between them: one
 CPython process tops out at a few thousand to ~10 k writes/s, far below what the servers take.
 """
@@ -28,6 +34,7 @@ import multiprocessing
 import random
 import threading
 import time
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,10 +66,17 @@ class TableShape:
     partition_key: tuple[str, ...]
     clustering_key: tuple[str, ...]
     regular: tuple[str, ...]
+    # The regular columns that are non-frozen collections, with their kind ("set", "list", "map"):
+    # each element is a cell of its own, with its own WRITETIME and TTL (module ``collections`` note).
+    collections: tuple[tuple[str, str], ...] = ()
 
     @property
     def primary_key(self) -> tuple[str, ...]:
         return self.partition_key + self.clustering_key
+
+    def kind(self, column: str) -> str | None:
+        """``set``, ``list`` or ``map`` for a non-frozen collection column, else None."""
+        return dict(self.collections).get(column)
 
     @property
     def qualified(self) -> str:
@@ -87,7 +101,45 @@ def shape_of(keyspace: str, table: str, cols: list[tuple[str, str, int, str]]) -
     pk = tuple(c[0] for c in sorted((c for c in cols if c[1] == "partition_key"), key=lambda c: c[2]))
     ck = tuple(c[0] for c in sorted((c for c in cols if c[1] == "clustering"), key=lambda c: c[2]))
     regular = tuple(sorted(c[0] for c in cols if c[1] not in ("partition_key", "clustering")))
-    return TableShape(keyspace, table, pk, ck, regular)
+    kinds = {c[0]: collection_kind(c[3]) for c in cols}
+    return TableShape(keyspace, table, pk, ck, regular, tuple((c, k) for c in regular if (k := kinds[c])))
+
+
+def collection_kind(cql_type: str) -> str | None:
+    """``set``, ``list`` or ``map`` when ``cql_type`` is a non-frozen collection (``frozen<...>``
+    is one value with one writetime, like a scalar)."""
+    for kind in ("set", "list", "map"):
+        if cql_type.startswith(kind + "<"):
+            return kind
+    return None
+
+
+_PY_SESSIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_PY_LOCK = threading.Lock()
+
+
+def reader_for(session: Session, shape: TableShape) -> Session:
+    """The session to read ``shape``'s cells with. ``TTL(c)`` of a non-frozen collection is a list
+    holding a null for each element without a TTL, which the driver's compiled decoder cannot read
+    (``Length must be positive``, and the connection is left defunct): such a table is read through
+    a second session of the same cluster with the pure-Python decoder (about 2x the decode time,
+    for those tables only). Made once per session, shut down with its cluster."""
+    if not shape.collections:
+        return session
+    from cassandra.protocol import _ProtocolHandler
+
+    with _PY_LOCK:
+        py = _PY_SESSIONS.get(session)
+        if py is None:
+            py = session.cluster.connect()
+            py.client_protocol_handler = _ProtocolHandler
+            _PY_SESSIONS[session] = py
+    return py
+
+
+def newest(writetime: Any) -> Any:
+    """A cell's writetime, or a collection's newest element's (its ``WRITETIME`` is a list)."""
+    return max(writetime) if isinstance(writetime, list) else writetime
 
 
 def cql_ident(name: str) -> str:
@@ -357,7 +409,8 @@ class Writer:
 
 def select_cells(session: Session, shape: TableShape) -> Any:
     """The read of every live cell of a group's partitions: the primary key, then for each regular
-    column its value, WRITETIME and TTL."""
+    column its value, WRITETIME and TTL (lists of them, per element, for a non-frozen collection:
+    read those through ``reader_for``)."""
     meta_cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)}), TTL({cql_ident(c)})" for c in shape.regular)
     key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
     return session.prepare(f"SELECT {key_cols}, {meta_cols} FROM {shape.qualified} WHERE {shape.partitions_in}")
@@ -374,9 +427,160 @@ class ChunkCopier:
         self.day_column = day_column
         self.opts = opts or CopyOptions()
         self.limiter = limiter
-        self.select = select_cells(source, shape)
+        self.reader = reader_for(source, shape)
+        self.select = select_cells(self.reader, shape)
         self._inserts: dict[tuple[str, ...], Any] = {}
         self._all_insert = self._insert_for(shape.regular)
+        kinds = dict(shape.collections)
+        # (index among the regular columns, kind) of the collections; the other columns' indexes.
+        self._colls = tuple((i, kinds[c]) for i, c in enumerate(shape.regular) if c in kinds)
+        self._scalars = tuple(i for i, c in enumerate(shape.regular) if c not in kinds)
+        self._updates: dict[tuple[str, str], Any] = {}
+        self._list_reads: Any = None
+
+    def _update(self, column: str, op: str) -> Any:
+        """``UPDATE ... USING TIMESTAMP ? AND TTL ? SET c = c + ?`` (``op`` "add") or ``SET c = ?``
+        ("set"), keyed by the whole primary key."""
+        stmt = self._updates.get((column, op))
+        if stmt is None:
+            c = cql_ident(column)
+            where = " AND ".join(f"{cql_ident(k)} = ?" for k in self.shape.primary_key)
+            stmt = self.target.prepare(f"UPDATE {self.shape.qualified} USING TIMESTAMP ? AND TTL ? "
+                                       f"SET {c} = {c + ' + ?' if op == 'add' else '?'} WHERE {where}")
+            self._updates[(column, op)] = stmt
+        return stmt
+
+    def _target_list_times(self, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Per primary key, the target's newest writetime of each list column (None: no element)."""
+        lists = [self.shape.regular[i] for i, k in self._colls if k == "list"]
+        if self._list_reads is None:
+            where = " AND ".join(f"{cql_ident(k)} = ?" for k in self.shape.primary_key)
+            self._list_reads = self.target.prepare(
+                f"SELECT {', '.join(f'MAXWRITETIME({cql_ident(c)})' for c in lists)} FROM {self.shape.qualified} "
+                f"WHERE {where}")
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), self.opts.concurrency):
+            futures = [self.target.execute_async(self._list_reads, k) for k in keys[start:start + self.opts.concurrency]]
+            for fut in futures:
+                row = fut.result().one()
+                out.append(tuple(row) if row is not None else (None,) * len(lists))
+        return out
+
+    def _cell_writes(self, row: tuple[Any, ...], key: tuple[Any, ...], columns: Iterable[int], elapsed: int,
+                     floor: int, watch: int | None, stats: CopyStats, late: list[int]) -> list[tuple[Any, Any]]:
+        """The INSERTs of a row's ``columns`` (indexes among the regular ones), one per group of
+        cells sharing a writetime and TTL; counts what is skipped (older than ``floor``, expired)
+        and, with ``watch``, the cells written after it in ``late`` ([count, newest])."""
+        nkey, regular = len(self.shape.primary_key), self.shape.regular
+        groups_by: dict[tuple[int, int], list[int]] = {}
+        for i in columns:
+            wt, ttl_i = row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
+            if wt is None:  # no live cell in this column
+                continue
+            if watch is not None and wt > watch:
+                late[0] += 1
+                late[1] = max(late[1], wt)
+            if wt < floor:
+                stats.skipped_older += 1
+                continue
+            ttl = 0 if ttl_i is None else ttl_i - elapsed
+            if ttl_i is not None and ttl <= 0:
+                stats.skipped_expired += 1
+                continue
+            groups_by.setdefault((wt, ttl), []).append(i)
+        writes = []
+        for (wt, ttl), idx in groups_by.items():
+            cols = tuple(regular[i] for i in idx)
+            writes.append((self._insert_for(cols), (*key, *(row[nkey + 3 * i] for i in idx), wt, ttl)))
+            stats.cells += len(idx)
+        return writes
+
+    def _collection_writes(self, row: tuple[Any, ...], key: tuple[Any, ...], elapsed: int, floor: int,
+                           watch: int | None, stats: CopyStats, late: list[int]) -> tuple[list[tuple[Any, Any]],
+                                                                                         list[tuple[int, list[Any]]]]:
+        """The writes of a row of a table with collections: its other columns as the plain path
+        writes them (grouped by writetime and TTL), each set or map as ``c = c + ?`` per group of
+        elements sharing a writetime and TTL (idempotent: an element is a cell), and each list as
+        a candidate (index, its live elements as (value, ttl)) with its newest writetime first:
+        lists are written by ``_list_batches`` once the target's own is known."""
+        nkey, regular = len(self.shape.primary_key), self.shape.regular
+        writes = self._cell_writes(row, key, self._scalars, elapsed, floor, watch, stats, late)
+        lists: list[tuple[int, list[Any]]] = []
+        for i, kind in self._colls:
+            value, wts, ttls = row[nkey + 3 * i], row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
+            if value is None or wts is None:
+                continue  # no live element (an empty non-frozen collection is no cell at all)
+            elements = list(value.items()) if kind == "map" else list(value)
+            ttls = ttls if ttls is not None else [None] * len(elements)
+            if watch is not None:
+                for wt in wts:
+                    if wt > watch:
+                        late[0] += 1
+                        late[1] = max(late[1], wt)
+            if kind == "list":
+                if max(wts) < floor:
+                    stats.skipped_older += len(elements)
+                    continue
+                live = []
+                for element, ttl_i in zip(elements, ttls, strict=True):
+                    ttl = 0 if ttl_i is None else ttl_i - elapsed
+                    if ttl_i is not None and ttl <= 0:
+                        stats.skipped_expired += 1
+                    else:
+                        live.append((element, ttl))
+                if live:
+                    lists.append((i, [max(wts), *live]))
+                continue
+            by: dict[tuple[int, int], list[Any]] = {}
+            for element, wt, ttl_i in zip(elements, wts, ttls, strict=True):
+                if wt < floor:
+                    stats.skipped_older += 1
+                    continue
+                ttl = 0 if ttl_i is None else ttl_i - elapsed
+                if ttl_i is not None and ttl <= 0:
+                    stats.skipped_expired += 1
+                    continue
+                by.setdefault((wt, ttl), []).append(element)
+            stmt = self._update(regular[i], "add")
+            for (wt, ttl), items in by.items():
+                writes.append((stmt, (wt, ttl, dict(items) if kind == "map" else set(items), *key)))
+                stats.cells += len(items)
+        return writes, lists
+
+    def _list_batches(self, pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]]]],
+                      stats: CopyStats) -> list[Any]:
+        """One UNLOGGED batch per list of ``pending`` rows that the target lacks: ``SET l = ?`` with
+        the first run of elements sharing a TTL, then ``SET l = l + ?`` per further run (a batch
+        keeps their order), all at the list's newest writetime. The whole-list write drops older
+        elements on the target (its tombstone is at that writetime - 1); a list the target holds
+        at that writetime or later (this copy, done before, or the tenant's own newer write) is left
+        alone: a second append of the same elements would double them."""
+        from cassandra.query import BatchStatement, BatchType
+
+        if not pending:
+            return []
+        list_cols = [i for i, k in self._colls if k == "list"]
+        held = self._target_list_times([key for key, _ in pending])
+        batches = []
+        for (key, lists), times in zip(pending, held, strict=True):
+            for i, (wt, *live) in lists:
+                theirs = times[list_cols.index(i)]
+                if theirs is not None and theirs >= wt:
+                    stats.skipped_older += len(live)
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                col = self.shape.regular[i]
+                start = 0
+                while start < len(live):
+                    end = start
+                    while end < len(live) and live[end][1] == live[start][1]:
+                        end += 1
+                    batch.add(self._update(col, "set" if start == 0 else "add"),
+                              (wt, live[start][1], [e for e, _ in live[start:end]], *key))
+                    start = end
+                batches.append(batch)
+                stats.cells += len(live)
+        return batches
 
     def _insert_for(self, cols: tuple[str, ...]) -> Any:
         stmt = self._inserts.get(cols)
@@ -426,12 +630,15 @@ class ChunkCopier:
             stats.writes += 1
 
         throttled0 = self.limiter.waited if self.limiter else 0.0
-        for page in iter_pages(self.source, self.select, groups, read_concurrency=self.opts.read_concurrency,
+        colls = bool(self._colls)
+        tally = [0, -(1 << 63)]  # late cells and the newest of them, as _cell_writes counts them
+        for page in iter_pages(self.reader, self.select, groups, read_concurrency=self.opts.read_concurrency,
                                fetch_size=self.opts.fetch_size, opts=self.opts, limiter=self.limiter,
                                on_retry=on_retry):
             read_at = time.monotonic()
             batch: list[tuple[Any, Any]] = []
             batch_pk: tuple[Any, ...] | None = None
+            lists_pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]]]] = []
             for row in page:
                 stats.rows += 1
                 pk = row[:npk]
@@ -440,6 +647,14 @@ class ChunkCopier:
                 key = row[:nkey]
                 # Remaining TTL shrinks while the row is in flight: never let a cell outlive its source.
                 elapsed = int(time.monotonic() - read_at)
+                if colls:
+                    cwrites, lists = self._collection_writes(row, key, elapsed, floor, watch_after, stats, tally)
+                    if lists:
+                        lists_pending.append((key, lists))
+                    for w in cwrites:
+                        writer.submit(*w)
+                        stats.writes += 1
+                    continue
                 wt0, ttl0 = row[nkey + 1], row[nkey + 2]
                 uniform = all(row[nkey + 3 * i + 1] == wt0 and row[nkey + 3 * i + 2] == ttl0 for i in range(1, nreg))
                 writes: list[tuple[Any, Any]] = []
@@ -457,26 +672,7 @@ class ChunkCopier:
                             writes.append((all_insert, (*key, *row[nkey::3], wt0, ttl)))
                             stats.cells += nreg
                 else:
-                    groups_by: dict[tuple[int, int], list[int]] = {}
-                    for i in range(nreg):
-                        wt, ttl_i = row[nkey + 3 * i + 1], row[nkey + 3 * i + 2]
-                        if wt is None:  # no live cell in this column
-                            continue
-                        if watching and wt > watch:
-                            late += 1
-                            newest = max(newest, wt)
-                        if wt < floor:
-                            stats.skipped_older += 1
-                            continue
-                        ttl = 0 if ttl_i is None else ttl_i - elapsed
-                        if ttl_i is not None and ttl <= 0:
-                            stats.skipped_expired += 1
-                            continue
-                        groups_by.setdefault((wt, ttl), []).append(i)
-                    for (wt, ttl), idx in groups_by.items():
-                        cols = tuple(regular[i] for i in idx)
-                        writes.append((self._insert_for(cols), (*key, *(row[nkey + 3 * i] for i in idx), wt, ttl)))
-                        stats.cells += len(idx)
+                    writes = self._cell_writes(row, key, range(nreg), elapsed, floor, watch_after, stats, tally)
                 if not writes:
                     continue
                 if batch_rows <= 1:
@@ -491,9 +687,14 @@ class ChunkCopier:
                 batch.extend(writes)
             if batch:
                 flush(batch)
+            for list_batch in self._list_batches(lists_pending, stats):
+                writer.submit(list_batch)
+                stats.writes += 1
         writer.drain()
         stats.retries += writer.retries
         stats.nonempty = len(seen)
+        late += tally[0]
+        newest = max(newest, tally[1])
         stats.late_cells = late
         stats.newest_writetime = newest if late else None
         stats.throttled_seconds = (self.limiter.waited if self.limiter else 0.0) - throttled0

@@ -16,6 +16,10 @@ tenant). A partition holding a cell newer than the watermark (live writes on the
 today's buckets) cannot be filtered server-side, and a difference is never reported from the
 aggregates alone: those partitions only are re-read and hashed cell by cell here, on both sides,
 with the watermark applied.
+
+Non-frozen collections (ADR 11): ``mask_hash`` takes none, so their value and writetimes are hashed
+as JSON (``toJson(c)``, ``toJson(WRITETIME(c))``); a set's and a map's elements each with their own
+writetime, a list with its newest element's (the copy writes a list at that time).
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
     taking writes (the copy carries WRITETIME, so both sides filter the same cells).
     """
     opts = opts or CopyOptions()
-    cols = ", ".join(f"{cql_ident(c)}, WRITETIME({cql_ident(c)})" for c in shape.regular)
+    cols = ", ".join(f"{cql_ident(c)}, {_writetime(shape, c)}" for c in shape.regular)
+    kinds = [shape.kind(c) for c in shape.regular]
     where = shape.partitions_in
     key_cols = ", ".join(cql_ident(c) for c in shape.primary_key)
     stmt = _prepare(session, f"SELECT {key_cols}{', ' + cols if cols else ''} FROM {shape.qualified} WHERE {where}")
@@ -95,12 +100,17 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
             d = digests.get(pk, 0)
             counted = not shape.regular
             for i, col in enumerate(shape.regular):
-                wt = row[nkey + 2 * i + 1]
-                if max_writetime is not None and wt is not None and wt > max_writetime:
+                value, wt = row[nkey + 2 * i], row[nkey + 2 * i + 1]
+                if kinds[i] in ("set", "map") and wt is not None:
+                    # Element by element: each has its own writetime, kept by the copy.
+                    value, wt = _elements(value, wt, kinds[i] == "map", max_writetime)
+                    if not wt:
+                        continue
+                elif max_writetime is not None and wt is not None and wt > max_writetime:
                     continue
                 if wt is not None:
                     counted = True
-                d += _cell_digest(key, col, row[nkey + 2 * i], wt)
+                d += _cell_digest(key, col, value, wt)
             if not shape.regular:
                 d += _cell_digest(key, "", None, None)
             if not counted:
@@ -108,6 +118,23 @@ def partition_prints(session: Session, shape: TableShape, groups: Sequence[ReadG
             digests[pk] = d & _MASK
             rows[pk] = rows.get(pk, 0) + 1
     return {pk: PartitionPrint(rows[pk], digests[pk]) for pk in rows}
+
+
+def _writetime(shape: TableShape, column: str) -> str:
+    """The writetime a fingerprint compares: a cell's; each element's of a set or map (a list,
+    compared as JSON server-side); a list's newest element's (the copy writes a list's elements
+    at its newest writetime, see ``copy.ChunkCopier._list_batches``)."""
+    c = cql_ident(column)
+    return f"MAXWRITETIME({c})" if shape.kind(column) == "list" else f"WRITETIME({c})"
+
+
+def _elements(value: Any, writetimes: list[int], is_map: bool,
+              max_writetime: int | None) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+    """A set's or map's elements (map: items) and their writetimes as tuples, without those
+    written after ``max_writetime``."""
+    items = list(value.items()) if is_map else list(value)
+    kept = [(e, w) for e, w in zip(items, writetimes, strict=True) if max_writetime is None or w <= max_writetime]
+    return tuple(e for e, _ in kept), tuple(w for _, w in kept)
 
 
 class PartitionAggregate(NamedTuple):
@@ -152,9 +179,12 @@ def aggregate_statement(shape: TableShape, whole_table: bool = False, algorithm:
     pk = ", ".join(cql_ident(c) for c in shape.partition_key)
     parts = [cql_ident(c) for c in shape.clustering_key]
     for c in shape.regular:
-        parts += [cql_ident(c), f"WRITETIME({cql_ident(c)})"]
+        if shape.kind(c) is None:
+            parts += [cql_ident(c), f"WRITETIME({cql_ident(c)})"]
+        else:  # mask_hash takes no non-frozen collection (nor a list of writetimes): their JSON
+            parts += [f"toJson({cql_ident(c)})", f"toJson({_writetime(shape, c)})"]
     row = parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
-    newest = "".join(f", max(WRITETIME({cql_ident(c)}))" for c in shape.regular)
+    newest = "".join(f", max({'MAX' if shape.kind(c) else ''}WRITETIME({cql_ident(c)}))" for c in shape.regular)
     where = shape.partitions_in
     digest = f"sum(blobAsVarint(mask_hash({row}, '{algorithm}')))" if parts else "0"
     if whole_table and day_column is not None:
@@ -711,17 +741,26 @@ def foreign_partitions(session: Session, shape: TableShape, base_columns: Sequen
     base key (``base_columns``, the partition key without the day bucket) is not in ``owned``.
     One paged ``SELECT DISTINCT`` of the partition keys (the first row of each partition is read,
     not the partition). Returns (partitions read, foreign partitions, the first ``limit`` named)."""
+    seen, foreign, found = foreign_bases(session, shape, base_columns, owned, limit)
+    return seen, foreign, [label for label, _ in found]
+
+
+def foreign_bases(session: Session, shape: TableShape, base_columns: Sequence[str], owned: set[tuple[Any, ...]],
+                  limit: int = 20) -> tuple[int, int, list[tuple[str, tuple[Any, ...]]]]:
+    """``foreign_partitions`` with each of the first ``limit`` foreign partitions' base key (as
+    the driver read it, dates plain): (label, base) pairs, to look up whose they are."""
     from cassandra.query import SimpleStatement
 
     pk = ", ".join(cql_ident(c) for c in shape.partition_key)
     where = [shape.partition_key.index(c) for c in base_columns]
     stmt = SimpleStatement(f"SELECT DISTINCT {pk} FROM {shape.qualified}", fetch_size=5000)
     seen = foreign = 0
-    named: list[str] = []
+    found: list[tuple[str, tuple[Any, ...]]] = []
     for row in session.execute(stmt):
         seen += 1
-        if _plain([row[i] for i in where]) not in owned:
+        base = _plain([row[i] for i in where])
+        if base not in owned:
             foreign += 1
-            if len(named) < limit:
-                named.append(partition_label(shape, _plain(tuple(row))))
-    return seen, foreign, named
+            if len(found) < limit:
+                found.append((partition_label(shape, _plain(tuple(row))), base))
+    return seen, foreign, found

@@ -97,10 +97,50 @@ def tenant_bases(conn: psycopg.Connection, tmap: TenantMap, spec: CassandraTable
     rows = [tuple(r) for r in conn.execute(query, {"tenant_id": tenant_id}).fetchall()]
     rows = [r for r in rows if None not in r]
     if convert is None:
-        return rows
+        return _keyable(spec, rows)
     converted = keys.convert_bases(rows, convert)
     # Conversion can merge values (a timestamp's microseconds): keep each base once, in order.
-    return list(dict.fromkeys(converted))
+    return _keyable(spec, list(dict.fromkeys(converted)))
+
+
+def _keyable(spec: CassandraTableSpec, bases: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``bases`` without those that would be an empty single-column partition key: Cassandra
+    refuses such a key in every statement (``Key may not be empty``), so no partition can hold it;
+    the preflight refuses or reports them (``empty_key_rows``)."""
+    if len(spec.partition_key) != 1:
+        return bases  # an empty part of a composite key is a legal key
+    return [b for b in bases if not _empty(b[0])]
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, str | bytes | bytearray | memoryview) and len(value) == 0
+
+
+def empty_key_rows(conn: psycopg.Connection, tmap: TenantMap, spec: CassandraTableSpec, tenant_id: int,
+                   types: dict[str, str], shown: int = 3) -> tuple[int, list[str]]:
+    """The tenant's rows of ``spec``'s relational table whose value would be the table's whole
+    partition key, and empty (text '' or an empty blob): (how many, the first ``shown`` named by
+    their primary key). None on a composite partition key or one of another type."""
+    from psycopg import sql
+
+    if len(spec.partition_key) != 1 or spec.partition_key[0] == spec.day_column:
+        return 0, []
+    cql_type = types.get(spec.partition_key[0], "")
+    if cql_type not in ("text", "varchar", "ascii", "blob"):
+        return 0, []
+    col = sql.SQL("t.{}").format(sql.Identifier(spec.partitions_from_columns[0]))
+    empty = sql.SQL("octet_length({}) = 0" if cql_type == "blob" else "{}::text = ''").format(col)
+    table = spec.partitions_from_table
+    key = list(tmap.tables[table].key) if table in tmap.tables else list(spec.partitions_from_columns)
+    base = tmap.select_tenant_rows(table, key)
+    q = sql.SQL("SELECT *, count(*) OVER () FROM ({} AND {}) AS e ORDER BY 1 LIMIT {}").format(
+        base, empty, sql.Literal(shown))
+    rows = conn.execute(q, {"tenant_id": tenant_id}).fetchall()
+    if not rows:
+        return 0, []
+    named = [f"{tmap.schema}.{table}(" + ", ".join(f"{c}={v!r}" for c, v in zip(key, r[:-1], strict=True)) + ")"
+             for r in rows]
+    return int(rows[0][-1]), named
 
 
 def base_columns(spec: CassandraTableSpec, partition_key: Sequence[str] | None = None) -> list[str]:

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from tenant_migration.postgres.catalog import ForeignKey, columns, foreign_keys, schema_drift
+from tenant_migration.postgres.sequences import sequence_uses
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation.gx_gate import (
     FrameCheck,
@@ -249,6 +250,15 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
                     "AND NOT registrations_enabled").format(
                 tmap.qualified("tenant_settings"), sql.Literal(int(tenant_id))).as_string(conn),
             "the tenant's registrations are enabled again on the target"))
+    for use in sequence_uses(conn, tmap.schema, tmap.load_order() + list(tmap.shared_tables)):
+        # The sequence would hand out a key a target row holds (a straggler past the headroom).
+        checks.append(SqlCheck(
+            f"{use.table}__{use.column}__sequence_past_rows",
+            sql.SQL("SELECT {label} AS sequence, s.next, m.max FROM (SELECT last_value + CASE WHEN is_called THEN {inc} "
+                    "ELSE 0 END AS next FROM {seq}) s, (SELECT max({col}) AS max FROM {t}) m WHERE s.next <= m.max").format(
+                label=sql.Literal(use.label), inc=sql.Literal(use.increment), seq=use.ident(),
+                col=sql.Identifier(use.column), t=tmap.qualified(use.table)).as_string(conn),
+            f"{use.label}: the next key is past every row on the target"))
     checks.append(SqlCheck(
         "ledger__every_chunk_done",
         sql.SQL("SELECT chunk_id, status FROM tm_control.chunks WHERE run_id = {} AND status <> 'done'").format(
@@ -308,6 +318,22 @@ def with_history(frame: Any, history: Any) -> Any:
     out["missing_days"] = missing
     out["unaccepted_missing_days"] = missing.where(~accepted, 0)
     return out
+
+
+def sequence_checks(gate: str, frame: Any) -> list[dict[str, Any]]:
+    """Every sequence of the migrated tables (``steps.sequence_frame``) past the source's next
+    value and the target column's maximum. None to check: one passing entry says so."""
+    if frame.empty:
+        return [{"name": "sequences_past_source", "success": True, "observed": 0, "unexpected": [],
+                 "describe": "sequences and identities of the migrated tables: none", "validation": None}]
+    found = run_frame_checks(gate, frame, [FrameCheck(
+        "sequences_past_source", "ExpectColumnValuesToBeBetween", {"column": "short_by", "min_value": 0, "max_value": 0},
+        "every sequence of the migrated tables hands out keys past the source's and past the target's rows")], "unit")
+    bad = frame[frame["short_by"] > 0]
+    if not bad.empty:
+        found[0]["unexpected"] = [f"{r.unit}: target next {r.target_next}, source next {r.source_next}, target max "
+                                  f"{r.target_max}" for r in bad.itertuples()][:50]
+    return found
 
 
 def late_checks(gate: str, late: Any) -> list[dict[str, Any]]:

@@ -19,12 +19,16 @@ END $$;
 ALTER ROLE migration_reader REPLICATION;
 GRANT USAGE ON SCHEMA platform TO migration_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA platform TO migration_reader;
+-- Reads where the primary's sequences are, to set the target's past them before the flip.
+GRANT SELECT ON ALL SEQUENCES IN SCHEMA platform TO migration_reader;
 
 -- Writes the tenant's rows on the target and owns the control schema (ledger) there. Applying
 -- rows with session_replication_role = replica skips the platform's triggers (updated_at is kept
 -- as on the source, registration checks do not refuse copied rows).
 GRANT USAGE ON SCHEMA platform TO migration_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA platform TO migration_writer;
+-- Sets the tenant's sequences past the source's (setval) before the flip.
+GRANT SELECT, UPDATE, USAGE ON ALL SEQUENCES IN SCHEMA platform TO migration_writer;
 GRANT SET ON PARAMETER session_replication_role TO migration_writer;
 GRANT CREATE ON DATABASE platform TO migration_writer;
 
@@ -36,6 +40,7 @@ GRANT SELECT, UPDATE (registrations_enabled, registrations_suspended_until, susp
 -- The platform's own application (and the device fleet simulator).
 GRANT USAGE ON SCHEMA platform TO platform_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA platform TO platform_app;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA platform TO platform_app;
 
 -- Detaches and reattaches the replica: pause and resume WAL replay on the standby (granted on the
 -- primary; the grant reaches the standby through replication). Nothing else.
