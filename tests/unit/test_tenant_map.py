@@ -58,3 +58,22 @@ def test_malformed_maps_are_refused(doc: dict, mutate, message: str) -> None:
     mutate(broken)
     with pytest.raises(TenantMapError, match=message):
         parse_tenant_map(broken)
+
+
+def test_tenant_of_names_the_owner_through_every_hop() -> None:
+    tmap = load_tenant_map()
+    assert tmap.tenant_of("devices").as_string(None) == '"t"."tenant_id"'
+    text = tmap.tenant_of("rule_actions").as_string(None)
+    # rule_actions -> rules -> properties -> devices.tenant_id, each a correlated look-up.
+    assert text.count("SELECT") == 3 and text.count("LIMIT 1") == 3
+    assert '"t_3_2_1"."tenant_id" FROM "platform"."devices"' in text and '"t_3"."rule_id" = "t"."rule_id"' in text
+
+
+def test_empty_keys_is_refuse_by_default_skip_on_request_and_nothing_else(doc) -> None:
+    assert {t.empty_keys for t in parse_tenant_map(doc).cassandra_tables.values()} == {"refuse"}
+    skip = copy.deepcopy(doc)
+    skip["cassandra"]["tables"]["latest_values"]["empty_keys"] = "skip"
+    assert parse_tenant_map(skip).cassandra_tables["latest_values"].empty_keys == "skip"
+    skip["cassandra"]["tables"]["latest_values"]["empty_keys"] = "ignore"
+    with pytest.raises(TenantMapError, match=r"cassandra.tables.latest_values.empty_keys: 'ignore' is not one of"):
+        parse_tenant_map(skip)
