@@ -1,39 +1,25 @@
-"""
-### Tenant rehearsal: the test-pool tenant to the target and back, every week
-
-Runs the whole migration (the same library steps as `tenant_migration`, no human approval) for
-the **test-pool** tenant, flips its DNS records to the dedicated target, then takes the way back
-(`tenant_rollback`'s steps: DNS back to shared, the target's rows and post-flip cells copied back)
-and proves the shared platform's test-pool data is exactly as before (checksums against a baseline
-taken first). It ends with a **go/no-go report** (`<reports>/<run>/rehearsal_report.{json,txt}` and
-a PNG of step durations): every task's duration, the long poles, every gate, and the predicted
-Migration Day durations of the *reference tenant* from its size and the rates measured here. One
-row per rehearsal in `tm_control.rehearsals` keeps the trend (the report lists the last N).
-
-#### Runbook
-| task | safe to clear? | notes |
-|---|---|---|
-| `begin_rehearsal` | yes | refuses any tenant whose slug is not `tenant_slug`; the baseline is taken once per run |
-| migration tasks (`preflight` .. `report_migration`) | as in `tenant_migration` | same library, same ledger rules |
-| `copy_*_batch` | yes | clear only the failed map indexes: done chunks are skipped |
-| `flip_dns`, `flip_dns_back` | **by hand only** (retries=0) | UPSERT converges; check the records first |
-| `check_way_back`, `copy_back_*` | yes | ledger run `<run>/back`; done tables/chunks are skipped |
-| `gate_copy_back`, `verify_shared_unchanged` | yes | re-evaluate now; evidence in the reports folder |
-| `purge_target` | yes | teardown; refuses after a flip whose copy-back did not pass |
-| `write_report` | yes | |
-
-**Abort.** Before `flip_dns`: mark the run failed; teardowns reattach the replica, resume
-registrations, drop the slot and purge the target. After `flip_dns`: trigger `tenant_rollback` with
-tenant 5 and `confirm_tenant_slug` = `test-pool`, then clear `purge_target`.
-"""
+"""Tenant rehearsal: every week, the test-pool tenant to the target and back, with a go/no-go
+report. The wiring only: migration steps from ``tenant_migration.flows``, the way back from
+``rollback``, the rehearsal's own from ``rehearsal``; the Docs tab shows the runbook
+(``include/tenant_migration/runbooks/tenant_rehearsal.md``)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import migration_params
+
+if TYPE_CHECKING:
+    from tenant_migration import rehearsal, rollback
+    from tenant_migration.flows import finish, go, ready
+    from tenant_migration.flows import set as set_phase
+else:  # imported when a task first uses them, never while Airflow parses this file
+    ready, set_phase, go, finish, rollback, rehearsal = (lazy_module(f"tenant_migration.{m}") for m in (
+        "flows.ready", "flows.set", "flows.go", "flows.finish", "rollback", "rehearsal"))
 
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 CUTOVER = {"retries": 0}
@@ -53,84 +39,84 @@ PARAMS = {
 }
 
 
-def _call(name: str, context: dict, *args):
-    from tenant_migration import rehearsal
+def _call(fn, context: dict, *args):
+    from tenant_migration.rehearsal import call
 
-    return rehearsal.call(name, context, *args)
+    return call(fn, context, *args)
 
 
 @dag(dag_id="tenant_rehearsal", schedule="@weekly", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
-     doc_md=__doc__, tags=["tenant-migration", "rehearsal"], max_active_runs=1,
+     doc_md=runbook("tenant_rehearsal"), tags=["tenant-migration", "rehearsal"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_rehearsal() -> None:
     @task(**RETRY)
-    def begin_rehearsal(**ctx) -> dict: return _call("rehearsal.begin_rehearsal", ctx)
+    def begin_rehearsal(**ctx) -> dict: return _call(rehearsal.begin_rehearsal, ctx)
     @task(**RETRY)
-    def preflight(**ctx) -> dict: return _call("steps.preflight", ctx)
+    def preflight(**ctx) -> dict: return _call(ready.preflight, ctx)
     @task(**RETRY)
-    def create_cdc_slot(**ctx) -> dict: return _call("steps.create_cdc_slot", ctx)
+    def create_cdc_slot(**ctx) -> dict: return _call(ready.create_cdc_slot, ctx)
     @task(**RETRY)
-    def detach_replica(slot: dict, **ctx) -> dict: return _call("steps.detach_replica", ctx, slot.get("consistent_lsn"))
+    def detach_replica(slot: dict, **ctx) -> dict: return _call(ready.detach_replica, ctx, slot.get("consistent_lsn"))
     @task(**RETRY)
-    def plan_postgres(**ctx) -> list: return _call("steps.batches", ctx, "postgres")
+    def plan_postgres(**ctx) -> list: return _call(ready.batches, ctx, "postgres")
     @task(**RETRY)
-    def plan_cassandra(**ctx) -> list: return _call("steps.batches", ctx, "cassandra")
+    def plan_cassandra(**ctx) -> list: return _call(ready.batches, ctx, "cassandra")
     @task(**RETRY, pool="tm_postgres")
-    def copy_postgres_batch(chunk_ids: list, **ctx) -> dict: return _call("steps.copy_postgres_batch", ctx, chunk_ids)
+    def copy_postgres_batch(chunk_ids: list, **ctx) -> dict: return _call(ready.copy_postgres_batch, ctx, chunk_ids)
     @task(**RETRY, pool="tm_cassandra")
-    def copy_cassandra_batch(chunk_ids: list, **ctx) -> dict: return _call("steps.copy_cassandra_batch", ctx, chunk_ids)
+    def copy_cassandra_batch(chunk_ids: list, **ctx) -> dict: return _call(ready.copy_cassandra_batch, ctx, chunk_ids)
     @task(**CUTOVER, trigger_rule="none_failed")
-    def gate_post_copy(**ctx) -> dict: return _call("steps.gate_post_copy", ctx)
+    def gate_post_copy(**ctx) -> dict: return _call(ready.gate_post_copy, ctx)
     @task(**RETRY)
-    def reattach_replica(**ctx) -> dict: return _call("steps.reattach_replica", ctx, False)  # unattended: release
+    def reattach_replica(**ctx) -> dict: return _call(ready.reattach_replica, ctx, False)  # unattended: release
     @task(**RETRY)
-    def catch_up_postgres(**ctx) -> dict: return _call("steps.catch_up_postgres", ctx)
+    def catch_up_postgres(**ctx) -> dict: return _call(set_phase.catch_up_postgres, ctx)
     @task(**RETRY)
-    def catch_up_cassandra(**ctx) -> dict: return _call("steps.catch_up_cassandra", ctx)
+    def catch_up_cassandra(**ctx) -> dict: return _call(set_phase.catch_up_cassandra, ctx)
     @task(**RETRY)
-    def warm_up(**ctx) -> dict: return _call("steps.warm_up", ctx)
+    def warm_up(**ctx) -> dict: return _call(set_phase.warm_up, ctx)
     @task(**CUTOVER)
-    def gate_catch_up(**ctx) -> dict: return _call("steps.gate_catch_up", ctx)
+    def gate_catch_up(**ctx) -> dict: return _call(set_phase.gate_catch_up, ctx)
     @task(**RETRY)
-    def suspend_registrations(**ctx) -> dict: return _call("steps.suspend_registrations", ctx)
+    def suspend_registrations(**ctx) -> dict: return _call(go.suspend_registrations, ctx)
     @task(**RETRY)
-    def final_catch_up(**ctx) -> dict: return _call("steps.final_catch_up", ctx)
+    def final_catch_up(**ctx) -> dict: return _call(go.final_catch_up, ctx)
     @task(**CUTOVER)
-    def gate_pre_flip(**ctx) -> dict: return _call("steps.gate_pre_flip", ctx)
+    def gate_pre_flip(**ctx) -> dict: return _call(go.gate_pre_flip, ctx)
     @task(**RETRY)
-    def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call("steps.lower_dns_ttl", ctx, pre["slug"])
+    def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call(go.lower_dns_ttl, ctx, pre["slug"])
     @task(**CUTOVER)
-    def flip_dns(pre: dict, **ctx) -> dict: return _call("steps.flip_dns", ctx, pre["slug"])
+    def flip_dns(pre: dict, **ctx) -> dict: return _call(go.flip_dns, ctx, pre["slug"])
     @task(**RETRY)
-    def drain_stragglers(**ctx) -> dict: return _call("steps.drain_stragglers", ctx)
+    def drain_stragglers(**ctx) -> dict: return _call(go.drain_stragglers, ctx)
     @task(**CUTOVER)
-    def gate_post_flip(pre: dict, drained: dict, **ctx) -> dict: return _call("steps.gate_post_flip", ctx, pre["slug"], drained)
+    def gate_post_flip(pre: dict, drained: dict, **ctx) -> dict: return _call(go.gate_post_flip, ctx, pre["slug"], drained)
     @task(**RETRY)
-    def resume_registrations(**ctx) -> dict: return _call("steps.resume_registrations", ctx, False)  # unattended
+    def resume_registrations(**ctx) -> dict: return _call(go.resume_registrations, ctx, False)  # unattended
     @task(**RETRY)
-    def drop_cdc_slot(**ctx) -> dict: return _call("steps.drop_cdc_slot", ctx, False)  # unattended: release
+    def drop_cdc_slot(**ctx) -> dict: return _call(finish.drop_cdc_slot, ctx, False)  # unattended: release
     @task(**CUTOVER)
-    def gate_final(**ctx) -> dict: return _call("steps.gate_final", ctx)
+    def gate_final(**ctx) -> dict: return _call(finish.gate_final, ctx)
     @task(retries=1)
-    def report_migration(flipped: dict, **ctx) -> dict: return _call("steps.report", ctx, flipped)
+    def report_migration(flipped: dict, **ctx) -> dict: return _call(finish.report, ctx, flipped)
     @task(**CUTOVER)
-    def check_way_back(**ctx) -> dict: return _call("rollback.check_rollback", ctx)
+    def check_way_back(**ctx) -> dict: return _call(rollback.check_rollback, ctx)
     @task(**CUTOVER)
-    def flip_dns_back(checked: dict, **ctx) -> dict: return _call("rollback.flip_dns_back", ctx, checked["slug"])
+    def flip_dns_back(checked: dict, **ctx) -> dict: return _call(rollback.flip_dns_back, ctx, checked["slug"])
     @task(**RETRY)
-    def copy_back_postgres(**ctx) -> dict: return _call("rollback.copy_back_postgres", ctx)
+    def copy_back_postgres(**ctx) -> dict: return _call(rollback.copy_back_postgres, ctx)
     @task(**RETRY)
-    def copy_back_cassandra(**ctx) -> dict: return _call("rollback.copy_back_cassandra", ctx)
+    def copy_back_cassandra(**ctx) -> dict: return _call(rollback.copy_back_cassandra, ctx)
     @task(**CUTOVER)
-    def gate_copy_back(**ctx) -> dict: return _call("rollback.gate_copy_back", ctx)
+    def gate_copy_back(**ctx) -> dict: return _call(rollback.gate_copy_back, ctx)
     @task(retries=1)
-    def finish_way_back(**ctx) -> dict: return _call("rollback.finish_rollback", ctx)
+    def finish_way_back(**ctx) -> dict: return _call(rollback.finish_rollback, ctx)
     @task(**CUTOVER)
-    def verify_shared_unchanged(**ctx) -> dict: return _call("rehearsal.verify_shared_unchanged", ctx)
+    def verify_shared_unchanged(**ctx) -> dict: return _call(rehearsal.verify_shared_unchanged, ctx)
     @task(retries=1)
-    def purge_target(**ctx) -> dict: return _call("rehearsal.purge_target", ctx)
+    def purge_target(**ctx) -> dict: return _call(rehearsal.purge_target, ctx)
     @task(retries=1, trigger_rule="all_done")
-    def write_report(**ctx) -> dict: return _call("rehearsal.write_report", ctx)
+    def write_report(**ctx) -> dict: return _call(rehearsal.write_report, ctx)
 
     begun = begin_rehearsal()
     pre = preflight()

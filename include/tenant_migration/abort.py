@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tenant_migration import ledger
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.stack.topology import default_topology
 
 
 def abort_run(ep: Endpoints, run_id: str) -> str:
@@ -31,9 +31,12 @@ def abort_run(ep: Endpoints, run_id: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id", help="ledger run id, e.g. 'tenant_migration/manual__2026-11-26T10:00:00+00:00'")
+    parser.add_argument("--connections", type=Path, default=None,
+                        help="a connections JSON file (the local stack's: .stack/connections.json); "
+                             "default: Airflow's connections (tm_target)")
     args = parser.parse_args(argv)
-    topo = default_topology()
-    before = abort_run(Endpoints.from_file(topo.state_dir / "connections.json"), args.run_id)
+    ep = Endpoints.from_file(args.connections) if args.connections else Endpoints.from_airflow()
+    before = abort_run(ep, args.run_id)
     print(f"run {args.run_id}: {before} -> {'aborted' if before == 'running' else before}. Now clear "
           "ready.reattach_replica and drop_cdc_slot of that DAG run: they release the replica and the slot.")
     return 0

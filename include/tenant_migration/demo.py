@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tenant_migration import steps
 from tenant_migration.endpoints import Endpoints
+from tenant_migration.flows.common import reports_dir, safe_name
 from tenant_migration.stack import airflow_env
 from tenant_migration.stack.common import tail
 from tenant_migration.stack.topology import default_topology
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(tail(log, 60))
         print(f"[demo] no run was registered for tenant {args.tenant} (see {log})", file=sys.stderr)
         return 1
-    summary = steps.reports_dir() / steps._safe(row[0]) / "summary.txt"
+    summary = reports_dir() / safe_name(row[0]) / "summary.txt"
     if summary.exists():
         print(summary.read_text())
     print(f"[demo] run {row[0]}: {row[1]}; DAG wall time {elapsed:.1f}s; airflow exit code {proc.returncode}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tenant_migration.stack import airflow_env as names
+from tenant_migration import connections as names
 
 if TYPE_CHECKING:
     import psycopg

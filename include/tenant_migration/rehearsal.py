@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,27 +104,29 @@ def back_run_id(run_id: str) -> str:
 # ------------------------------------------------------------------------------------ task glue
 
 
-def call(name: str, context: dict[str, Any], *args: Any) -> Any:
-    """Run ``steps.<fn>`` (migration spec, run id), ``rollback.<fn>`` (rollback spec, run id
-    ``/back``) or ``rehearsal.<fn>`` (rehearsal spec) and record the task's wall time."""
+def call(fn: Callable[..., Any], context: dict[str, Any], *args: Any) -> Any:
+    """Run a migration step (``flows.*``: migration spec, run id), a rollback step (``rollback``:
+    rollback spec, run id ``/back``) or a rehearsal step (this module: rehearsal spec) and record
+    the task's wall time."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tenant_migration import rollback, steps
     from tenant_migration.runtime import fail_fast, run_key, task_starting
 
     task_starting()
-    module, fn_name = name.split(".")
+    module = fn.__module__
+    kind = "steps" if module.startswith("tenant_migration.flows.") else module.rsplit(".", 1)[-1]
+    if kind not in ("steps", "rollback", "rehearsal"):
+        raise ValueError(f"not a step of the migration, the rollback or the rehearsal: {module}.{fn.__name__}")
     rid = run_key(context)
     ti = context["ti"]
     with fail_fast():
         rspec = parse_rehearsal_spec(dict(context["params"]))
-    spec: Any = {"steps": rspec.migration_spec(), "rollback": rspec.rollback_spec(rid), "rehearsal": rspec}[module]
-    fn = getattr({"steps": steps, "rollback": rollback, "rehearsal": sys.modules[__name__]}[module], fn_name)
+    spec: Any = {"steps": rspec.migration_spec(), "rollback": rspec.rollback_spec(rid), "rehearsal": rspec}[kind]
     ep = Endpoints.from_airflow()
     started, ok = time.monotonic(), False
     try:
         with fail_fast():
-            out = fn(ep, spec, back_run_id(rid) if module == "rollback" else rid, *args)
+            out = fn(ep, spec, back_run_id(rid) if kind == "rollback" else rid, *args)
         ok = True
         return out
     except RollbackRefused as exc:
@@ -187,7 +189,7 @@ def _shared_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tena
 def begin_rehearsal(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Refuse anything but the test-pool tenant; store the shared platform's baseline (once)."""
     tmap = tmap or load_tenant_map()
-    from tenant_migration.steps import tenant_slug
+    from tenant_migration.flows.common import tenant_slug
 
     with ep.replica.connect(autocommit=True) as rconn:
         slug = tenant_slug(rconn, tmap, spec.tenant_id)
@@ -217,7 +219,7 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
     """GX gate: the shared platform's test-pool data equals the baseline, DNS answers shared."""
     import pandas as pd
 
-    from tenant_migration.steps import _safe, reports_dir
+    from tenant_migration.flows.common import reports_dir, safe_name
     from tenant_migration.validation import gates, gx_gate
     from tenant_migration.validation.counts import GateFailed
 
@@ -237,7 +239,7 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
               "target_checksum": str(now["dns"].get(n))} for n, a in base["dns"].items()]
     frame = pd.DataFrame(rows, columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
     checks = gx_gate.run_frame_checks("shared_unchanged", frame, gates.comparison_checks("shared_unchanged"), "unit")
-    gate = gx_gate.finish_gate("shared_unchanged", checks, reports_dir() / _safe(rid), started)
+    gate = gx_gate.finish_gate("shared_unchanged", checks, reports_dir() / safe_name(rid), started)
     with ep.target.connect(autocommit=True) as tconn:
         ledger.record_gate(tconn, back_run_id(rid), gate.gate, gate.passed, gate.summary(), gate.evidence(),
                            str(gate.html_path))
@@ -361,7 +363,7 @@ def predict(measured: dict[str, float], chunks: list[dict[str, Any]], ref: dict[
 def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Go/no-go report: step durations, long poles, gates, prediction, history (JSON, text, PNG)."""
     from tenant_migration.cassandra.plan import default_ttl
-    from tenant_migration.steps import _safe, reports_dir
+    from tenant_migration.flows.common import reports_dir, safe_name
 
     tmap = tmap or load_tenant_map()
     back = back_run_id(rid)
@@ -397,7 +399,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     required = {"post_copy", "catch_up", "pre_flip", "post_flip", "final", "copy_back", "shared_unchanged"}
     verdict = "GO" if gates_failed == 0 and required <= set(latest) else "NO-GO"
     poles = sorted(measured.items(), key=lambda kv: -kv[1])[:5]
-    folder = reports_dir() / _safe(rid)
+    folder = reports_dir() / safe_name(rid)
     folder.mkdir(parents=True, exist_ok=True)
     with ep.target.connect(autocommit=True) as tconn:
         history = [dict(zip(("rehearsal_id", "started_at", "verdict", "total_seconds", "pg_rows_per_s",

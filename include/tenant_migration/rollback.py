@@ -221,15 +221,16 @@ def catch_up_unfinished_flip(ep: Endpoints, tconn: psycopg.Connection, run_id: s
     """When the migration's flip never passed ``post_flip`` (a weighted shift stopped midway, or a
     drain that never ran), the source took writes the target has not got: stream them over first
     (the run's change stream, kept for exactly this), or the copy-back would overwrite them."""
-    from tenant_migration import steps
+    from tenant_migration.flows.common import gate_passed
+    from tenant_migration.flows.set import catch_up_postgres
     from tenant_migration.spec import parse_spec
 
     migration = str(check_rollback_detail(tconn, run_id).get("migration_run") or "")
     run = ledger.run_row(tconn, migration) if migration else None
-    if run is None or steps._gate_passed(tconn, migration, "post_flip"):
+    if run is None or gate_passed(tconn, migration, "post_flip"):
         return None
     spec = parse_spec({k: v for k, v in dict(run["spec"]).items() if v is not None})
-    return steps.catch_up_postgres(ep, spec, migration, until_now=True, tmap=tmap, step_name="catch_up_before_rollback")
+    return catch_up_postgres(ep, spec, migration, until_now=True, tmap=tmap, step_name="catch_up_before_rollback")
 
 
 def copy_back_postgres(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -309,8 +310,8 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
     import pandas as pd
 
     from tenant_migration.cassandra.fingerprint import fingerprint_chunks
+    from tenant_migration.flows.common import reports_dir, safe_name
     from tenant_migration.postgres.copy import table_checksum
-    from tenant_migration.steps import _safe, reports_dir
     from tenant_migration.validation import gates, gx_gate
     from tenant_migration.validation.counts import GateFailed
 
@@ -331,7 +332,7 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
     frame = pd.DataFrame(rows, columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
     frame[["source_checksum", "target_checksum"]] = frame[["source_checksum", "target_checksum"]].astype(str)
     checks = gx_gate.run_frame_checks("copy_back", frame, gates.comparison_checks("copy_back"), "unit")
-    gate = gx_gate.finish_gate("copy_back", checks, reports_dir() / _safe(run_id), started)
+    gate = gx_gate.finish_gate("copy_back", checks, reports_dir() / safe_name(run_id), started)
     with back.ledger.connect(autocommit=True) as tconn:
         ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.html_path))
     if not gate.passed:
@@ -341,9 +342,9 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
 
 def finish_rollback(ep: Endpoints, spec: RollbackSpec, run_id: str) -> dict[str, Any]:
     """Close the rollback run and write its summary (steps, chunks, gates)."""
-    from tenant_migration.steps import _safe, reports_dir
+    from tenant_migration.flows.common import reports_dir, safe_name
 
-    folder = reports_dir() / _safe(run_id)
+    folder = reports_dir() / safe_name(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     with ep.target.connect(autocommit=True) as tconn:
         chunks = ledger.chunk_rows(tconn, run_id)

@@ -23,8 +23,8 @@ PERMANENT: tuple[type[BaseException], ...] = (InvalidParams, LedgerError)
 
 def _permanent_types() -> tuple[type[BaseException], ...]:
     from tenant_migration.cutover.drain import DrainNotQuiet
+    from tenant_migration.flows.common import KeptForResume, PreflightError
     from tenant_migration.postgres.copy import ChecksumMismatch
-    from tenant_migration.steps import KeptForResume, PreflightError
     from tenant_migration.validation.counts import GateFailed
 
     # DrainNotQuiet: it already waited drain_max_s; a retry would wait as long again, unseen.

@@ -44,6 +44,8 @@ class MigrationSpec:
     load_seconds: int = 10
     load_max_p99_ms: int = 50
     load_min_rate_pct: int = 95
+    # The load check's workload (``tenant_migration.workload``): the bundled sample platform's fleet.
+    load_workload: str = "tenant_migration.fleet.loadcheck:load_check"
     dns_shift_percent_steps: tuple[int, ...] = ()  # empty: the direct flip
     dns_shift_dwell_s: int = 300
 

@@ -97,7 +97,7 @@ def test_catch_up_gate_scans_the_targets_recent_buckets(endpoints, caught_up, mo
     # The recent buckets: from the day of the detach (less 15 minutes) to today -- one day, or two
     # when the run began shortly before midnight (UTC).
     with endpoints.target.connect() as tconn:
-        _, detached = steps._detach_lsn(tconn, run_id)
+        _, detached = steps.detach_lsn(tconn, run_id)
     since = detached - timedelta(minutes=15)
     assert {t: d for _, t, d in scans}["datapoints"] in (recent_days(since, before), recent_days(since, after))
 

@@ -248,7 +248,7 @@ def test_post_flip_gate_names_a_record_still_answering_the_source(endpoints, fli
     assert failed["records_answer_target"]["unexpected"] == [stale.name]
     assert failed["records_answer_target"]["numbers"] == [
         {"unit": stale.name, "answer": stale.shared_target, "expected": stale.tenant_target}]
-    on_disk = json.loads((reports / steps._safe(run_id) / "gate_post_flip.json").read_text())
+    on_disk = json.loads((reports / steps.safe_name(run_id) / "gate_post_flip.json").read_text())
     assert on_disk["passed"] is False and on_disk["failures"] == evidence["failures"]
     assert report_path in str(exc.value)
     page = Path(report_path).read_text()

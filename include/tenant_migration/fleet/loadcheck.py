@@ -31,6 +31,7 @@ from tenant_migration.fleet.simulator import (
     tenant_profile,
 )
 from tenant_migration.spec import MigrationSpec
+from tenant_migration.validation.counts import GateFailed
 
 LOAD_DAY = date(1970, 1, 2)
 DEFAULT_RATE = 500.0
@@ -39,7 +40,7 @@ DEFAULT_MAX_P99_MS = 50.0
 DEFAULT_MAX_ERRORS = 0
 
 
-class LoadCheckFailed(RuntimeError):
+class LoadCheckFailed(GateFailed):
     """The target did not sustain the offered rate within the thresholds."""
 
 

@@ -14,6 +14,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tenant_migration.connections import (
+    CONN_AWS,
+    CONN_CASSANDRA_SOURCE,
+    CONN_CASSANDRA_TARGET,
+    CONN_REPLICA_CONTROL,
+    CONN_SOURCE_CDC,
+    CONN_SOURCE_OPERATOR,
+    CONN_SOURCE_PRIMARY,
+    CONN_SOURCE_REPLICA,
+    CONN_TARGET,
+)
 from tenant_migration.stack import prewarm
 from tenant_migration.stack.topology import REPO_ROOT, Topology
 
@@ -21,18 +32,7 @@ ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform
 AIRFLOW_ADMIN = "airflow_admin"  # the UI/REST user of the local Airflow (simple auth manager)
 AIRFLOW_DB = "airflow_db"  # Airflow's login role on its metadata server (ADR 8)
 SECRETS = (*ROLES, AIRFLOW_ADMIN, AIRFLOW_DB)
-
-# Connection ids used by the DAGs. One name per role and server: a task gets exactly the rights
-# its connection's role has.
-CONN_SOURCE_PRIMARY = "tm_source_primary"  # platform_app on the live primary (CDC, fleet)
-CONN_SOURCE_OPERATOR = "tm_source_operator"  # migration_operator on the primary (registrations)
-CONN_SOURCE_CDC = "tm_source_cdc"  # migration_reader on the primary (logical decoding slot)
-CONN_SOURCE_REPLICA = "tm_source_replica"  # migration_reader on the standby (read-only copy source)
-CONN_REPLICA_CONTROL = "tm_replica_control"  # migration_operator on the standby (pause/resume replay)
-CONN_TARGET = "tm_target"  # migration_writer on the target
-CONN_CASSANDRA_SOURCE = "tm_cassandra_source"
-CONN_CASSANDRA_TARGET = "tm_cassandra_target"
-CONN_AWS = "tm_aws"
+# The connection ids it writes are the migration's own (``tenant_migration.connections``).
 
 
 def load_secrets(topo: Topology) -> dict[str, str]:

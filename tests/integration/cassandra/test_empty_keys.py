@@ -15,7 +15,7 @@ import pytest
 from helpers import drop_test_platform, ledger_runs, make_test_platform, sample_slug
 
 from tenant_migration import ledger, steps
-from tenant_migration.cassandra import plan
+from tenant_migration.cassandra import plan, warmup
 from tenant_migration.cassandra.copy import CopyOptions, copy_chunks
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.spec import MigrationSpec
@@ -96,6 +96,7 @@ def test_skipped_empty_keys_are_reported_and_the_rest_copies_exactly(topo, endpo
         assert {t: s.rows for t, s in report.tables.items()} == {"by_code": 2, "by_tag": 2, "by_code_day": 2}
         with endpoints.cassandra_sessions() as (src, dst):
             assert fingerprint_chunks(src, dst, tmap, chunks).match
+            assert warmup.warm_up(dst, tmap, chunks, sample=5).warmed_rows == 2 + 2 + 2
             assert sorted(r.code for r in dst.execute(f"SELECT code FROM {platform}.by_code_day")) == ["", "a"]
     finally:
         with endpoints.target.connect() as t:

@@ -14,6 +14,7 @@ from helpers import admin, ledger_runs
 from tenant_migration import rollback, runtime, steps
 from tenant_migration.cutover import dns
 from tenant_migration.fleet.resolver import CachingResolver
+from tenant_migration.flows import go
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
 
@@ -79,7 +80,7 @@ def seen(run, monkeypatch):
         snapshots[percent] = _state(run)
         return real(ep, spec, run_id, slug, percent, tconn, tmap)
 
-    monkeypatch.setattr(steps, "gate_dns_shift", spy)
+    monkeypatch.setattr(go, "gate_dns_shift", spy)
     return snapshots
 
 
@@ -151,7 +152,7 @@ def _stop_shift_at_50(monkeypatch) -> None:
             raise GateFailed("injected: the shift stops at 50 %")
         return real(ep, spec, run_id, slug, percent, tconn, tmap)
 
-    monkeypatch.setattr(steps, "gate_dns_shift", stop_at_50)
+    monkeypatch.setattr(go, "gate_dns_shift", stop_at_50)
 
 
 def test_rollback_from_the_middle_of_a_shift_converges_to_the_source(endpoints, run, monkeypatch) -> None:
@@ -186,7 +187,7 @@ def test_gate_between_steps_stops_the_shift_with_evidence(endpoints, run, target
             target_admin.execute("DELETE FROM platform.tenants WHERE tenant_id = %s", (TENANT,))
         return real(ep, spec, run_id, slug, percent, tconn, tmap)
 
-    monkeypatch.setattr(steps, "gate_dns_shift", break_then_gate)
+    monkeypatch.setattr(go, "gate_dns_shift", break_then_gate)
     with pytest.raises(GateFailed, match=expected) as exc:
         steps.flip_dns(endpoints, run.spec, run.run_id, run.slug)
     if where == "weights":

@@ -14,6 +14,7 @@ from helpers import admin
 
 from tenant_migration import steps
 from tenant_migration.cutover import dns, registrations
+from tenant_migration.flows import go
 from tenant_migration.sample import aws
 from tenant_migration.spec import MigrationSpec
 
@@ -102,7 +103,7 @@ def test_each_step_of_a_shift_checks_the_ttl_again(endpoints, run, target_admin,
             dns.shift_records(run.r53, run.zid, run.plans, 10, ttl=300)
         return result
 
-    monkeypatch.setattr(steps, "gate_dns_shift", reset_between_steps)
+    monkeypatch.setattr(go, "gate_dns_shift", reset_between_steps)
     steps.flip_dns(endpoints, spec, run.run_id, run.slug)
     lowered = _events(target_admin, run.run_id, "dns_ttl_lowered")
     assert [e["by"] for e in lowered] == ["flip_dns", "flip_dns"]

@@ -34,16 +34,16 @@ def _gate(endpoints, run_id: str, gate: str, passed: bool) -> None:
 
 @pytest.mark.parametrize("gate", ["post_copy", "post_flip"])
 def test_kept_while_live_and_gate_not_passed_released_after(endpoints, run_id, gate) -> None:
-    steps._keep_for_resume(endpoints, run_id, gate, "thing")  # not in the ledger (dry run, refused): release
+    steps.hold_for_resume(endpoints, run_id, gate, "thing")  # not in the ledger (dry run, refused): release
     with endpoints.target.connect(autocommit=True) as conn:
         ledger.start_run(conn, run_id, TENANT, "fp", {})
     with pytest.raises(steps.KeptForResume, match="clear the failed task instances"):
-        steps._keep_for_resume(endpoints, run_id, gate, "thing")
+        steps.hold_for_resume(endpoints, run_id, gate, "thing")
     _gate(endpoints, run_id, gate, False)
     with pytest.raises(steps.KeptForResume):
-        steps._keep_for_resume(endpoints, run_id, gate, "thing")
+        steps.hold_for_resume(endpoints, run_id, gate, "thing")
     _gate(endpoints, run_id, gate, True)  # the latest attempt counts
-    steps._keep_for_resume(endpoints, run_id, gate, "thing")
+    steps.hold_for_resume(endpoints, run_id, gate, "thing")
     with endpoints.target.connect(autocommit=True) as conn:
         kept = conn.execute("SELECT count(*) FROM tm_control.events WHERE run_id = %s AND step = 'keep_thing'",
                             (run_id,)).fetchone()[0]
@@ -54,7 +54,7 @@ def test_abort_releases(endpoints, run_id) -> None:
     with endpoints.target.connect(autocommit=True) as conn:
         ledger.start_run(conn, run_id, TENANT, "fp", {})
     with pytest.raises(steps.KeptForResume):
-        steps._keep_for_resume(endpoints, run_id, "post_flip", "slot")
+        steps.hold_for_resume(endpoints, run_id, "post_flip", "slot")
     assert abort_run(endpoints, run_id) == "running"
-    steps._keep_for_resume(endpoints, run_id, "post_flip", "slot")
+    steps.hold_for_resume(endpoints, run_id, "post_flip", "slot")
     assert abort_run(endpoints, run_id) == "aborted"  # a second abort changes nothing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tenant_migration.cassandra.copy import collection_kind, newest, shape_of
 from tenant_migration.cassandra.fingerprint import aggregate_statement
-from tenant_migration.steps import _non_frozen_udt
+from tenant_migration.flows.ready import _non_frozen_udt
 
 COLS = [("k", "partition_key", 0, "int"), ("ck", "clustering", 0, "int"), ("tags", "regular", -1, "set<text>"),
         ("readings", "regular", -1, "list<int>"), ("attrs", "regular", -1, "map<text, int>"),

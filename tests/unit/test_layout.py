@@ -1,0 +1,101 @@
+"""The package's shape, held by a test (ADR 12): the engine never imports the tools around it (the
+local stack, the sample platforms, the fleet simulator, the demo), no import circle, and the DAG files import the steps they run (no step looked up by name)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "include" / "tenant_migration"
+DAGS = PKG.parents[1] / "dags"
+TOOLS = ("tenant_migration.stack", "tenant_migration.sample", "tenant_migration.fleet", "tenant_migration.demo")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (function bodies too), as dotted names."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in out if m.split(".")[0] == "tenant_migration"}
+
+
+MODULES = {_module(p): p for p in PKG.rglob("*.py")}
+
+
+def _is_tool(module: str) -> bool:
+    return any(module == t or module.startswith(t + ".") for t in TOOLS)
+
+
+ENGINE = sorted(m for m in MODULES if not _is_tool(m))
+
+
+@pytest.mark.parametrize("module", ENGINE)
+def test_the_engine_imports_no_tool(module: str) -> None:
+    bad = sorted(m for m in _imports(MODULES[module]) if _is_tool(m))
+    assert not bad, f"{module} imports {bad}: the engine gets what it needs through an interface (ADR 12)"
+
+
+def test_nothing_in_the_package_imports_the_steps_facade() -> None:
+    users = sorted(m for m, p in MODULES.items() if m != "tenant_migration.steps"
+                   and "tenant_migration.steps" in _imports(p))
+    assert not users, f"{users} import tenant_migration.steps: import the phase module (flows.*) instead"
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, path in MODULES.items():
+        # ``from tenant_migration.flows import go`` names the module tenant_migration.flows.go
+        graph[module] = {m for m in _imports(path) if m in MODULES and m != module
+                         and not module.startswith(m + ".")}  # a module's own package is not an arrow
+    return graph
+
+
+def test_no_import_circle() -> None:
+    graph = _graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                circles.append(sorted(scc))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+
+
+@pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.stem)
+def test_dag_files_run_no_step_by_name(path: Path) -> None:
+    text = path.read_text()
+    assert "getattr(" not in text
+    assert not re.search(r"_call\(\s*[\"']", text), "pass the step itself (phase_module.step), not its name"
