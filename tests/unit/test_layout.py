@@ -1,5 +1,6 @@
 """The package's shape, held by a test (ADR 12): the engine never imports the tools around it (the
-local stack, the sample platforms, the fleet simulator, the demo), no import circle, and the DAG files import the steps they run (no step looked up by name)."""
+local stack, the sample platforms, the fleet simulator, the demo), no import circle, no package
+file over 600 lines, and the DAG files import the steps they run (no step looked up by name)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def test_the_engine_imports_no_tool(module: str) -> None:
     assert not bad, f"{module} imports {bad}: the engine gets what it needs through an interface (ADR 12)"
 
 
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("tenant_migration.stack")))
+def test_the_local_stack_imports_no_platform(module: str) -> None:
+    """The stack hosts a platform it is told of (``TM_PLATFORM``); the platform builds on the stack."""
+    bad = sorted(m for m in _imports(MODULES[module]) if _is_tool(m) and not m.startswith("tenant_migration.stack"))
+    assert not bad, f"{module} imports {bad}"
+
+
 def test_nothing_in_the_package_imports_the_steps_facade() -> None:
     users = sorted(m for m, p in MODULES.items() if m != "tenant_migration.steps"
                    and "tenant_migration.steps" in _imports(p))
@@ -92,6 +100,11 @@ def test_no_import_circle() -> None:
         if v not in index:
             visit(v)
     assert not circles, f"import circles: {circles}"
+
+
+def test_no_package_file_is_over_600_lines() -> None:
+    big = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > 600}
+    assert not big, f"split these (HOUSE_STYLE: one concept per module): {big}"
 
 
 @pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.stem)

@@ -31,20 +31,32 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import random
-import threading
 import time
-import weakref
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from tenant_migration import ledger
+from tenant_migration.cassandra.pipeline import (  # noqa: F401  (the copy's API, in one place)
+    CopyOptions,
+    CopyStats,
+    RetryExhausted,
+    Writer,
+    backoff_delay,
+    iter_pages,
+)
 from tenant_migration.cassandra.plan import ENGINE, ReadGroup, copy_order, read_groups
 from tenant_migration.cassandra.ratelimit import TokenBucket
-from tenant_migration.cassandra.schema import table_columns
+from tenant_migration.cassandra.shape import (  # noqa: F401
+    TableShape,
+    collection_kind,
+    cql_ident,
+    newest,
+    reader_for,
+    shape_of,
+    table_shape,
+)
 from tenant_migration.tenant_map import TenantMap
 
 if TYPE_CHECKING:
@@ -52,356 +64,7 @@ if TYPE_CHECKING:
     from cassandra.cluster import Session
 
     from tenant_migration.endpoints import Endpoints
-
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------- table shape
-
-
-@dataclass(frozen=True)
-class TableShape:
-    keyspace: str
-    table: str
-    partition_key: tuple[str, ...]
-    clustering_key: tuple[str, ...]
-    regular: tuple[str, ...]
-    # The regular columns that are non-frozen collections, with their kind ("set", "list", "map"):
-    # each element is a cell of its own, with its own WRITETIME and TTL (module ``collections`` note).
-    collections: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def primary_key(self) -> tuple[str, ...]:
-        return self.partition_key + self.clustering_key
-
-    def kind(self, column: str) -> str | None:
-        """``set``, ``list`` or ``map`` for a non-frozen collection column, else None."""
-        return dict(self.collections).get(column)
-
-    @property
-    def qualified(self) -> str:
-        return f"{cql_ident(self.keyspace)}.{cql_ident(self.table)}"
-
-    @property
-    def partitions_in(self) -> str:
-        """The ``WHERE`` of a read of some partitions: an ``IN ?`` per partition-key column (bound
-        to a ``ReadGroup``'s lists; their cartesian product is the partitions read)."""
-        return " AND ".join(f"{cql_ident(c)} IN ?" for c in self.partition_key)
-
-
-def table_shape(session: Session, keyspace: str, table: str) -> TableShape:
-    """Key columns in key order, the other columns (regular and static) by name. ``KeyError``
-    when the table does not exist."""
-    return shape_of(keyspace, table, table_columns(session, keyspace, table))
-
-
-def shape_of(keyspace: str, table: str, cols: list[tuple[str, str, int, str]]) -> TableShape:
-    if not cols:
-        raise KeyError(f"{keyspace}.{table}")
-    pk = tuple(c[0] for c in sorted((c for c in cols if c[1] == "partition_key"), key=lambda c: c[2]))
-    ck = tuple(c[0] for c in sorted((c for c in cols if c[1] == "clustering"), key=lambda c: c[2]))
-    regular = tuple(sorted(c[0] for c in cols if c[1] not in ("partition_key", "clustering")))
-    kinds = {c[0]: collection_kind(c[3]) for c in cols}
-    return TableShape(keyspace, table, pk, ck, regular, tuple((c, k) for c in regular if (k := kinds[c])))
-
-
-def collection_kind(cql_type: str) -> str | None:
-    """``set``, ``list`` or ``map`` when ``cql_type`` is a non-frozen collection (``frozen<...>``
-    is one value with one writetime, like a scalar)."""
-    for kind in ("set", "list", "map"):
-        if cql_type.startswith(kind + "<"):
-            return kind
-    return None
-
-
-_PY_SESSIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-_PY_LOCK = threading.Lock()
-
-
-def reader_for(session: Session, shape: TableShape) -> Session:
-    """The session to read ``shape``'s cells with. ``TTL(c)`` of a non-frozen collection is a list
-    holding a null for each element without a TTL, which the driver's compiled decoder cannot read
-    (``Length must be positive``, and the connection is left defunct): such a table is read through
-    a second session of the same cluster with the pure-Python decoder (about 2x the decode time,
-    for those tables only). Made once per session, shut down with its cluster."""
-    if not shape.collections:
-        return session
-    from cassandra.protocol import _ProtocolHandler
-
-    with _PY_LOCK:
-        py = _PY_SESSIONS.get(session)
-        if py is None:
-            py = session.cluster.connect()
-            py.client_protocol_handler = _ProtocolHandler
-            _PY_SESSIONS[session] = py
-    return py
-
-
-def newest(writetime: Any) -> Any:
-    """A cell's writetime, or a collection's newest element's (its ``WRITETIME`` is a list)."""
-    return max(writetime) if isinstance(writetime, list) else writetime
-
-
-def cql_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-_cql_ident = cql_ident  # pre-ledger name
-
-
-# ----------------------------------------------------------------------------------- options, stats
-
-
-@dataclass(frozen=True)
-class CopyOptions:
-    """Tuning of one copier process. ``rows_per_second`` is for the whole run (split between
-    processes); ``batch_rows`` > 1 groups a partition's rows into UNLOGGED batches."""
-
-    concurrency: int = 64
-    read_concurrency: int = 16
-    fetch_size: int = 2000
-    batch_rows: int = 1
-    rows_per_second: float | None = None
-    processes: int = 1
-    max_attempts: int = 8
-    backoff_base: float = 0.05
-    backoff_max: float = 5.0
-    in_limit: int = 64
-
-
-@dataclass
-class CopyStats:
-    table: str
-    partitions: int  # planned partition keys
-    rows: int
-    cells: int
-    seconds: float
-    nonempty: int = 0  # partitions that held at least one live row
-    writes: int = 0  # requests sent to the target (a batch counts once)
-    skipped_expired: int = 0  # cells whose TTL ran out between read and write
-    skipped_older: int = 0  # cells older than ``min_writetime`` (catch-up passes)
-    retries: int = 0
-    throttled_seconds: float = 0.0
-    late_cells: int = 0  # live cells read with a writetime after ``watch_after`` (the drain's watch)
-    newest_writetime: int | None = None  # the newest of those (microseconds), None when none
-
-    def add(self, other: CopyStats) -> None:
-        for name in ("partitions", "rows", "cells", "nonempty", "writes", "skipped_expired", "skipped_older",
-                     "retries", "late_cells"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.seconds += other.seconds
-        self.throttled_seconds += other.throttled_seconds
-        if other.newest_writetime is not None:
-            self.newest_writetime = max(self.newest_writetime or other.newest_writetime, other.newest_writetime)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------------- retries
-
-
-def _retryable() -> tuple[type[BaseException], ...]:
-    from cassandra import OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
-    from cassandra.protocol import OverloadedErrorMessage
-
-    return (ReadTimeout, WriteTimeout, OperationTimedOut, Unavailable, OverloadedErrorMessage)
-
-
-class _ServerFailure(RuntimeError):
-    """The server answered a read with an exception of its own (``ServerError``), on every host."""
-
-
-def _server_failure(result: Callable[[], Any]) -> Any:
-    """``result()``, with a server-side exception raised as ``_ServerFailure``: Cassandra 5.0's
-    ``mask_hash`` shares one digest between a node's threads, and besides wrong hashes it
-    sometimes throws (``ArrayIndexOutOfBoundsException: arraycopy: last destination index 66 out
-    of bounds for byte[64]``), which the driver reports as ``NoHostAvailable`` of ``ServerError``."""
-    from cassandra.cluster import NoHostAvailable
-    from cassandra.protocol import ServerError
-
-    try:
-        return result()
-    except ServerError as exc:
-        raise _ServerFailure(str(exc)) from exc
-    except NoHostAvailable as exc:
-        if exc.errors and all(isinstance(e, ServerError) for e in exc.errors.values()):
-            raise _ServerFailure(str(exc)) from exc
-        raise
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter: spreads retries of many requests that failed together."""
-    return random.uniform(0, min(cap, base * (2 ** attempt)))
-
-
-class RetryExhausted(RuntimeError):
-    """A request kept failing with retryable errors."""
-
-
-# ----------------------------------------------------------------------------------- reader
-
-
-def _tuple_profile(session: Session) -> Any:
-    """The session's default profile with plain tuples for rows (named tuples cost CPU per row)."""
-    from cassandra.cluster import EXEC_PROFILE_DEFAULT
-    from cassandra.query import tuple_factory
-
-    return session.execution_profile_clone_update(EXEC_PROFILE_DEFAULT, row_factory=tuple_factory)
-
-
-def iter_pages(
-    session: Session,
-    stmt: Any | tuple[Any, ...],
-    groups: Iterable[ReadGroup],
-    *,
-    read_concurrency: int,
-    fetch_size: int | None,
-    opts: CopyOptions,
-    limiter: TokenBucket | None = None,
-    on_retry: Callable[[], None] | None = None,
-    retry_server_errors: bool = False,
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Pages of rows of every group's partitions, pages in no particular order.
-
-    At most ``read_concurrency`` requests are in flight (``fetch_size=None``: unpaged, one answer
-    per request -- for reads whose answer is small); a page is requested again from its paging
-    state when it fails with a retryable error (``retry_server_errors``: also when the server
-    failed with an exception of its own, for reads that are safe to repeat).
-
-    ``stmt`` may be a tuple of statements: group ``i`` is read with ``stmt[i % len(stmt)]`` (its
-    next pages and its retries too), and a group is not sent while another request with its
-    statement is in flight: no two requests in flight ever use the same statement
-    (``fingerprint.spelled_statements``; with ``read_concurrency <= len(stmt)`` that costs no
-    concurrency but a paging group's turn).
-    """
-    retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())
-    profile = _tuple_profile(session)
-    stmts = stmt if isinstance(stmt, tuple) else (stmt,)
-    pending: deque[tuple[Any, int, tuple[Any, ...], Any, int]] = deque()
-    busy: Counter[int] = Counter()  # statements in flight (by index), when there are several
-    source = enumerate(groups)
-    upcoming = next(source, None)
-
-    def submit(index: int, params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
-        bound = stmts[index % len(stmts)].bind(params)
-        bound.fetch_size = fetch_size
-        fut = session.execute_async(bound, execution_profile=profile, paging_state=paging_state)
-        busy[index % len(stmts)] += 1
-        pending.append((fut, index, params, paging_state, attempt))
-
-    def refill() -> None:
-        nonlocal upcoming
-        while len(pending) < read_concurrency and upcoming is not None:
-            index, group = upcoming
-            if len(stmts) > 1 and busy[index % len(stmts)]:
-                return  # its statement is in flight: its turn comes once that one answered
-            submit(index, group.values, None, 0)
-            upcoming = next(source, None)
-
-    refill()
-    while pending:
-        fut, index, params, paging_state, attempt = pending.popleft()
-        busy[index % len(stmts)] -= 1  # nothing is sent before this one has answered (below)
-        try:
-            rs = _server_failure(fut.result) if retry_server_errors else fut.result()
-        except retryable as exc:
-            if attempt + 1 >= opts.max_attempts:
-                raise RetryExhausted(f"read failed {attempt + 1} times: {type(exc).__name__}: {exc}") from exc
-            if on_retry is not None:
-                on_retry()
-            time.sleep(backoff_delay(attempt, opts.backoff_base, opts.backoff_max))
-            submit(index, params, paging_state, attempt + 1)
-            continue
-        rows = rs.current_rows
-        if rs.paging_state is not None:
-            submit(index, params, rs.paging_state, 0)
-        refill()
-        if limiter is not None:
-            limiter.acquire(len(rows))
-        yield rows
-
-
-# ----------------------------------------------------------------------------------- writer
-
-
-class Writer:
-    """Asynchronous writes with bounded in-flight requests and retries (see the module note)."""
-
-    def __init__(self, session: Session, opts: CopyOptions) -> None:
-        self.session = session
-        self.opts = opts
-        self._permits = threading.Semaphore(opts.concurrency)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
-        self._retry: deque[tuple[float, Any, Any, int]] = deque()
-        self._errors: list[BaseException] = []
-        self._retryable = _retryable()
-        self.sent = 0
-        self.retries = 0
-
-    def submit(self, stmt: Any, params: Any = None) -> None:
-        self._resubmit_due()
-        if self._errors:
-            raise self._errors[0]
-        self._permits.acquire()
-        with self._lock:
-            self._in_flight += 1
-        self._send(stmt, params, 0)
-
-    def _send(self, stmt: Any, params: Any, attempt: int) -> None:
-        self.sent += 1
-        fut = self.session.execute_async(stmt, params)
-        fut.add_callbacks(self._ok, self._err, errback_args=(stmt, params, attempt))
-
-    def _ok(self, _rows: Any) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
-        self._permits.release()
-
-    def _err(self, exc: BaseException, stmt: Any, params: Any, attempt: int) -> None:
-        # Runs on the driver's I/O thread: never sleep here; park the write for the caller thread.
-        if isinstance(exc, self._retryable) and attempt + 1 < self.opts.max_attempts:
-            due = time.monotonic() + backoff_delay(attempt, self.opts.backoff_base, self.opts.backoff_max)
-            with self._lock:
-                self._retry.append((due, stmt, params, attempt + 1))
-                self._idle.notify_all()
-            return
-        with self._lock:
-            self._errors.append(exc if attempt == 0 else
-                                RetryExhausted(f"write failed {attempt + 1} times: {type(exc).__name__}: {exc}"))
-        self._release()
-
-    def _resubmit_due(self) -> None:
-        if not self._retry:
-            return
-        now = time.monotonic()
-        due: list[tuple[float, Any, Any, int]] = []
-        with self._lock:
-            keep: deque[tuple[float, Any, Any, int]] = deque()
-            for item in self._retry:
-                (due if item[0] <= now else keep).append(item)
-            self._retry = keep
-        for _, stmt, params, attempt in due:
-            self.retries += 1
-            self._send(stmt, params, attempt)
-
-    def drain(self) -> None:
-        """Wait until every write is acknowledged (retrying as needed); raise the first failure."""
-        while True:
-            self._resubmit_due()
-            with self._lock:
-                if self._in_flight == 0:
-                    break
-                self._idle.wait(timeout=0.05)
-        if self._errors:
-            raise self._errors[0]
 
 
 # ----------------------------------------------------------------------------------- copier
@@ -614,7 +277,7 @@ class ChunkCopier:
         watching = watch_after is not None
         watch = watch_after if watch_after is not None else 1 << 63
         late = 0
-        newest = -(1 << 63)
+        newest_wt = -(1 << 63)
 
         def on_retry() -> None:
             stats.retries += 1
@@ -661,7 +324,7 @@ class ChunkCopier:
                 if uniform and wt0 is not None:
                     if watching and wt0 > watch:
                         late += nreg
-                        newest = max(newest, wt0)
+                        newest_wt = max(newest_wt, wt0)
                     if wt0 < floor:
                         stats.skipped_older += nreg
                     else:
@@ -694,9 +357,9 @@ class ChunkCopier:
         stats.retries += writer.retries
         stats.nonempty = len(seen)
         late += tally[0]
-        newest = max(newest, tally[1])
+        newest_wt = max(newest_wt, tally[1])
         stats.late_cells = late
-        stats.newest_writetime = newest if late else None
+        stats.newest_writetime = newest_wt if late else None
         stats.throttled_seconds = (self.limiter.waited if self.limiter else 0.0) - throttled0
         stats.seconds = time.monotonic() - started
         return stats

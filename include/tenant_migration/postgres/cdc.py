@@ -46,14 +46,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from tenant_migration.postgres.apply import Applier
+from tenant_migration.postgres.decoding import (  # noqa: F401
+    CdcError,
+    Change,
+    Op,
+    Row,
+    Transaction,
+    group_transactions,
+    int_to_lsn,
+    lsn_to_int,
+    parse_change,
+)
 from tenant_migration.tenant_map import TableSpec, TenantMap
 
 log = logging.getLogger(__name__)
@@ -61,8 +73,6 @@ log = logging.getLogger(__name__)
 PLUGIN = "test_decoding"
 PLUGIN_OPTIONS = ("include-xids", "1", "include-timestamp", "1", "skip-empty-xacts", "1")
 
-Op = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
-Row = dict[str, str | None]
 
 _CREATE_PROGRESS = sql.SQL(
     """
@@ -84,222 +94,12 @@ _CREATE_PROGRESS = sql.SQL(
 )
 
 
-class CdcError(RuntimeError):
-    """Change capture cannot proceed safely (a foreign slot, a truncate of a shared table, ...)."""
-
-
 class CatchUpTimeout(CdcError):
     """Catch-up did not reach the lag target in time. ``report`` holds the last numbers."""
 
     def __init__(self, message: str, report: CatchUpReport) -> None:
         super().__init__(message)
         self.report = report
-
-
-# --------------------------------------------------------------------------------------------------
-# LSNs
-# --------------------------------------------------------------------------------------------------
-
-
-def lsn_to_int(lsn: str) -> int:
-    hi, lo = lsn.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def int_to_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Parsing test_decoding output
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Change:
-    """One row change. Values are PostgreSQL text forms (``None`` is SQL NULL)."""
-
-    lsn: str
-    schema: str
-    table: str
-    op: Op
-    new: Row | None = None
-    old_key: Row | None = None
-    unchanged_toast: frozenset[str] = frozenset()
-    truncated: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass
-class Transaction:
-    xid: int | None
-    commit_lsn: str = ""
-    commit_time: datetime | None = None
-    changes: list[Change] = field(default_factory=list)
-
-
-class _Scanner:
-    """A cursor over one test_decoding line."""
-
-    def __init__(self, text: str, pos: int = 0) -> None:
-        self.text, self.pos = text, pos
-
-    def peek(self, s: str) -> bool:
-        return self.text.startswith(s, self.pos)
-
-    def expect(self, s: str) -> None:
-        if not self.peek(s):
-            raise CdcError(f"unexpected test_decoding output at {self.pos}: {self.text[self.pos:self.pos + 40]!r}")
-        self.pos += len(s)
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.text)
-
-    def ident(self, stop: str) -> str:
-        """An identifier as ``quote_identifier`` prints it: bare, or double-quoted with ``""``."""
-        if self.peek('"'):
-            self.pos += 1
-            out: list[str] = []
-            while True:
-                j = self.text.index('"', self.pos)
-                out.append(self.text[self.pos:j])
-                self.pos = j + 1
-                if self.peek('"'):
-                    out.append('"')
-                    self.pos += 1
-                else:
-                    return "".join(out)
-        j = self.pos
-        while j < len(self.text) and self.text[j] not in stop:
-            j += 1
-        name, self.pos = self.text[self.pos:j], j
-        return name
-
-    def type_name(self) -> str:
-        """``format_type`` output between the brackets; arrays bring their own ``[]``."""
-        self.expect("[")
-        depth, start = 1, self.pos
-        while depth:
-            c = self.text[self.pos]
-            depth += 1 if c == "[" else -1 if c == "]" else 0
-            self.pos += 1
-        return self.text[start:self.pos - 1]
-
-    def value(self) -> tuple[str | None, bool]:
-        """A literal: returns (text, unchanged_toast)."""
-        if self.peek("'"):
-            self.pos += 1
-            out: list[str] = []
-            while True:
-                j = self.text.index("'", self.pos)
-                out.append(self.text[self.pos:j])
-                self.pos = j + 1
-                if self.peek("'"):
-                    out.append("'")
-                    self.pos += 1
-                else:
-                    return "".join(out), False
-        if self.peek("B'"):  # bit strings: B'0101'
-            self.pos += 1
-            return self.value()
-        j = self.text.find(" ", self.pos)
-        j = len(self.text) if j < 0 else j
-        token, self.pos = self.text[self.pos:j], j
-        if token == "null":
-            return None, False
-        if token == "unchanged-toast-datum":
-            return None, True
-        return token, False
-
-    def tuple_(self) -> tuple[Row, set[str]]:
-        row: Row = {}
-        toast: set[str] = set()
-        while self.peek(" ") and not self.peek(" new-tuple:"):
-            self.pos += 1
-            name = self.ident("[")
-            self.type_name()
-            self.expect(":")
-            val, unchanged = self.value()
-            if unchanged:
-                toast.add(name)
-            else:
-                row[name] = val
-        return row, toast
-
-
-def parse_change(lsn: str, data: str) -> Change | None:
-    """Parse one test_decoding change line (``table s.t: OP: ...``); ``None`` for other lines."""
-    if not data.startswith("table "):
-        return None
-    sc = _Scanner(data, len("table "))
-    rels: list[tuple[str, str]] = []
-    while True:
-        schema = sc.ident(".")
-        sc.expect(".")
-        rels.append((schema, sc.ident(":,")))
-        if not sc.peek(", "):
-            break
-        sc.pos += 2  # only TRUNCATE names several relations
-    sc.expect(": ")
-    if len(rels) > 1 or sc.peek("TRUNCATE:"):
-        return Change(lsn, rels[0][0], rels[0][1], "TRUNCATE", truncated=tuple(rels))
-    schema, table = rels[0]
-    op_text = sc.ident(":")
-    sc.expect(":")
-    if op_text not in ("INSERT", "UPDATE", "DELETE"):
-        raise CdcError(f"unknown test_decoding operation {op_text!r} on {schema}.{table}")
-    op: Op = op_text  # type: ignore[assignment]
-    if sc.peek(" (no-tuple-data)"):
-        raise CdcError(
-            f"{op} on {schema}.{table} carries no tuple data: the table needs a primary key "
-            "(or a replica identity) for its changes to be applied"
-        )
-    old_key: Row | None = None
-    if op == "UPDATE" and sc.peek(" old-key:"):
-        sc.expect(" old-key:")
-        old_key, _ = sc.tuple_()
-        sc.expect(" new-tuple:")
-    row, toast = sc.tuple_()
-    if not sc.at_end():
-        raise CdcError(f"trailing test_decoding output on {schema}.{table}: {data[sc.pos:sc.pos + 40]!r}")
-    if op == "DELETE":
-        return Change(lsn, schema, table, op, old_key=row)
-    return Change(lsn, schema, table, op, new=row, old_key=old_key, unchanged_toast=frozenset(toast))
-
-
-def _parse_commit_time(text: str) -> datetime | None:
-    # timestamptz_to_str: "2026-11-26 10:00:00.123456+00" (or "+05:30"); fromisoformat wants "+00:00".
-    if len(text) >= 3 and text[-3] in "+-" and text[-2:].isdigit():
-        text += ":00"
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def group_transactions(rows: Iterable[tuple[str, Any, str]]) -> Iterator[Transaction]:
-    """Group ``(lsn, xid, data)`` rows of ``pg_logical_slot_peek_changes`` into whole transactions.
-
-    The SQL interface reports BEGIN at the transaction's first LSN, changes at their own LSN and
-    COMMIT at the END of the commit record (the value compared with the detach point)."""
-    txn: Transaction | None = None
-    for lsn, xid, data in rows:
-        if data.startswith("BEGIN"):
-            txn = Transaction(xid=int(xid) if xid is not None else None)
-        elif data.startswith("COMMIT"):
-            if txn is None:
-                raise CdcError(f"COMMIT without BEGIN at {lsn}")
-            txn.commit_lsn = lsn
-            at = data.find("(at ")
-            if at >= 0:
-                txn.commit_time = _parse_commit_time(data[at + 4 : data.rindex(")")])
-            yield txn
-            txn = None
-        else:
-            change = parse_change(lsn, data)
-            if change is not None:
-                if txn is None:
-                    raise CdcError(f"change outside a transaction at {lsn}")
-                txn.changes.append(change)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,201 +240,6 @@ def _bump_progress(
         "changes_filtered = changes_filtered + %s, updated_at = clock_timestamp() WHERE run_id = %s",
         (lsn, commit_time, applied_txns, skipped_txns, changes, filtered, run_id),
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Applying changes on the target
-# --------------------------------------------------------------------------------------------------
-
-
-class Applier:
-    """Applies one tenant's changes on the target (statements cached per table and column set)."""
-
-    def __init__(self, target: psycopg.Connection, tmap: TenantMap, tenant_id: int,
-                 source: psycopg.Connection | None = None) -> None:
-        self.target, self.tmap, self.tenant_id = target, tmap, str(tenant_id)
-        self.source = source  # for back-filling rows that move into the tenant; None disables it
-        self._upserts: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
-        self._children = self._child_tables()
-        self._always: dict[str, frozenset[str]] = {}
-        self.backfilled_rows = 0
-
-    def _always_identity(self, table: str) -> frozenset[str]:
-        """The table's ``GENERATED ALWAYS`` identity columns on the target (asked once per table):
-        an insert must say ``OVERRIDING SYSTEM VALUE`` to keep the source's values, and an update
-        cannot set them (they never change on the source either)."""
-        found = self._always.get(table)
-        if found is None:
-            rows = self.target.execute(
-                "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
-                "AND a.attnum > 0 AND NOT a.attisdropped AND a.attidentity = 'a'",
-                (self.tmap.schema, table)).fetchall()
-            found = self._always[table] = frozenset(str(r[0]) for r in rows)
-        return found
-
-    def _child_tables(self) -> dict[str, list[str]]:
-        kids: dict[str, list[str]] = {name: [] for name in self.tmap.tables}
-        for name in self.tmap.load_order():
-            spec = self.tmap.tables[name]
-            if spec.via is not None:
-                kids[spec.via.table].append(name)
-        return kids
-
-    def _upsert_sql(self, spec: TableSpec, cols: tuple[str, ...]) -> sql.Composed:
-        cached = self._upserts.get((spec.name, cols))
-        if cached is not None:
-            return cached
-        always = self._always_identity(spec.name)
-        rest = [c for c in cols if c not in spec.key and c not in always]
-        # Last writer wins by updated_at: after the DNS flip the target takes the tenant's writes,
-        # and a straggler's older change drained from the source must not overwrite a newer one.
-        # Before the flip the source is the only writer, so its changes are always the newer.
-        newer = (
-            sql.SQL(" WHERE {}.updated_at <= EXCLUDED.updated_at").format(sql.Identifier(spec.name))
-            if "updated_at" in rest
-            else sql.SQL("")
-        )
-        action = (
-            sql.SQL("DO UPDATE SET {}{}").format(
-                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in rest), newer
-            )
-            if rest
-            else sql.SQL("DO NOTHING")
-        )
-        overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if always & set(cols) else sql.SQL("")
-        stmt = sql.SQL("INSERT INTO {} ({}){} VALUES ({}) ON CONFLICT ({}) {} RETURNING (xmax = 0)").format(
-            self.tmap.qualified(spec.name),
-            sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-            overriding,
-            sql.SQL(", ").join(sql.Placeholder() * len(cols)),
-            sql.SQL(", ").join(sql.Identifier(c) for c in spec.key),
-            action,
-        )
-        self._upserts[(spec.name, cols)] = stmt
-        return stmt
-
-    def is_member(self, spec: TableSpec, row: Row) -> bool:
-        if spec.tenant_column is not None:
-            return row.get(spec.tenant_column) == self.tenant_id
-        assert spec.via is not None
-        parent_value = row.get(spec.via.column)
-        if parent_value is None:
-            return False
-        found = self.target.execute(
-            sql.SQL("SELECT 1 FROM {} WHERE {} = %s").format(
-                self.tmap.qualified(spec.via.table), sql.Identifier(spec.via.parent_column)
-            ),
-            (parent_value,),
-        ).fetchone()
-        return found is not None
-
-    def upsert(self, spec: TableSpec, row: Row) -> bool:
-        """Insert or update by key; True when the row was new on the target."""
-        cols = tuple(row)
-        res = self.target.execute(self._upsert_sql(spec, cols), [row[c] for c in cols]).fetchone()
-        return bool(res and res[0])
-
-    def delete(self, spec: TableSpec, key: Row) -> int:
-        missing = [k for k in spec.key if k not in key]
-        if missing:
-            raise CdcError(f"delete on {spec.name} lacks key columns {missing}")
-        cur = self.target.execute(
-            sql.SQL("DELETE FROM {} WHERE {}").format(
-                self.tmap.qualified(spec.name),
-                sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in spec.key),
-            ),
-            [key[k] for k in spec.key],
-        )
-        return cur.rowcount
-
-    def apply(self, change: Change) -> bool:
-        """Apply one change if it concerns the tenant; True when the target was written."""
-        if change.schema != self.tmap.schema or change.table not in self.tmap.tables:
-            if change.op == "TRUNCATE":
-                hit = [t for s, t in change.truncated if s == self.tmap.schema and t in self.tmap.tables]
-                if hit:
-                    raise CdcError(
-                        f"TRUNCATE of tenant-scoped tables {hit} on the source: it cannot be filtered to one "
-                        "tenant; stop and re-copy"
-                    )
-            return False
-        spec = self.tmap.tables[change.table]
-        if change.op == "TRUNCATE":
-            raise CdcError(f"TRUNCATE of tenant-scoped table {change.table} on the source; stop and re-copy")
-        if change.op == "DELETE":
-            assert change.old_key is not None
-            return self.delete(spec, change.old_key) > 0
-        assert change.new is not None
-        wrote = False
-        if change.old_key:  # the key itself changed: the old key is gone on the source
-            wrote = self.delete(spec, change.old_key) > 0
-        if self.is_member(spec, change.new):
-            new_on_target = self.upsert(spec, change.new)
-            if new_on_target and change.op == "UPDATE" and spec.via is None:
-                self.backfill_children(spec.name, change.new)
-            return True
-        if change.op == "UPDATE":
-            key = {k: change.new.get(k) for k in spec.key}
-            if self.delete(spec, key) > 0:
-                # The row left the tenant: its descendants on the target left with it.
-                self.delete_children(spec.name, change.new)
-                wrote = True
-        return wrote
-
-    def delete_children(self, table: str, row: Row) -> None:
-        """Delete the target rows reached through ``row`` (deepest first), e.g. a device moved out."""
-        for child in self._children[table]:
-            hop = self.tmap.tables[child].via
-            assert hop is not None
-            value = row.get(hop.parent_column)
-            if value is None:
-                continue
-            needed = sorted({g.via.parent_column for g in (self.tmap.tables[c] for c in self._children[child]) if g.via})
-            if needed:
-                cur = self.target.execute(
-                    sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
-                        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in needed),
-                        self.tmap.qualified(child), sql.Identifier(hop.column),
-                    ),
-                    (value,),
-                )
-                for values in cur.fetchall():
-                    self.delete_children(child, dict(zip(needed, values, strict=True)))
-            self.target.execute(
-                sql.SQL("DELETE FROM {} WHERE {} = %s").format(self.tmap.qualified(child), sql.Identifier(hop.column)),
-                (value,),
-            )
-
-    def backfill_children(self, table: str, row: Row) -> None:
-        """A row moved into the tenant: copy its descendants from the primary (current state)."""
-        if self.source is None:
-            log.warning("%s row moved into tenant %s; no source connection to back-fill its children", table, self.tenant_id)
-            return
-        for child in self._children[table]:
-            hop = self.tmap.tables[child].via
-            assert hop is not None
-            parent_value = row.get(hop.parent_column)
-            if parent_value is None:
-                continue
-            cols = [
-                r[0]
-                for r in self.source.execute(
-                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
-                    "AND NOT attisdropped ORDER BY attnum",
-                    (f"{self.tmap.schema}.{child}",),
-                ).fetchall()
-            ]
-            query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
-                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in cols),
-                self.tmap.qualified(child),
-                sql.Identifier(hop.column),
-            )
-            for values in self.source.execute(query, (parent_value,)).fetchall():
-                child_row = dict(zip(cols, values, strict=True))
-                self.upsert(self.tmap.tables[child], child_row)
-                self.backfilled_rows += 1
-                self.backfill_children(child, child_row)
 
 
 # --------------------------------------------------------------------------------------------------

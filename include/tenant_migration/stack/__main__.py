@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tenant_migration.stack import airflow_env, cassandra, moto, postgres
 from tenant_migration.stack.common import StackError
@@ -49,10 +51,8 @@ def cmd_up(topo: Topology) -> dict[str, float]:
     t = time.monotonic()
     moto.up(topo)
     timings["moto"] = time.monotonic() - t
-    from tenant_migration.sample import platform
-
     t = time.monotonic()
-    platform.bootstrap(topo)
+    hosted_platform().bootstrap(topo)
     timings["bootstrap"] = time.monotonic() - t
     airflow_env.write_files(topo)
     t = time.monotonic()
@@ -62,6 +62,18 @@ def cmd_up(topo: Topology) -> dict[str, float]:
     (topo.state_dir / "last_up.json").write_text(json.dumps(timings, indent=2))
     _say("up in " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return timings
+
+
+PLATFORM_ENV = "TM_PLATFORM"
+DEFAULT_PLATFORM = "tenant_migration.sample.platform"
+
+
+def hosted_platform() -> Any:
+    """The platform this stack hosts: a module with ``bootstrap(topo)`` (schemas and roles on the
+    servers), ``load_data(topo, preset, seed)`` and ``demo_reset(topo)``, named by ``TM_PLATFORM``
+    (default: the bundled sample). Named, not imported: the stack serves any platform, and the
+    platform's module builds on the stack, never the other way round."""
+    return importlib.import_module(os.environ.get(PLATFORM_ENV, DEFAULT_PLATFORM))
 
 
 def _airflow_db(topo: Topology) -> None:
@@ -134,13 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "reset":
             cmd_reset(topo)
         elif args.cmd == "data":
-            from tenant_migration.sample import platform
-
-            platform.load_data(topo, args.preset, args.seed)
+            hosted_platform().load_data(topo, args.preset, args.seed)
         elif args.cmd == "demo-reset":
-            from tenant_migration.sample import platform
-
-            platform.demo_reset(topo)
+            hosted_platform().demo_reset(topo)
         elif args.cmd == "run":
             command = [c for c in args.command if c != "--"]
             if not command:

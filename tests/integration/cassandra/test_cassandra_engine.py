@@ -22,6 +22,7 @@ from tenant_migration.cassandra.copy import CopyOptions, copy_pending
 from tenant_migration.cassandra.plan import ReadGroup
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.sample import data
+from tenant_migration.sample.expected import expected_counts
 from tenant_migration.tenant_map import load_tenant_map
 
 pytestmark = pytest.mark.integration
@@ -103,7 +104,7 @@ DP_META = ("SELECT ts, value, quality, WRITETIME(value), WRITETIME(quality), TTL
 
 
 def test_copy_moves_exactly_the_tenants_rows(copied: Run, endpoints: Endpoints) -> None:
-    expected = data.expected_counts(data.PRESETS["tiny"], 7)[TENANT]
+    expected = expected_counts(data.PRESETS["tiny"], 7)[TENANT]
     with endpoints.cassandra_target.session() as dst:
         for t in TABLES:
             assert dst.execute(f"SELECT count(*) FROM telemetry.{t}").one()[0] == expected[t], t
@@ -191,7 +192,7 @@ def _kill_and_resume(fresh: Run, endpoints: Endpoints) -> None:
     assert sorted(report.chunks_done) == sorted(c.chunk_id for c in left)
     fp = fresh.fingerprints()
     assert fp.match, fp.mismatched_partitions()[:5]
-    expected = data.expected_counts(data.PRESETS["tiny"], 7)[TENANT]
+    expected = expected_counts(data.PRESETS["tiny"], 7)[TENANT]
     assert sum(c.target_rows for c in fp.chunks) == sum(expected[t] for t in TABLES)
 
 
@@ -315,6 +316,7 @@ def test_the_probe_finds_exactly_the_partitions_holding_rows_and_aggregates_only
     then hashes those only: the same prints as hashing every planned partition, and the aggregate
     reads ask for fewer partitions than planned, of the devices holding rows only."""
     from tenant_migration.cassandra import copy as cql_copy
+    from tenant_migration.cassandra import prints
     from tenant_migration.cassandra.copy import table_shape
 
     opts = CopyOptions()
@@ -336,7 +338,7 @@ def test_the_probe_finds_exactly_the_partitions_holding_rows_and_aggregates_only
             if isinstance(stmt, tuple):  # the aggregate's spelled statements (the probe has one)
                 read.extend(groups)
             return real(session, stmt, groups, **kwargs)
-        monkeypatch.setattr(fingerprint, "iter_pages", spy)
+        monkeypatch.setattr(prints, "iter_pages", spy)  # the module that reads
         assert fingerprint.aggregate_prints(src, shape, groups, opts) == everything
         asked = {p for g in read for p in g.partitions()}
         assert present <= asked and len(asked) < len(planned)

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pytest
 
-from tenant_migration.sample import data
+from tenant_migration.sample import data, render, telemetry
 from tenant_migration.sample.data import (
     BIG_TENANT_ID,
     CASSANDRA_TABLES,
@@ -25,6 +25,7 @@ from tenant_migration.sample.data import (
     TEST_POOL_SLUG,
     TEST_POOL_TENANT_ID,
 )
+from tenant_migration.sample.expected import table_totals
 from tenant_migration.sample.generate import (
     ROLES_SQL,
     SCHEMA_CQL,
@@ -47,7 +48,7 @@ def fresh(seed: int = 7) -> data.Dataset:
 
 
 def rendered(ds: data.Dataset) -> dict[str, list[list[str]]]:
-    return {name: [line.split("\t") for block in data.copy_blocks(ds, name) for line in block.splitlines()]
+    return {name: [line.split("\t") for block in render.copy_blocks(ds, name) for line in block.splitlines()]
             for name in PG_TABLES}
 
 
@@ -62,8 +63,8 @@ def tiny_rows(tiny: data.Dataset) -> dict[str, list[list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_chunks(tiny: data.Dataset) -> list[data.CassandraChunk]:
-    return [data.cassandra_chunk(tiny, c, TODAY, NOW_S) for c in range(data.cassandra_chunk_count(tiny))]
+def tiny_chunks(tiny: data.Dataset) -> list[telemetry.CassandraChunk]:
+    return [telemetry.cassandra_chunk(tiny, c, TODAY, NOW_S) for c in range(telemetry.cassandra_chunk_count(tiny))]
 
 
 # ---------------------------------------------------------------------------------- tenants
@@ -144,8 +145,8 @@ def test_same_seed_gives_identical_rows() -> None:
     a, b = fresh(7), fresh(7)
     assert a is not b
     assert rendered(a) == rendered(b)
-    for c in range(data.cassandra_chunk_count(a)):
-        ca, cb = data.cassandra_chunk(a, c, TODAY, NOW_S), data.cassandra_chunk(b, c, TODAY, NOW_S)
+    for c in range(telemetry.cassandra_chunk_count(a)):
+        ca, cb = telemetry.cassandra_chunk(a, c, TODAY, NOW_S), telemetry.cassandra_chunk(b, c, TODAY, NOW_S)
         for name in CASSANDRA_TABLES:
             assert ca.tables()[name].tuples() == cb.tables()[name].tuples(), (c, name)
 
@@ -158,8 +159,8 @@ def test_other_seed_gives_other_rows() -> None:
 
 
 def test_values_do_not_depend_on_the_day_only_timestamps_do(tiny: data.Dataset) -> None:
-    a = data.cassandra_chunk(tiny, 0, TODAY, NOW_S).datapoints
-    b = data.cassandra_chunk(tiny, 0, TODAY + timedelta(days=1), NOW_S + 86_400).datapoints
+    a = telemetry.cassandra_chunk(tiny, 0, TODAY, NOW_S).datapoints
+    b = telemetry.cassandra_chunk(tiny, 0, TODAY + timedelta(days=1), NOW_S + 86_400).datapoints
     assert np.array_equal(a.columns["value"], b.columns["value"])
     assert np.array_equal(a.columns["ts"] + 86_400_000, b.columns["ts"])
 
@@ -224,7 +225,7 @@ def test_uuids_are_well_formed(tiny_rows: dict[str, list[list[str]]]) -> None:
 
 
 def test_rendered_rows_match_expected_counts(tiny: data.Dataset, tiny_rows: dict[str, list[list[str]]]) -> None:
-    totals = data.table_totals(expected_counts(TINY, 7))
+    totals = table_totals(expected_counts(TINY, 7))
     for name, rows in tiny_rows.items():
         assert len(rows) == totals[name], name
         assert all(len(r) == len(COLUMNS[name]) for r in rows), name
@@ -272,11 +273,11 @@ def test_rule_actions_are_numbered_one_to_three(tiny_rows: dict[str, list[list[s
 
 
 def test_day_buckets_are_the_days_before_today() -> None:
-    assert data.day_buckets(PRESETS["demo"], TODAY) == (date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 25))
+    assert telemetry.day_buckets(PRESETS["demo"], TODAY) == (date(2026, 11, 23), date(2026, 11, 24), date(2026, 11, 25))
 
 
-def test_cassandra_counts_match_expectation(tiny_chunks: list[data.CassandraChunk]) -> None:
-    totals = data.table_totals(expected_counts(TINY, 7))
+def test_cassandra_counts_match_expectation(tiny_chunks: list[telemetry.CassandraChunk]) -> None:
+    totals = table_totals(expected_counts(TINY, 7))
     for name in CASSANDRA_TABLES:
         assert sum(len(c.tables()[name]) for c in tiny_chunks) == totals[name], name
     assert all(c.skipped_expired == 0 for c in tiny_chunks)
@@ -284,7 +285,7 @@ def test_cassandra_counts_match_expectation(tiny_chunks: list[data.CassandraChun
     assert 20_000 <= sum(totals[n] for n in PG_TABLES) <= 30_000
 
 
-def test_timestamps_ttls_and_writetimes(tiny: data.Dataset, tiny_chunks: list[data.CassandraChunk]) -> None:
+def test_timestamps_ttls_and_writetimes(tiny: data.Dataset, tiny_chunks: list[telemetry.CassandraChunk]) -> None:
     midnight_ms = int(datetime(2026, 11, 26, tzinfo=UTC).timestamp()) * 1000
     retention = {p.tenant_id: p.retention_days for p in tiny.tenants}
     device_tenant = dict(zip(tiny.tables["devices"].cols["device_id"].tolist(),
@@ -303,7 +304,7 @@ def test_timestamps_ttls_and_writetimes(tiny: data.Dataset, tiny_chunks: list[da
         assert np.array_equal(lv["writetime"], lv["ts"] * 1000)
 
 
-def test_latest_value_is_the_newest_datapoint(tiny_chunks: list[data.CassandraChunk]) -> None:
+def test_latest_value_is_the_newest_datapoint(tiny_chunks: list[telemetry.CassandraChunk]) -> None:
     chunk = tiny_chunks[0]
     dp = chunk.datapoints.columns
     for d, p, ts, value, _writetime in chunk.latest_values.tuples()[:50]:
@@ -313,7 +314,7 @@ def test_latest_value_is_the_newest_datapoint(tiny_chunks: list[data.CassandraCh
         assert dp["value"][mask][newest] == value
 
 
-def test_partitions_are_contiguous_and_small(tiny_chunks: list[data.CassandraChunk]) -> None:
+def test_partitions_are_contiguous_and_small(tiny_chunks: list[telemetry.CassandraChunk]) -> None:
     for chunk in tiny_chunks:
         for name, key in (("datapoints", ("device_id", "property_id", "day")),
                           ("latest_values", ("device_id",)), ("connection_events", ("device_id", "day"))):
@@ -331,14 +332,14 @@ def test_partitions_are_contiguous_and_small(tiny_chunks: list[data.CassandraChu
 
 def test_expired_rows_are_skipped(tiny: data.Dataset) -> None:
     later = NOW_S + 15 * 86_400
-    chunk = data.cassandra_chunk(tiny, 0, TODAY, later)
+    chunk = telemetry.cassandra_chunk(tiny, 0, TODAY, later)
     assert chunk.skipped_expired > 0
     assert (chunk.datapoints.columns["ttl"] > 0).all()
     assert (chunk.connection_events.columns["ttl"] > 0).all()
 
 
 def test_valid_until_is_the_first_expiry() -> None:
-    until = data.valid_until(TINY, 7, TODAY)
+    until = telemetry.valid_until(TINY, 7, TODAY)
     assert until == datetime(2026, 11, 24, tzinfo=UTC) + timedelta(days=14)
 
 
@@ -346,7 +347,7 @@ def test_wire_encoding_matches_the_driver() -> None:
     cqltypes = pytest.importorskip("cassandra.cqltypes")
     cases = {
         "device_id": (np.array([-(2**40), -1, 0, 2**40]), cqltypes.LongType),
-        "day": (np.array([data.cql_date(TODAY)]), cqltypes.SimpleDateType),
+        "day": (np.array([telemetry.cql_date(TODAY)]), cqltypes.SimpleDateType),
         "ts": (np.array([1_795_476_617_092]), cqltypes.DateType),
         "value": (np.array([23.514, -70.0]), cqltypes.DoubleType),
         "quality": (np.array([0, 2], dtype=np.int8), cqltypes.ByteType),
@@ -361,7 +362,7 @@ def test_wire_encoding_matches_the_driver() -> None:
 
 
 def test_demo_and_bench_sizes() -> None:
-    demo = data.table_totals(expected_counts(PRESETS["demo"], 7))
+    demo = table_totals(expected_counts(PRESETS["demo"], 7))
     pg = sum(demo[n] for n in PG_TABLES)
     cass = sum(demo[n] for n in CASSANDRA_TABLES)
     assert 0.9e6 <= pg <= 1.1e6, pg
