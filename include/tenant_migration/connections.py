@@ -1,5 +1,5 @@
 """The Airflow connection ids the migration reads: one per role and server, so that a task gets
-exactly the rights its connection's role has (README, "Connections"). A deployment defines them
+exactly the rights its connection's role has (docs/local-stack.md, its connections table). A deployment defines them
 (``AIRFLOW_CONN_*``, a secrets backend, the UI); the local stack writes them for its own servers."""
 
 from __future__ import annotations

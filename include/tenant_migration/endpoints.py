@@ -235,5 +235,5 @@ class Endpoints:
 
 def _get(conns: dict[str, dict[str, Any]], conn_id: str) -> dict[str, Any]:
     if conn_id not in conns:
-        raise KeyError(f"connection '{conn_id}' is not defined (see README: Connections)")
+        raise KeyError(f"connection '{conn_id}' is not defined (see docs/local-stack.md: connections)")
     return conns[conn_id]

@@ -37,5 +37,5 @@ def lazy_module(name: str) -> Any:
 
 
 def runbook(dag_id: str) -> str:
-    """The DAG's Docs tab: its runbook, ``runbooks/<dag_id>.md`` (the one copy; README links to it)."""
+    """The DAG's Docs tab: its runbook, ``runbooks/<dag_id>.md`` (the one copy; README and docs/ link to it)."""
     return (resources.files("tenant_migration") / "runbooks" / f"{dag_id}.md").read_text()

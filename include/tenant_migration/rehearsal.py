@@ -59,7 +59,7 @@ class RehearsalSpec:
     reference_tenant_id: int = 1
     history: int = 8
     chunk_rows: int = 50_000
-    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
+    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (docs/benchmarks.md)
     cassandra_days: int = 4  # a test pool's recent days; its migration says so (partial_history_ok)
     max_ttl_wait_s: int = 5
     drain_seconds: int = 5

@@ -3,7 +3,7 @@
 Airflow charges every task instance a fixed cost (queueing, the task runner's start and DAG parse,
 imports and connections, its return value and state through the execution API) that does not
 depend on how much it copies: measured ~0.6 s per task under ``airflow dags test`` and several
-seconds under ``airflow standalone`` (README, ``bench/bench_airflow_overhead.py``). That overhead
+seconds under ``airflow standalone`` (docs/benchmarks.md, ``bench/bench_airflow_overhead.py``). That overhead
 stays under 10 % of a copy task's time only when the task carries at least ~9x it in chunk work.
 So the number of tasks follows the estimated work: ``estimated seconds / min_task_seconds``, at
 least 1, at most ``max_tasks`` (the copy pools' slots: more never run in parallel anyway).

@@ -38,8 +38,8 @@ class MigrationSpec:
     drain_max_s: int = 900  # ... or fails loudly when the tenant still writes there after this
     sequence_headroom: int = 1_000_000  # target sequences start this far past the source's (stragglers' keys)
     require_approval: bool = True
-    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (README)
-    min_task_seconds: int = 30  # estimated copy work per mapped copy task (sizing.py, README)
+    max_tasks: int = 2  # the copy pools' slots: more tasks only add Airflow overhead (docs/benchmarks.md)
+    min_task_seconds: int = 30  # estimated copy work per mapped copy task (sizing.py, docs/benchmarks.md)
     load_rate: int = 500
     load_seconds: int = 10
     load_max_p99_ms: int = 50

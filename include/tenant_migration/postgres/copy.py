@@ -6,7 +6,7 @@ crash or kill at any point rolls back to the complete old chunk; a commit gives 
 one. A retry therefore never doubles or loses rows.
 
 Fast path, and why it looks like this: pushing COPY bytes through a Python loop costs ~1.4x the
-raw ``psql | psql`` pipe (FIELD_NOTES), so Python stays out of the byte path. Per chunk:
+raw ``psql | psql`` pipe (docs/benchmarks.md), so Python stays out of the byte path. Per chunk:
 
 * a source ``psql`` runs ``COPY (chunk rows) TO STDOUT (FORMAT binary)``; its bytes pass through
   ``tm-rowsum --tee`` (C, ``rowsum.c``), which counts the rows and sums a 64-bit hash of each

@@ -2,7 +2,7 @@
 and tables made for the test. Before the fix the copy's read failed in the driver (``Failed
 decoding result column "ttl(tags)" ... Length must be positive``) and the fingerprints' ``mask_hash``
 refused the columns; now every element is copied with its value and TTL, sets' and maps' elements
-with their own write time, a list at its newest element's (see README, "What a copy keeps")."""
+with their own write time, a list at its newest element's (docs/tenant-map.md, "What a copy keeps")."""
 
 from __future__ import annotations
 

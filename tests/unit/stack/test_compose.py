@@ -54,3 +54,22 @@ def test_compose_has_the_same_topology(tmp_path: Path) -> None:
             assert composed["schema"] == conn["schema"]
     for mount in ("./dags:", "./plugins:", "./include:"):
         assert any(v.startswith(mount) for v in services["airflow-scheduler"]["volumes"])
+
+
+def test_compose_runs_what_the_local_stack_runs() -> None:
+    """The same PostgreSQL major for every server, Airflow's included; the project's requirements in
+    every Airflow container; the copy pools created."""
+    from tenant_migration.stack import pg_layout
+    from tenant_migration.stack.__main__ import POOLS
+
+    services = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["services"]
+    major = pg_layout.DEFAULT_PG_BIN.parent.name  # /usr/lib/postgresql/<major>/bin
+    for name, svc in services.items():
+        if svc["image"].startswith("postgres:"):
+            assert svc["image"] == f"postgres:{major}", name
+        if svc["image"].startswith("apache/airflow:"):
+            assert "pip install --no-deps -q -r /requirements.lock" in " ".join(svc["entrypoint"]), name
+            assert any(v.startswith("./requirements.lock:") for v in svc["volumes"]), name
+    init = " ".join(services["airflow-init"]["command"])
+    for pool, slots, _ in POOLS:
+        assert f"airflow pools set {pool} {slots} " in init, pool
