@@ -143,14 +143,9 @@ class ChunkCopier:
             if watch is not None and wt > watch:
                 late[0] += 1
                 late[1] = max(late[1], wt)
-            if wt < floor:
-                stats.skipped_older += 1
-                continue
-            ttl = 0 if ttl_i is None else ttl_i - elapsed
-            if ttl_i is not None and ttl <= 0:
-                stats.skipped_expired += 1
-                continue
-            groups_by.setdefault((wt, ttl), []).append(i)
+            ttl = _remaining_ttl(wt, ttl_i, elapsed, floor, stats)
+            if ttl is not None:
+                groups_by.setdefault((wt, ttl), []).append(i)
         writes = []
         for (wt, ttl), idx in groups_by.items():
             cols = tuple(regular[i] for i in idx)
@@ -186,24 +181,17 @@ class ChunkCopier:
                     continue
                 live = []
                 for element, ttl_i in zip(elements, ttls, strict=True):
-                    ttl = 0 if ttl_i is None else ttl_i - elapsed
-                    if ttl_i is not None and ttl <= 0:
-                        stats.skipped_expired += 1
-                    else:
+                    ttl = _remaining_ttl(floor, ttl_i, elapsed, floor, stats)  # the list is not older
+                    if ttl is not None:
                         live.append((element, ttl))
                 if live:
                     lists.append((i, [max(wts), *live]))
                 continue
             by: dict[tuple[int, int], list[Any]] = {}
             for element, wt, ttl_i in zip(elements, wts, ttls, strict=True):
-                if wt < floor:
-                    stats.skipped_older += 1
-                    continue
-                ttl = 0 if ttl_i is None else ttl_i - elapsed
-                if ttl_i is not None and ttl <= 0:
-                    stats.skipped_expired += 1
-                    continue
-                by.setdefault((wt, ttl), []).append(element)
+                ttl = _remaining_ttl(wt, ttl_i, elapsed, floor, stats)
+                if ttl is not None:
+                    by.setdefault((wt, ttl), []).append(element)
             stmt = self._update(regular[i], "add")
             for (wt, ttl), items in by.items():
                 writes.append((stmt, (wt, ttl, dict(items) if kind == "map" else set(items), *key)))
@@ -368,6 +356,19 @@ class ChunkCopier:
                    min_writetime: int | None = None) -> CopyStats:
         groups = read_groups(bounds, self.shape.partition_key, self.day_column, self.opts.in_limit, days)
         return self.copy_groups(groups, min_writetime)
+
+
+def _remaining_ttl(writetime: int, ttl: int | None, elapsed: int, floor: int, stats: CopyStats) -> int | None:
+    """The TTL to write a cell with (0: none), or None when it is not copied: older than ``floor``
+    (an earlier pass copied it) or expired while in flight (never outlive the source)."""
+    if writetime < floor:
+        stats.skipped_older += 1
+        return None
+    remaining = 0 if ttl is None else ttl - elapsed
+    if ttl is not None and remaining <= 0:
+        stats.skipped_expired += 1
+        return None
+    return remaining
 
 
 def _group_size(group: ReadGroup) -> int:
