@@ -26,15 +26,15 @@ from tenant_migration import ledger
 from tenant_migration.cassandra import plan
 from tenant_migration.cassandra.copy import CopyOptions, copy_pending, cql_ident, iter_pages, table_shape
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.sample import platform
+from tenant_migration.sample import SAMPLE_MAP, platform
 from tenant_migration.sample.data import BIG_TENANT_ID
 from tenant_migration.stack.topology import default_topology
 from tenant_migration.tenant_map import load_tenant_map
 
 
-def _truncate(session: Any, tables: list[str]) -> None:
+def _truncate(session: Any, keyspace: str, tables: list[str]) -> None:
     for t in tables:
-        session.execute(f"TRUNCATE telemetry.{cql_ident(t)}", timeout=120)
+        session.execute(f"TRUNCATE {cql_ident(keyspace)}.{cql_ident(t)}", timeout=120)
 
 
 def _in_memory_rows(ep: Endpoints, tmap: Any, chunks: list[ledger.Chunk]) -> dict[str, list[tuple[Any, ...]]]:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     topo = default_topology()
     platform.load_data(topo, args.preset, 7)
     ep = Endpoints.from_file(topo.state_dir / "connections.json")
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     run_id = f"bench/cql-{uuid.uuid4().hex[:8]}"
     tables = list(tmap.cassandra_tables)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn, \
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tenant {args.tenant}: {len(chunks)} chunks planned", flush=True)
 
     with ep.cassandra_target.session() as dst:
-        _truncate(dst, tables)
+        _truncate(dst, tmap.keyspace, tables)
     opts = CopyOptions(processes=args.processes, batch_rows=args.batch_rows, concurrency=args.concurrency)
     report = copy_pending(ep, run_id, tmap, opts)
     project_rps = report.rows / report.seconds
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = _in_memory_rows(ep, tmap, chunks)
     with ep.cassandra_target.session() as dst:
-        _truncate(dst, tables)
+        _truncate(dst, tmap.keyspace, tables)
     n, secs = _ceiling(ep, tmap, rows, args.ceiling_concurrency)
     ceiling_rps = n / secs
     print(f"ceiling writer: {n} rows in {secs:.1f}s = {ceiling_rps:,.0f} rows/s "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import random
 import time
 import uuid
 
@@ -25,36 +24,11 @@ from tenant_migration.endpoints import Endpoints, PgEndpoint
 from tenant_migration.postgres import cdc
 from tenant_migration.postgres.copy import copy_pending_chunks
 from tenant_migration.replica import LocalReplicaController
+from tenant_migration.sample import SAMPLE_MAP
+from tenant_migration.sample.writes import write_load
 from tenant_migration.stack import postgres
 from tenant_migration.stack.topology import default_topology
 from tenant_migration.tenant_map import load_tenant_map
-
-
-def write_load(ep: PgEndpoint, tenant_id: int, rate: float, seconds: float, out: mp.Queue) -> None:
-    """Fixed-rate writer: 40 % property inserts, 40 % device updates, 20 % deletes of its inserts."""
-    rng = random.Random()  # fresh ids every run: earlier runs leave their rows on the primary
-    done = 0
-    with ep.connect(autocommit=True) as conn:
-        devices = [r[0] for r in conn.execute("SELECT device_id FROM platform.devices WHERE tenant_id = %s", (tenant_id,))]
-        mine: list[int] = []
-        start = time.monotonic()
-        while (now := time.monotonic() - start) < seconds:
-            roll = rng.random()
-            if roll < 0.4 or not mine:
-                pid = rng.randint(10**14, 10**15)
-                conn.execute("INSERT INTO platform.properties (property_id, device_id, name, data_type) "
-                             "VALUES (%s, %s, 'bench', 'float')", (pid, rng.choice(devices)))
-                mine.append(pid)
-            elif roll < 0.8:
-                conn.execute("UPDATE platform.devices SET name = %s WHERE device_id = %s",
-                             (f"bench {done}", rng.choice(devices)))
-            else:
-                conn.execute("DELETE FROM platform.properties WHERE property_id = %s", (mine.pop(rng.randrange(len(mine))),))
-            done += 1
-            sleep = done / rate - (time.monotonic() - start)
-            if sleep > 0:
-                time.sleep(sleep)
-        out.put((done, now))
 
 
 def main() -> None:
@@ -65,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     topo = default_topology()
     ep = Endpoints.from_file(topo.state_dir / "connections.json")
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     with psycopg.connect(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname), autocommit=True) as adm:
         adm.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(tmap.qualified(t) for t in tmap.tables)))
     with ep.target.connect() as t:

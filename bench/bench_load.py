@@ -18,8 +18,8 @@ import os
 import sys
 
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.fleet.loadcheck import clean_up, run_load
-from tenant_migration.fleet.simulator import tenant_profile
+from tenant_migration.sample.fleet.loadcheck import clean_up, run_load
+from tenant_migration.sample.fleet.simulator import tenant_profile
 from tenant_migration.stack.topology import default_topology
 
 REFERENCE_RATE = 10_000.0

@@ -32,7 +32,7 @@ from tenant_migration.endpoints import Endpoints
 from tenant_migration.postgres import catalog
 from tenant_migration.postgres.copy import copy_pending_chunks, libpq_env, psql_binary
 from tenant_migration.postgres.planner import DEFAULT_CHUNK_ROWS
-from tenant_migration.sample import platform
+from tenant_migration.sample import SAMPLE_MAP, platform
 from tenant_migration.stack import postgres
 from tenant_migration.stack.topology import Topology, default_topology
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     topo: Topology = default_topology()
     platform.load_data(topo, args.preset, 7)
     ep = Endpoints.from_file(topo.state_dir / "connections.json")
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     with psycopg.connect(postgres.superuser_dsn(topo, topo.pg_target, topo.pg_dbname), autocommit=True) as admin, \
             ep.replica.connect(autocommit=True) as replica:
         order = catalog.load_order(replica, tmap)

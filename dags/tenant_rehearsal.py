@@ -33,7 +33,7 @@ PARAMS = {
     "history": Param(8, type="integer", minimum=0, maximum=200, title="History length",
                      description="How many earlier rehearsals the report lists for the trend."),
     # The migration's own params, with short waits: the prediction uses Migration Day's settings.
-    **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
+    **migration_params("platform", "chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
                        "dns_zone", "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, drain_quiet_s=3,
                        cassandra_days=4),
 }

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Param, dag, task
 
 from tenant_migration.lazy import lazy_module, runbook
+from tenant_migration.params import migration_params
 
 if TYPE_CHECKING:
     from tenant_migration import rollback
@@ -19,6 +20,7 @@ else:  # imported when a task first uses it, never while Airflow parses this fil
 RETRY = {"retries": 2, "retry_delay": timedelta(seconds=10), "retry_exponential_backoff": True}
 CUTOVER = {"retries": 0}
 PARAMS = {
+    **migration_params("platform"),
     "tenant_id": Param(type="integer", minimum=1, title="Tenant id",
                        description="The tenant whose migration is rolled back."),
     "confirm_tenant_slug": Param("", type="string", title="Confirm tenant slug",
@@ -28,7 +30,7 @@ PARAMS = {
     "dns_zone": Param("iot.example.test.", type="string", title="DNS zone",
                       description="Route53 hosted zone of the tenant's records."),
     "target_endpoint_prefix": Param("vpc", type="string", title="Target endpoint prefix",
-                                    description="Dedicated endpoints are <service>.<prefix>-<slug>.<zone>."),
+                                    description="{prefix} in the profile's DNS templates of the dedicated endpoints."),
     "max_ttl_wait_s": Param(300, type="integer", minimum=0, title="Max wait for the TTL (s)",
                             description="After the flip back, wait out the records' TTL, at most this long."),
     "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",

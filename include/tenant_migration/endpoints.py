@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +139,25 @@ class Endpoints:
     cassandra_source: CassandraEndpoint
     cassandra_target: CassandraEndpoint
     aws: AwsEndpoint
+    # PostgreSQL connections a platform's profile names besides the roles above (its admin role for
+    # the registration switch, say), by connection id.
+    others: dict[str, PgEndpoint] = field(default_factory=dict, repr=False)
+
+    def postgres(self, conn_id: str) -> PgEndpoint:
+        """The PostgreSQL endpoint of connection ``conn_id``: one of the migration's roles, one the
+        connections file holds, or (in Airflow) any connection Airflow resolves."""
+        known = {names.CONN_SOURCE_REPLICA: self.replica, names.CONN_REPLICA_CONTROL: self.replica_control,
+                 names.CONN_SOURCE_OPERATOR: self.source_operator, names.CONN_SOURCE_PRIMARY: self.source_primary,
+                 names.CONN_SOURCE_CDC: self.source_cdc, names.CONN_TARGET: self.target, **self.others}
+        if conn_id in known:
+            return known[conn_id]
+        try:
+            from airflow.sdk import BaseHook
+
+            c = BaseHook.get_connection(conn_id)
+        except Exception as exc:
+            raise KeyError(f"connection '{conn_id}' is not defined ({type(exc).__name__})") from None
+        return PgEndpoint(str(c.host), int(c.port or 5432), str(c.login), c.password or "", str(c.schema))
 
     @classmethod
     def from_conn_dicts(cls, conns: dict[str, dict[str, Any]]) -> Endpoints:
@@ -148,7 +167,7 @@ class Endpoints:
 
         def cass(conn_id: str) -> CassandraEndpoint:
             c = _get(conns, conn_id)
-            return CassandraEndpoint(c["host"], int(c.get("port") or 9042), c.get("schema") or "telemetry")
+            return CassandraEndpoint(c["host"], int(c.get("port") or 9042), c.get("schema") or "")
 
         aws = _get(conns, names.CONN_AWS)
         extra = aws.get("extra") or {}
@@ -163,6 +182,8 @@ class Endpoints:
             target=pg(names.CONN_TARGET),
             cassandra_source=cass(names.CONN_CASSANDRA_SOURCE),
             cassandra_target=cass(names.CONN_CASSANDRA_TARGET),
+            others={cid: pg(cid) for cid, c in conns.items()
+                    if c.get("conn_type") == "postgres" and cid not in _ROLES},
             aws=AwsEndpoint(
                 region=extra.get("region_name", "us-east-1"),
                 endpoint_url=extra.get("endpoint_url"),
@@ -210,17 +231,7 @@ class Endpoints:
         from airflow.sdk import BaseHook
 
         conns: dict[str, dict[str, Any]] = {}
-        for conn_id in (
-            names.CONN_SOURCE_REPLICA,
-            names.CONN_REPLICA_CONTROL,
-            names.CONN_SOURCE_OPERATOR,
-            names.CONN_SOURCE_PRIMARY,
-            names.CONN_SOURCE_CDC,
-            names.CONN_TARGET,
-            names.CONN_CASSANDRA_SOURCE,
-            names.CONN_CASSANDRA_TARGET,
-            names.CONN_AWS,
-        ):
+        for conn_id in (*_ROLES, names.CONN_CASSANDRA_SOURCE, names.CONN_CASSANDRA_TARGET, names.CONN_AWS):
             c = BaseHook.get_connection(conn_id)
             conns[conn_id] = {
                 "host": c.host,
@@ -231,6 +242,10 @@ class Endpoints:
                 "extra": c.extra_dejson,
             }
         return cls.from_conn_dicts(conns)
+
+
+_ROLES = (names.CONN_SOURCE_REPLICA, names.CONN_REPLICA_CONTROL, names.CONN_SOURCE_OPERATOR,
+          names.CONN_SOURCE_PRIMARY, names.CONN_SOURCE_CDC, names.CONN_TARGET)
 
 
 def _get(conns: dict[str, dict[str, Any]], conn_id: str) -> dict[str, Any]:

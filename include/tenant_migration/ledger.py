@@ -162,6 +162,14 @@ def run_known(conn: psycopg.Connection, run_id: str) -> bool:
     return conn.execute("SELECT 1 FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone() is not None
 
 
+def run_spec(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
+    """The params (and platform profile) ``run_id`` was started with; {} for an unknown run. Creates nothing."""
+    if not run_known(conn, run_id):
+        return {}
+    row = conn.execute("SELECT spec FROM tm_control.runs WHERE run_id = %s", (run_id,)).fetchone()
+    return dict(row[0]) if row and row[0] else {}
+
+
 def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM tm_control.runs WHERE run_id = %s", (run_id,))
     row = cur.fetchone()

@@ -3,11 +3,31 @@ importing this module opens nothing."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.sdk import Param
 
+from tenant_migration.profile_folder import PROFILES_ENV, available
+
+
+def _platform_param() -> Param:
+    """The deployment's profiles by name: the folder the environment names, listed (not read). With
+    one profile it is the default; with several the operator must choose."""
+    names = available()
+    schema: dict[str, Any] = {
+        "type": "string", "title": "Platform",
+        "description": f"The platform profile to migrate with (a <name>.yaml of the profiles folder: ${PROFILES_ENV}, "
+                       f"else include/profiles): its tenant map, registration switch and DNS records. Read when "
+                       f"the run starts."}
+    if names:
+        schema["enum"] = names
+    return Param(names[0], **schema) if len(names) == 1 else Param(**schema)
+
+
 MIGRATION_PARAMS = {
+    "platform": _platform_param(),
     "tenant_id": Param(type="integer", minimum=1, title="Tenant id",
-                       description="Id of the tenant to migrate (platform.tenants.tenant_id)."),
+                       description="Id of the tenant to migrate: the key of the profile's tenant root table."),
     "dry_run": Param(False, type="boolean", title="Dry run",
                      description="Run every check and write nothing: no ledger run, no copy, no DNS change."),
     "chunk_rows": Param(50_000, type="integer", minimum=100, maximum=10_000_000, title="Chunk rows",
@@ -24,7 +44,7 @@ MIGRATION_PARAMS = {
     "cassandra_concurrency": Param(64, type="integer", minimum=1, maximum=1024, title="Cassandra concurrency",
                                    description="Requests in flight per Cassandra copy."),
     "cassandra_days": Param(0, type="integer", minimum=0, maximum=3650, title="Cassandra days",
-                            description="Day buckets of datapoints to copy, newest first, counting today (UTC). "
+                            description="Day buckets of Cassandra rows to copy, newest first, counting today (UTC). "
                                         "0 = the tenant map's whole retention window (the default). Fewer days "
                                         "leave older history behind: gate_final then fails unless "
                                         "'Partial history intended' is on."),
@@ -35,7 +55,8 @@ MIGRATION_PARAMS = {
                       description="Route53 hosted zone that holds the tenant's endpoint records."),
     "target_endpoint_prefix": Param("vpc", type="string", pattern="^[a-z0-9][a-z0-9-]{0,62}$",
                                     title="Target endpoint prefix",
-                                    description="Dedicated endpoints are <service>.<prefix>-<slug>.<zone>."),
+                                    description="{prefix} in the profile's DNS templates of the dedicated endpoints "
+                                                "(the sample's: <service>.<prefix>-<slug>.<zone>)."),
     "max_lag_bytes": Param(1_048_576, type="integer", minimum=0, title="Max change lag (bytes)",
                            description="Catch-up is done when the change stream's lag is at most this."),
     "max_lag_seconds": Param(10, type="integer", minimum=0, title="Max change lag (seconds)",

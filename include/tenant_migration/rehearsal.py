@@ -27,11 +27,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from tenant_migration import ledger
+from tenant_migration import ledger, profile
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.rollback import RollbackRefused, RollbackSpec
 from tenant_migration.spec import InvalidParams, MigrationSpec, parse_spec
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation.gx_gate import json_safe
 
 _DDL = """
@@ -56,6 +56,7 @@ CQL_SIZED = ("ready.plan_cassandra", "ready.gate_post_copy", "set.catch_up_cassa
 class RehearsalSpec:
     tenant_id: int = 5
     tenant_slug: str = "test-pool"
+    platform: str = ""  # the platform profile (``MigrationSpec.platform``)
     reference_tenant_id: int = 1
     history: int = 8
     chunk_rows: int = 50_000
@@ -68,7 +69,7 @@ class RehearsalSpec:
     target_endpoint_prefix: str = "vpc"
 
     def migration_spec(self) -> MigrationSpec:
-        return parse_spec({"tenant_id": self.tenant_id, "chunk_rows": self.chunk_rows, "max_tasks": self.max_tasks,
+        return parse_spec({"tenant_id": self.tenant_id, "platform": self.platform, "chunk_rows": self.chunk_rows, "max_tasks": self.max_tasks,
                            "cassandra_days": self.cassandra_days,
                            "partial_history_ok": self.cassandra_days != 0, "max_ttl_wait_s": self.max_ttl_wait_s,
                            "drain_seconds": self.drain_seconds, "drain_quiet_s": self.drain_quiet_s, "dns_zone": self.dns_zone,
@@ -76,7 +77,7 @@ class RehearsalSpec:
 
     def rollback_spec(self, migration_run_id: str) -> RollbackSpec:
         return RollbackSpec(self.tenant_id, self.tenant_slug, migration_run_id, self.dns_zone,
-                            self.target_endpoint_prefix, self.max_ttl_wait_s)
+                            self.target_endpoint_prefix, self.max_ttl_wait_s, platform=self.platform)
 
 
 def parse_rehearsal_spec(params: dict[str, Any]) -> RehearsalSpec:
@@ -153,9 +154,11 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
     from tenant_migration.cassandra import plan as cql_plan
     from tenant_migration.cassandra.fingerprint import fingerprint_chunks
     from tenant_migration.cutover import dns
+    from tenant_migration.flows.common import dns_plans
 
     with ep.source_primary.connect(autocommit=True) as pconn:
-        pg = {t: list(_shared_checksum(pconn, tmap, t, spec.tenant_id)) for t in tmap.load_order()}
+        ignore = BOOKKEEPING | set(profile.named(spec.platform).registrations.bookkeeping_columns)
+        pg = {t: list(_shared_checksum(pconn, tmap, t, spec.tenant_id, ignore)) for t in tmap.load_order()}
         with ep.cassandra_source.session() as src:
             if cql_chunks is None:
                 cql_chunks = cql_plan.plan_tenant(pconn, tmap, spec.tenant_id, datetime.now(UTC).date(),
@@ -165,21 +168,23 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     answers = {p.name: dns.resolve(r53, zid, p.name)[1]
-               for p in dns.tenant_records(spec.dns_zone, spec.tenant_slug, spec.target_endpoint_prefix)}
+               for p in dns_plans(spec, spec.tenant_slug)}
     return {"postgres": pg, "cassandra": {r["chunk_id"]: [r["source_rows"], str(r["source_hash"])] for r in report.records()},
             "cql_chunks": [asdict(c) for c in cql_chunks], "dns": answers}
 
 
-# The rehearsal itself suspends and resumes the tenant's registrations: those bookkeeping columns
-# (and every updated_at, rewritten by the platform's trigger) change by design; all else must not.
-BOOKKEEPING = frozenset({"updated_at", "registrations_suspended_until", "suspension_reason"})
+# The rehearsal itself suspends and resumes the tenant's registrations: the columns the switch
+# writes (its profile's ``registrations.bookkeeping_columns``) and every ``updated_at`` (rewritten
+# by a platform's trigger) change by design; all else must not.
+BOOKKEEPING = frozenset({"updated_at"})
 
 
-def _shared_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tenant_id: int) -> tuple[int, str]:
+def _shared_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tenant_id: int,
+                     ignore: set[str] | frozenset[str] = BOOKKEEPING) -> tuple[int, str]:
     from tenant_migration.postgres.catalog import columns
     from tenant_migration.postgres.copy import checksum_query, unhashable_columns
 
-    cols = [c for c, _ in columns(conn, tmap.schema, table) if c not in BOOKKEEPING]
+    cols = [c for c, _ in columns(conn, tmap.schema, table) if c not in ignore]
     text_cols = unhashable_columns(conn, tmap.schema, table, cols)
     row = conn.execute(checksum_query(tmap, table, cols, None, text_cols), {"tenant_id": tenant_id}).fetchone()
     assert row is not None
@@ -188,11 +193,12 @@ def _shared_checksum(conn: psycopg.Connection, tmap: TenantMap, table: str, tena
 
 def begin_rehearsal(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Refuse anything but the test-pool tenant; store the shared platform's baseline (once)."""
-    tmap = tmap or load_tenant_map()
+    prof = profile.named(spec.platform)
+    tmap = tmap or prof.tenant_map
     from tenant_migration.flows.common import tenant_slug
 
     with ep.replica.connect(autocommit=True) as rconn:
-        slug = tenant_slug(rconn, tmap, spec.tenant_id)
+        slug = tenant_slug(rconn, tmap, spec.tenant_id, prof.doc.tenant)
     if slug != spec.tenant_slug:
         raise InvalidParams(f"tenant {spec.tenant_id} is {slug!r}, not the rehearsal tenant {spec.tenant_slug!r}")
     with ep.target.connect(autocommit=True) as tconn:
@@ -223,7 +229,7 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
     from tenant_migration.validation import gates, gx_gate
     from tenant_migration.validation.counts import GateFailed
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     started = time.monotonic()
     with ep.target.connect(autocommit=True) as tconn:
         base = _baseline(tconn, rid)
@@ -255,7 +261,7 @@ def purge_target(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     from tenant_migration.cassandra.copy import cql_ident, table_shape
     from tenant_migration.cassandra.plan import chunk_partitions
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     with ep.target.connect(autocommit=True) as tconn:
         if ledger.run_row(tconn, rid) is None:
             return {"purged": False, "reason": "the migration never registered: nothing on the target"}
@@ -365,7 +371,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     from tenant_migration.cassandra.plan import default_ttl
     from tenant_migration.flows.common import reports_dir, safe_name
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     back = back_run_id(rid)
     with ep.target.connect(autocommit=True) as tconn:
         measured = _tasks(tconn, rid)

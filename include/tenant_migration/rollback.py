@@ -38,11 +38,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenant_migration import ledger
+from tenant_migration import ledger, profile
 from tenant_migration.cutover import dns
 from tenant_migration.endpoints import Endpoints, PgEndpoint
 from tenant_migration.spec import InvalidParams
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -78,6 +78,7 @@ class RollbackSpec:
     target_endpoint_prefix: str = "vpc"
     max_ttl_wait_s: int = 300
     cassandra_concurrency: int = 64
+    platform: str = ""  # the platform profile (``MigrationSpec.platform``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,17 +101,12 @@ def parse_rollback_spec(params: dict[str, Any]) -> RollbackSpec:
         target_endpoint_prefix=str(params.get("target_endpoint_prefix") or RollbackSpec.target_endpoint_prefix),
         max_ttl_wait_s=int(params.get("max_ttl_wait_s", RollbackSpec.max_ttl_wait_s)),
         cassandra_concurrency=int(params.get("cassandra_concurrency", RollbackSpec.cassandra_concurrency)),
+        platform=str(params.get("platform") or ""),
     )
 
 
 class RollbackRefused(RuntimeError):
     """The rollback cannot start (not confirmed, no migration run); nothing was written."""
-
-
-def _slug(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> str | None:
-    row = conn.execute(sql.SQL("SELECT slug FROM {} WHERE {} = %s").format(
-        tmap.qualified(tmap.root_table), sql.Identifier(tmap.root_key)), (tenant_id,)).fetchone()
-    return str(row[0]) if row else None
 
 
 def latest_migration_run(tconn: psycopg.Connection, tenant_id: int, exclude: str) -> str | None:
@@ -124,10 +120,13 @@ def latest_migration_run(tconn: psycopg.Connection, tenant_id: int, exclude: str
 def check_rollback(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Refuse unless confirmed; find the migration run and its flip; register the rollback run
     and plan its chunks. The migration run, if still live, is marked aborted (the rollback ends it)."""
-    tmap = tmap or load_tenant_map()
+    from tenant_migration.flows.common import tenant_slug
+
+    prof = profile.named(spec.platform)
+    tmap = tmap or prof.tenant_map
     back = way_back(ep)
     with back.reader.connect(autocommit=True) as tconn:
-        slug = _slug(tconn, tmap, spec.tenant_id)
+        slug = tenant_slug(tconn, tmap, spec.tenant_id, prof.doc.tenant)
         if slug is None:
             raise RollbackRefused(f"tenant {spec.tenant_id} has no row on the target: nothing to bring back")
         if spec.confirm_tenant_slug != slug:
@@ -172,7 +171,9 @@ def flip_dns_back(ep: Endpoints, spec: RollbackSpec, run_id: str, slug: str) -> 
     the TTL so the target stops receiving writes before the copy-back."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    from tenant_migration.flows.common import dns_plans
+
+    plans = dns_plans(spec, slug)
     before = {p.name: dns.resolve(r53, zid, p.name) for p in plans}
     sets = dns.record_sets(r53, zid)  # a weighted set, when a shift stopped midway: every member
     ttl = max((int(rr.get("TTL", 0)) for p in plans for rr in sets.get(p.name, [])), default=0)
@@ -229,14 +230,15 @@ def catch_up_unfinished_flip(ep: Endpoints, tconn: psycopg.Connection, run_id: s
     run = ledger.run_row(tconn, migration) if migration else None
     if run is None or gate_passed(tconn, migration, "post_flip"):
         return None
-    spec = parse_spec({k: v for k, v in dict(run["spec"]).items() if v is not None})
+    # The run's params as it stored them (its profile document beside them is not a param).
+    spec = parse_spec({k: v for k, v in dict(run["spec"]).items() if v is not None and k != "profile"})
     return catch_up_postgres(ep, spec, migration, until_now=True, tmap=tmap, step_name="catch_up_before_rollback")
 
 
 def copy_back_postgres(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Every table not done yet, children first; done tables are skipped (safe to clear). A flip
     that never finished first brings the source's late writes to the target."""
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     back = way_back(ep)
     out: dict[str, int] = {}
     started = time.monotonic()
@@ -263,7 +265,7 @@ def copy_back_cassandra(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: Te
     from tenant_migration.cassandra import copy as cql_copy
     from tenant_migration.cassandra.plan import copy_order
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     back = way_back(ep)
     started = time.monotonic()
     rows = chunks_done = 0
@@ -315,7 +317,7 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
     from tenant_migration.validation import gates, gx_gate
     from tenant_migration.validation.counts import GateFailed
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile.named(spec.platform).tenant_map
     back = way_back(ep)
     started = time.monotonic()
     rows = []

@@ -30,7 +30,7 @@ from tenant_migration.ledger import Chunk
 # took 0.05-0.12 s each for 1-4,500 rows; ``make bench-postgres`` moved ~64 k rows/s per worker in
 # 250 k-row chunks. Cassandra: demo tenant 3's 25 chunks read ~23,500 partitions in 21-44 s of
 # chunk work beside a running ``airflow standalone`` (540-1,090/s; 81.6 s, ~290/s, once on a
-# heavily loaded machine; datapoints partitions are the heavy ones).
+# heavily loaded machine; the day-bucketed partitions are the heavy ones).
 PG_CHUNK_SECONDS = 0.1  # per PostgreSQL chunk: transaction, psql pair, checksum read-back, ledger
 PG_ROWS_PER_SECOND = 60_000.0
 CQL_CHUNK_SECONDS = 0.2  # per Cassandra chunk: ledger round trips, prepared statements

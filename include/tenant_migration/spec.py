@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+_PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -20,6 +21,9 @@ class InvalidParams(ValueError):
 @dataclass(frozen=True)
 class MigrationSpec:
     tenant_id: int
+    # The platform profile (``profile``): a name in the deployment's profiles folder; "" is the
+    # folder's only profile. Read by every step when it runs, never at parse time.
+    platform: str = ""
     dry_run: bool = False
     chunk_rows: int = 50_000
     cassandra_concurrency: int = 64
@@ -44,8 +48,6 @@ class MigrationSpec:
     load_seconds: int = 10
     load_max_p99_ms: int = 50
     load_min_rate_pct: int = 95
-    # The load check's workload (``tenant_migration.workload``): the bundled sample platform's fleet.
-    load_workload: str = "tenant_migration.fleet.loadcheck:load_check"
     dns_shift_percent_steps: tuple[int, ...] = ()  # empty: the direct flip
     dns_shift_dwell_s: int = 300
 
@@ -118,8 +120,12 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
     prefix = str(params.get("target_endpoint_prefix", MigrationSpec.target_endpoint_prefix))
     if not _SLUG.match(prefix):
         raise InvalidParams(f"param 'target_endpoint_prefix' must be a DNS label, got {prefix!r}")
+    platform = params.get("platform") or ""
+    if not isinstance(platform, str) or (platform and not _PROFILE.match(platform)):
+        raise InvalidParams(f"param 'platform' must be a profile name (letters, digits, '_.-'), got {platform!r}")
     spec = MigrationSpec(
         tenant_id=_int(params, "tenant_id", 0, 1, 2**62),
+        platform=platform,
         dry_run=_bool(params, "dry_run", MigrationSpec.dry_run),
         chunk_rows=_int(params, "chunk_rows", MigrationSpec.chunk_rows, 100, 10_000_000),
         cassandra_concurrency=_int(params, "cassandra_concurrency", MigrationSpec.cassandra_concurrency, 1, 1024),

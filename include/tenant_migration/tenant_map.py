@@ -1,6 +1,6 @@
 """The tenant map: which tables belong to a tenant, and through which keys.
 
-A platform is described declaratively (YAML, see ``sample/tenant_map.yaml``). Each tenant-scoped
+A platform is described declaratively (YAML, part of its profile: ``profile.py``). Each tenant-scoped
 table reaches the tenant through its own column (``tenant_column``) or through one foreign-key hop
 (``via``) to another tenant-scoped table, which reaches it in turn. From the hops come the load
 order (parents before children) and the SQL filter that selects exactly one tenant's rows.
@@ -17,9 +17,6 @@ from typing import Any
 
 import yaml
 from psycopg import sql
-
-SAMPLE_MAP = Path(__file__).parent / "sample" / "tenant_map.yaml"
-
 
 EMPTY_KEYS = ("refuse", "skip")
 
@@ -238,7 +235,7 @@ def parse_tenant_map(doc: dict[str, Any]) -> TenantMap:
     return tmap
 
 
-def load_tenant_map(path: Path | str = SAMPLE_MAP) -> TenantMap:
+def load_tenant_map(path: Path | str) -> TenantMap:
     with Path(path).open() as fh:
         # libyaml's safe loader when PyYAML has it (8x faster; every gate and task loads the map).
         doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader

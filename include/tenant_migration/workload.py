@@ -1,8 +1,9 @@
 """The load check's workload: whatever drives the target at the tenant's own write shape and rate
 and measures it (the SET phase's "Gatling" step). The engine knows only this interface; a platform
-provides one and names it ``module:function`` (``MigrationSpec.load_workload``). The bundled sample
-platform's is the fleet simulator's (``tenant_migration.fleet.loadcheck:load_check``): imported by
-name when the check runs, so the engine never imports the simulator.
+provides one and its profile names it ``module:function`` (``load_check.workload``, or ``none``).
+The bundled sample platform's is its fleet simulator's
+(``tenant_migration.sample.fleet.loadcheck:load_check``): imported by name when the check runs, so
+the engine never imports the simulator.
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ import pytest
 from helpers import admin
 
 from tenant_migration.cutover import dns
-from tenant_migration.fleet import report as zd_report
-from tenant_migration.fleet.__main__ import build
-from tenant_migration.fleet.journal import Journal
-from tenant_migration.fleet.simulator import FleetConfig, FleetStats
-from tenant_migration.fleet.verify import verify
-from tenant_migration.sample import aws, data
+from tenant_migration.sample import aws, data, dns_records
+from tenant_migration.sample.fleet import report as zd_report
+from tenant_migration.sample.fleet.__main__ import build
+from tenant_migration.sample.fleet.journal import Journal
+from tenant_migration.sample.fleet.simulator import FleetConfig, FleetStats
+from tenant_migration.sample.fleet.verify import verify
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.stack import moto
 from tenant_migration.stack.airflow_rest import AirflowRest, start_standalone, stop
@@ -107,7 +107,7 @@ def _prepare(topo, endpoints) -> str:
     slug = data.TENANT_SLUGS[TENANT - 1]
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
-    dns.lower_ttl(r53, zid, dns.tenant_records(MigrationSpec.dns_zone, slug), NORMAL_TTL)
+    dns.lower_ttl(r53, zid, dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug), NORMAL_TTL)
     return slug
 
 

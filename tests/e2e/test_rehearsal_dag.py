@@ -9,7 +9,7 @@ import pytest
 from helpers import admin, parse_dag
 
 from tenant_migration.cutover import dns
-from tenant_migration.sample import data
+from tenant_migration.sample import data, dns_records
 from tenant_migration.spec import MigrationSpec
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def test_rehearsal_goes_there_and_back_and_reports(dag, topo, endpoints, reports
     assert set(states.values()) == {"success"}, states
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
-    for plan in dns.tenant_records(MigrationSpec.dns_zone, data.TEST_POOL_SLUG):
+    for plan in dns.tenant_records(dns_records(), MigrationSpec.dns_zone, data.TEST_POOL_SLUG):
         assert dns.resolve(r53, zid, plan.name)[1] == plan.shared_target
     with admin(topo, "target") as t:
         row = t.execute("SELECT verdict, report_path, predicted_seconds FROM tm_control.rehearsals "

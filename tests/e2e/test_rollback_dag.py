@@ -13,7 +13,7 @@ from helpers import admin, parse_dag
 
 from tenant_migration.cutover import dns
 from tenant_migration.postgres.copy import table_checksum
-from tenant_migration.sample import data
+from tenant_migration.sample import SAMPLE_MAP, data, dns_records
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import load_tenant_map
 
@@ -34,7 +34,7 @@ def _answers(endpoints, slug: str) -> set[str]:
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
     return {"target" if dns.resolve(r53, zid, p.name)[1] == p.tenant_target else
             "shared" if dns.resolve(r53, zid, p.name)[1] == p.shared_target else "other"
-            for p in dns.tenant_records(MigrationSpec.dns_zone, slug)}
+            for p in dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug)}
 
 
 def test_rollback_brings_dns_and_post_flip_changes_back(dag, rollback_dag, topo, endpoints, reports) -> None:
@@ -77,7 +77,7 @@ def test_rollback_brings_dns_and_post_flip_changes_back(dag, rollback_dag, topo,
             "made on target",)
         assert p.execute("SELECT count(*) FROM platform.rule_actions WHERE rule_id = %s AND action_no = %s",
                          gone).fetchone() == (0,)
-        tmap = load_tenant_map()
+        tmap = load_tenant_map(SAMPLE_MAP)
         with admin(topo, "target") as t:
             for table in tmap.load_order():
                 assert table_checksum(p, tmap, table, TENANT) == table_checksum(t, tmap, table, TENANT), table

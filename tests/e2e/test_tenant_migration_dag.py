@@ -6,7 +6,7 @@ import pytest
 from helpers import admin, ledger_runs
 
 from tenant_migration.cutover import dns
-from tenant_migration.sample import data
+from tenant_migration.sample import data, dns_records
 from tenant_migration.spec import MigrationSpec
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +46,7 @@ def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
     slug = data.TENANT_SLUGS[TENANT - 1]
-    for plan in dns.tenant_records(MigrationSpec.dns_zone, slug):
+    for plan in dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug):
         assert dns.resolve(r53, zid, plan.name)[1] == plan.tenant_target
     summaries = list(reports.rglob("summary.txt"))
     assert summaries and "DNS answer before and after" in summaries[0].read_text()

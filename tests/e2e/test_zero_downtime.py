@@ -15,12 +15,12 @@ import pytest
 from helpers import admin
 
 from tenant_migration.cutover import dns
-from tenant_migration.fleet import report as zd_report
-from tenant_migration.fleet.__main__ import build
-from tenant_migration.fleet.journal import Journal
-from tenant_migration.fleet.simulator import FleetConfig, FleetStats
-from tenant_migration.fleet.verify import verify
-from tenant_migration.sample import data
+from tenant_migration.sample import data, dns_records
+from tenant_migration.sample.fleet import report as zd_report
+from tenant_migration.sample.fleet.__main__ import build
+from tenant_migration.sample.fleet.journal import Journal
+from tenant_migration.sample.fleet.simulator import FleetConfig, FleetStats
+from tenant_migration.sample.fleet.verify import verify
 from tenant_migration.spec import MigrationSpec
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def test_fleet_sees_no_downtime_and_loses_nothing(dag, topo, endpoints, reports,
     slug = data.TENANT_SLUGS[TENANT - 1]
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
-    dns.lower_ttl(r53, zid, dns.tenant_records(MigrationSpec.dns_zone, slug), NORMAL_TTL)
+    dns.lower_ttl(r53, zid, dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug), NORMAL_TTL)
     cfg = FleetConfig(tenant_id=TENANT, slug=slug, devices=60, active_fraction=0.2, active_per_second=2.0,
                       background_per_hour=60.0, app_updates_per_second=2.0, registrations_per_minute=20.0,
                       device_registrations_per_minute=10.0, registration_retry_s=2.0, duration_s=3600.0,

@@ -17,14 +17,15 @@ from helpers import admin, ledger_runs
 from tenant_migration import ledger, replica, steps
 from tenant_migration.cutover import dns
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.sample import data
+from tenant_migration.sample import SAMPLE_MAP, data, dns_records
+from tenant_migration.sample import profile as sample_profile
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import load_tenant_map
 from tenant_migration.validation.counts import GateFailed
 
 pytestmark = pytest.mark.integration
 
-TMAP = load_tenant_map()
+TMAP = load_tenant_map(SAMPLE_MAP)
 TENANT = 2  # a small, non-empty tenant of the tiny preset
 
 
@@ -113,9 +114,9 @@ def test_a_missing_dns_record_is_refused_naming_it(endpoints, clean_target, targ
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     with endpoints.replica.connect() as r:
-        slug = steps.tenant_slug(r, load_tenant_map(), TENANT)
+        slug = steps.tenant_slug(r, load_tenant_map(SAMPLE_MAP), TENANT, sample_profile().doc.tenant)
     assert slug is not None
-    plan = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)[0]
+    plan = dns.tenant_records(dns_records(), spec.dns_zone, slug, spec.target_endpoint_prefix)[0]
     sets = [{k: v for k, v in rr.items() if k in ("Name", "Type", "TTL", "ResourceRecords")}
             for rr in dns.record_sets(r53, zid)[plan.tenant_target]]
     r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": [
@@ -302,7 +303,7 @@ def test_dns_flip_is_visible_through_the_moto_server(endpoints, clean_target, re
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, MigrationSpec.dns_zone)
     slug = data.TENANT_SLUGS[TENANT - 1]
-    plans = dns.tenant_records(MigrationSpec.dns_zone, slug)
+    plans = dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug)
     assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.2"
     dns.point_records(r53, zid, plans, to_tenant=True)
     assert dns.resolve(r53, zid, plans[0].name)[-1] == "127.0.0.3"

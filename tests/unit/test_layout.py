@@ -12,7 +12,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "include" / "tenant_migration"
 DAGS = PKG.parents[1] / "dags"
-TOOLS = ("tenant_migration.stack", "tenant_migration.sample", "tenant_migration.fleet", "tenant_migration.demo")
+TOOLS = ("tenant_migration.stack", "tenant_migration.sample", "tenant_migration.demo")
 
 
 def _module(path: Path) -> str:
@@ -112,3 +112,47 @@ def test_dag_files_run_no_step_by_name(path: Path) -> None:
     text = path.read_text()
     assert "getattr(" not in text
     assert not re.search(r"_call\(\s*[\"']", text), "pass the step itself (phase_module.step), not its name"
+
+
+def _sample_names() -> tuple[re.Pattern[str], set[str]]:
+    """From the sample's own profile: its schema and keyspace (qualified uses), and its table and
+    registration-switch column names."""
+    from tenant_migration.sample import profile
+
+    prof = profile()
+    tmap = prof.tenant_map
+    tables = set(tmap.tables) | set(tmap.shared_tables) | set(tmap.cassandra_tables)
+    columns = set(re.findall(r"\b(registrations_\w+|suspension_\w+)\b", " ".join(
+        [prof.registrations.status, prof.registrations.suspend, prof.registrations.resume])))
+    # Multi-word names anywhere (comments too); one-word names ("devices", "users": the domain's
+    # words) only where code uses them as names: string constants, below.
+    distinctive = {n for n in tables | columns if "_" in n} | {n for n in tables if n.endswith("points")}
+    words = [rf"\b{re.escape(tmap.schema)}\.\w+", rf"\b{re.escape(tmap.keyspace)}\b"] + [
+        rf"\b{re.escape(n)}\b" for n in sorted(distinctive)]
+    # The schema's bare name is left to the qualified pattern: the sample's is "platform", the word
+    # the engine's own param and the stack's database are called by.
+    return re.compile("|".join(words)), tables | columns | {tmap.keyspace}
+
+
+ENGINE_FILES = sorted([p for p in PKG.rglob("*.py") if "sample" not in p.relative_to(PKG).parts]
+                      + [p for p in (PKG / "runbooks").glob("*.md")] + sorted(DAGS.glob("*.py"))
+                      + sorted((PKG.parents[1] / "plugins").rglob("*.py")))
+
+
+def test_no_sample_name_outside_sample() -> None:
+    """Issue 30, item 2: only ``sample/`` and the sample's profile name the sample's schemas,
+    keyspace, tables and switch columns. The grep of the closing note, as a test."""
+    pattern, names = _sample_names()
+    found = []
+    for path in ENGINE_FILES:
+        text = path.read_text()
+        found += [f"{path.relative_to(PKG.parents[1])}:{text[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+                  for m in pattern.finditer(text)]
+        if path.suffix == ".py":
+            docstrings = {id(n.body[0].value) for n in ast.walk(ast.parse(text))
+                          if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
+                          and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+            found += [f"{path.relative_to(PKG.parents[1])}:{n.lineno}: {n.value!r}" for n in ast.walk(ast.parse(text))
+                      if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+                      and n.value in names]
+    assert not found, "the engine names the sample platform; take it from the profile:\n" + "\n".join(found)

@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 
-from tenant_migration.tenant_map import SAMPLE_MAP, TenantMapError, load_tenant_map, parse_tenant_map
+from tenant_migration.sample import SAMPLE_MAP
+from tenant_migration.tenant_map import TenantMapError, load_tenant_map, parse_tenant_map
 
 
 @pytest.fixture
@@ -14,7 +15,7 @@ def doc() -> dict:
 
 
 def test_sample_map_load_order_puts_parents_first() -> None:
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     order = tmap.load_order()
     assert order[0] == "tenants"
     for name, spec in tmap.tables.items():
@@ -24,7 +25,7 @@ def test_sample_map_load_order_puts_parents_first() -> None:
 
 
 def test_three_hop_table_filters_through_every_hop() -> None:
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     assert [h.table for h in tmap.path("rule_actions")] == ["rules", "properties", "devices"]
     text = tmap.select_tenant_rows("rule_actions", ["rule_id"]).as_string(None)
     for table in ("rules", "properties", "devices"):
@@ -61,7 +62,7 @@ def test_malformed_maps_are_refused(doc: dict, mutate, message: str) -> None:
 
 
 def test_tenant_of_names_the_owner_through_every_hop() -> None:
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     assert tmap.tenant_of("devices").as_string(None) == '"t"."tenant_id"'
     text = tmap.tenant_of("rule_actions").as_string(None)
     # rule_actions -> rules -> properties -> devices.tenant_id, each a correlated look-up.

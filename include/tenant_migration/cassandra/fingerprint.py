@@ -161,7 +161,7 @@ def _settle(source: Session, target: Session, shape: TableShape, agg_a: Prints, 
 
 
 def partition_label(shape: TableShape, pk: tuple[Any, ...]) -> str:
-    """A readable partition name, e.g. ``datapoints(device_id=12, property_id=5, day=2026-01-02)``."""
+    """A readable partition name, e.g. ``readings(sensor_id=12, day=2026-01-02)``."""
     return f"{shape.table}(" + ", ".join(f"{c}={v}" for c, v in zip(shape.partition_key, pk, strict=True)) + ")"
 
 

@@ -187,14 +187,14 @@ def plan_table(bases: Sequence[tuple[Any, ...]], spec: CassandraTableSpec, windo
     if not batches:
         days = sorted({d for w in windows for d in w}, reverse=True) if spec.day_column else []
         return [Chunk(f"cql:{spec.name}:{seq:04d}", ENGINE, spec.name,
-                      {"table": spec.name, "window": 0, "devices": [], "bases": [],
+                      {"table": spec.name, "window": 0, "base_range": [], "bases": [],
                        "days": [d.isoformat() for d in days], **extra})]
     for w_no, win in enumerate(wins):
         for batch in batches:
             bounds = {
                 "table": spec.name,
                 "window": w_no,
-                "devices": [grp[0][0] for grp in (batch[0], batch[-1])],
+                "base_range": [grp[0][0] for grp in (batch[0], batch[-1])],
                 "bases": [list(b) for grp in batch for b in grp],
                 "days": [d.isoformat() for d in win] if win is not None else [],
                 **extra,

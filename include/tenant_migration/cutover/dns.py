@@ -1,8 +1,8 @@
 """The tenant's DNS records and the flip, through Route53 (a moto server locally).
 
-Devices and apps reach the platform through per-tenant names (``devices.<slug>.<zone>``,
-``api.<slug>.<zone>``) that are CNAMEs to the shared platform's endpoints; the flip UPSERTs them
-to the tenant's dedicated endpoints. UPSERT makes a retry after a partial change converge.
+Devices and apps reach the platform through per-tenant names (the profile's ``dns.records``, say
+``devices.<slug>.<zone>``) that are CNAMEs to the shared platform's endpoints; the flip UPSERTs
+them to the tenant's dedicated endpoints. UPSERT makes a retry after a partial change converge.
 The zone is looked up by name; Route53 reports no DNS answers here (moto serves no DNS), so
 "what a client resolves" is computed by following the CNAME chain through the API.
 
@@ -19,11 +19,15 @@ alone, whatever the name.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-SERVICES = ("devices", "api")
+if TYPE_CHECKING:
+    from tenant_migration.profile import DnsRecord
+
 
 
 class Route53Client(Protocol):
@@ -44,16 +48,31 @@ class RecordPlan:
     tenant_target: str
 
 
-def tenant_records(zone: str, slug: str, prefix: str = "vpc") -> list[RecordPlan]:
-    """The tenant's records and where they point before (shared) and after (dedicated) the flip."""
-    return [
-        RecordPlan(
-            name=f"{svc}.{slug}.{zone}",
-            shared_target=f"{svc}.shared.{zone}",
-            tenant_target=f"{svc}.{prefix}-{slug}.{zone}",
-        )
-        for svc in SERVICES
-    ]
+_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def tenant_records(templates: Sequence[DnsRecord], zone: str, slug: str, prefix: str = "vpc",
+                   tenant_id: int | None = None) -> list[RecordPlan]:
+    """The tenant's records (the profile's ``dns.records``, rendered) and where they point before
+    (shared) and after (dedicated) the flip. ``DnsError`` naming the profile's key when a template
+    does not render to a DNS name in ``zone`` for this tenant."""
+    values = {"slug": slug, "zone": zone, "prefix": prefix, "tenant_id": "" if tenant_id is None else tenant_id}
+    plans = []
+    for i, t in enumerate(templates):
+        rendered = []
+        for key in ("name", "shared", "dedicated"):
+            name = getattr(t, key).format(**values)
+            head = name[: -len(zone)] if name.endswith(zone) else ""
+            bad = [label for label in head[:-1].split(".") if not _LABEL.match(label)] if head.endswith(".") else []
+            if not head.endswith(".") or bad or len(name) > 253:
+                raise DnsError(f"dns.records[{i}].{key}: {getattr(t, key)!r} renders {name!r} for tenant slug "
+                               f"{slug!r}, not a DNS name in {zone}" + (f" (bad label {bad[0]!r})" if bad else ""))
+            rendered.append(name)
+        plans.append(RecordPlan(*rendered))
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        raise DnsError(f"dns.records: two templates render the same name for tenant slug {slug!r}: {names}")
+    return plans
 
 
 def zone_id(client: Route53Client, zone: str) -> str:

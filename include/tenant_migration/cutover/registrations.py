@@ -1,11 +1,12 @@
 """Suspending a tenant's new user and device registrations for the critical window.
 
 Design note: rather than engineer around registrations that arrive mid-cutover, the platform
-refuses them for the window (``platform.check_registrations_open`` trigger). The suspension carries
-an expiry that the *platform itself* enforces: once ``registrations_suspended_until`` passes,
-registrations succeed again even if nobody resumes them: a dead-man switch that holds if Airflow
-dies. ``resume`` clears the flag on every side that may take traffic (the shared source and, once
-flipped, the tenant's target).
+refuses them for the window. The suspension carries an expiry that the *platform itself* enforces:
+once it passes, registrations succeed again even if nobody resumes them: a dead-man switch that
+holds if Airflow dies. How a platform switches them is its profile's ``registrations``
+(``profile.SqlSwitch``: status / suspend / resume statements on a named connection); the flow
+resumes them on every side that may take traffic (the shared source and, once flipped, the
+tenant's target).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from tenant_migration.profile import SqlSwitch
 
 
 class RegistrationError(RuntimeError):
@@ -40,41 +44,38 @@ class Suspension:
                 "reason": self.reason, "observed_at": self.now.isoformat()}
 
 
-def status(conn: psycopg.Connection, tenant_id: int) -> Suspension:
-    row = conn.execute(
-        "SELECT registrations_enabled, registrations_suspended_until, suspension_reason, clock_timestamp() "
-        "FROM platform.tenant_settings WHERE tenant_id = %s",
-        (tenant_id,),
-    ).fetchone()
+def status(conn: psycopg.Connection, switch: SqlSwitch, tenant_id: int) -> Suspension:
+    """The switch's state for the tenant, as the platform sees it now (its own clock)."""
+    cur = conn.execute(sql.SQL(switch.status), {"tenant_id": tenant_id})  # type: ignore[arg-type]
+    row = cur.fetchone()
     if row is None:
-        raise RegistrationError(f"tenant {tenant_id} has no tenant_settings row")
-    return Suspension(tenant_id, bool(row[0]), row[1], row[2], row[3])
+        raise RegistrationError(f"registrations.status returned no row for tenant {tenant_id}")
+    cols = [c.name for c in cur.description or []]
+    values = dict(zip(cols, row, strict=True))
+    missing = sorted({"enabled", "suspended_until", "reason"} - set(values))
+    if missing:
+        raise RegistrationError(f"registrations.status must return the columns enabled, suspended_until and reason; "
+                                f"missing {missing}")
+    now = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert now is not None
+    return Suspension(tenant_id, bool(values["enabled"]), values["suspended_until"], values["reason"], now[0])
 
 
-def suspend(conn: psycopg.Connection, tenant_id: int, expires_in: timedelta, reason: str) -> Suspension:
+def suspend(conn: psycopg.Connection, switch: SqlSwitch, tenant_id: int, expires_in: timedelta,
+            reason: str) -> Suspension:
     """Refuse registrations until now + ``expires_in``. Idempotent: a repeat keeps the later expiry."""
     if expires_in <= timedelta(0):
         raise RegistrationError("a suspension needs a positive expiry (the dead-man switch)")
     with conn.transaction():
-        updated = conn.execute(
-            "UPDATE platform.tenant_settings SET registrations_enabled = false, "
-            "registrations_suspended_until = GREATEST(CASE WHEN registrations_enabled THEN NULL "
-            "ELSE registrations_suspended_until END, clock_timestamp() + %s), suspension_reason = %s "
-            "WHERE tenant_id = %s",
-            (expires_in, reason, tenant_id),
-        ).rowcount
-    if updated != 1:
-        raise RegistrationError(f"tenant {tenant_id} has no tenant_settings row")
-    return status(conn, tenant_id)
+        updated = conn.execute(sql.SQL(switch.suspend),  # type: ignore[arg-type]
+                               {"tenant_id": tenant_id, "expires_in": expires_in, "reason": reason}).rowcount
+    if updated < 1:
+        raise RegistrationError(f"registrations.suspend changed no row for tenant {tenant_id}")
+    return status(conn, switch, tenant_id)
 
 
-def resume(conn: psycopg.Connection, tenant_id: int) -> Suspension:
+def resume(conn: psycopg.Connection, switch: SqlSwitch, tenant_id: int) -> Suspension:
     """Accept registrations again. Idempotent."""
     with conn.transaction():
-        conn.execute(
-            "UPDATE platform.tenant_settings SET registrations_enabled = true, "
-            "registrations_suspended_until = NULL, suspension_reason = NULL "
-            "WHERE tenant_id = %s AND NOT registrations_enabled",
-            (tenant_id,),
-        )
-    return status(conn, tenant_id)
+        conn.execute(sql.SQL(switch.resume), {"tenant_id": tenant_id})  # type: ignore[arg-type]
+    return status(conn, switch, tenant_id)

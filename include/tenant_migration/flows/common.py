@@ -15,14 +15,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenant_migration import ledger
+from tenant_migration import ledger, profile
+from tenant_migration.cutover import dns
 from tenant_migration.endpoints import Endpoints
+from tenant_migration.profile import Profile, TenantLookup
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation.gx_gate import GateResult
 
 log = logging.getLogger(__name__)
-
-
 
 
 class PreflightError(RuntimeError):
@@ -47,15 +47,33 @@ def step(conn: psycopg.Connection, run_id: str, name: str) -> Iterator[dict[str,
     ledger.record_event(conn, run_id, name, "finished", detail)
 
 
-def tenant_slug(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> str | None:
-    row = conn.execute(
-        sql.SQL("SELECT slug FROM {} WHERE {} = %s").format(tmap.qualified(tmap.root_table), sql.Identifier(tmap.root_key)),
-        (tenant_id,),
-    ).fetchone()
-    return str(row[0]) if row else None
+def profile_of(spec: Any) -> Profile:
+    """The platform profile a run's spec names (``spec.platform``), read now from the deployment's
+    profiles folder: every step asks it, none keeps a platform's names of its own."""
+    return profile.named(spec.platform)
 
 
-def fingerprint(ep: Endpoints, tmap: TenantMap, tenant_id: int) -> str:
+def tenant_slug(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, lookup: TenantLookup) -> str | None:
+    """The tenant's slug (its DNS label) as the profile finds it: a column of the tenant map's root
+    table, or the profile's own query. None when the tenant does not exist."""
+    if lookup.slug_query is not None:
+        cur = conn.execute(sql.SQL(lookup.slug_query), {"tenant_id": tenant_id})  # type: ignore[arg-type]
+    else:
+        assert lookup.slug_column is not None
+        cur = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(
+            sql.Identifier(lookup.slug_column), tmap.qualified(tmap.root_table), sql.Identifier(tmap.root_key)),
+            (tenant_id,))
+    row = cur.fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def dns_plans(spec: Any, slug: str, prof: Profile | None = None) -> list[dns.RecordPlan]:
+    """The tenant's records as the run's profile names them (``dns.records``), in the run's zone."""
+    prof = prof or profile_of(spec)
+    return dns.tenant_records(prof.dns.records, spec.dns_zone, slug, spec.target_endpoint_prefix, spec.tenant_id)
+
+
+def fingerprint(ep: Endpoints, tmap: TenantMap, tenant_id: int, prof: Profile) -> str:
     return ledger.context_fingerprint(
         replica=ep.replica.label,
         target=ep.target.label,
@@ -63,6 +81,7 @@ def fingerprint(ep: Endpoints, tmap: TenantMap, tenant_id: int) -> str:
         cassandra_target=ep.cassandra_target.label,
         tenant_map=tmap.platform + ":" + ",".join(tmap.load_order()),
         tenant=str(tenant_id),
+        profile=f"{prof.name}:{prof.digest}",
     )
 
 

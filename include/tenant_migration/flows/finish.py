@@ -14,13 +14,14 @@ import psycopg
 from tenant_migration import ledger
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
+from tenant_migration.cutover import registrations
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.flows.common import hold_for_resume, record_gate_result, reports_dir, safe_name, step
+from tenant_migration.flows.common import hold_for_resume, profile_of, record_gate_result, reports_dir, safe_name, step
 from tenant_migration.flows.go import suspension_window
 from tenant_migration.flows.set import late_frame
 from tenant_migration.postgres import cdc
 from tenant_migration.spec import MigrationSpec
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 
@@ -117,12 +118,30 @@ def after_flip_frame(ep: Endpoints, spec: MigrationSpec, tconn: psycopg.Connecti
     return pd.DataFrame(rows, columns=AFTER_FLIP_COLUMNS)
 
 
+def registrations_frame(ep: Endpoints, spec: MigrationSpec) -> Any:
+    """Per connection the profile's registration switch runs on: is the tenant still suspended
+    there? A side that holds no flag for the tenant is left out (nothing to resume there)."""
+    import pandas as pd
+
+    switch = profile_of(spec).registrations
+    rows = []
+    for conn_id in [switch.connection, *switch.resume_also_on]:
+        with ep.postgres(conn_id).connect(autocommit=True) as conn:
+            try:
+                state = registrations.status(conn, switch, spec.tenant_id)
+            except (registrations.RegistrationError, psycopg.errors.UndefinedTable):
+                continue
+        rows.append({"unit": f"registrations@{conn_id}", "suspended": int(state.active),
+                     "state": json.dumps(state.to_dict(), default=str)})
+    return pd.DataFrame(rows, columns=["unit", "suspended", "state"])
+
+
 def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Nothing of another tenant on the target (PostgreSQL rows, Cassandra partitions); the
     registrations back on; every chunk of the run done."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
     with ep.target.connect() as tconn:
@@ -132,8 +151,10 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
                 history = history_frame(dst, tconn, tmap, run_id, spec.partial_history_ok)
             late = late_frame(ep, tconn, tmap, run_id)
             after = after_flip_frame(ep, spec, tconn, tmap, run_id)
+            regs = registrations_frame(ep, spec)
             gate = gates.final_gate(tconn, tmap, spec.tenant_id, run_id, reports_dir() / safe_name(run_id), started,
-                                    cassandra=owned, history=history, late=late, after_flip=after)
+                                    cassandra=owned, history=history, late=late, after_flip=after,
+                                    registrations=regs)
             record_gate_result(tconn, run_id, gate)
             detail.update({"passed": gate.passed, "report": str(gate.html_path),
                            "writes_after_flip": after.drop(columns=["offending"]).to_dict("records")})
@@ -152,7 +173,7 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         text = f"dry run for tenant {spec.tenant_id}: preflight passed, nothing was written\n"
         (folder / "summary.txt").write_text(text)
         return {"dry_run": True, "summary": str(folder / "summary.txt")}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.target.connect() as tconn:
         chunks = ledger.chunk_rows(tconn, run_id)
         steps = [(n, sec) for n, sec in ledger.step_durations(tconn, run_id) if sec == sec]  # drop NaN

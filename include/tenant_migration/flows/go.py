@@ -18,8 +18,10 @@ from tenant_migration.endpoints import Endpoints
 from tenant_migration.flows.common import (
     KeptForResume,
     PreflightError,
+    dns_plans,
     hold_for_resume,
     migrated_tables,
+    profile_of,
     record_gate_result,
     reports_dir,
     safe_name,
@@ -29,13 +31,11 @@ from tenant_migration.flows.common import (
 from tenant_migration.flows.set import catch_up_postgres, gate_catch_up, late_frame, plan_late_partitions
 from tenant_migration.postgres import cdc, sequences
 from tenant_migration.spec import MigrationSpec
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 
 log = logging.getLogger(__name__)
-
-
 
 
 def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def flip_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict
     outage never flips on a TTL lowered, or registrations suspended, only in an earlier try."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns_plans(spec, slug)
     before = {p.name: _answer(r53, zid, p.name) for p in plans}
     if spec.dry_run:
         return {"skipped": "dry run", "before": before}
@@ -96,7 +96,7 @@ def shift_dns(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, tconn:
     the flip's preconditions first (``flip_preconditions``)."""
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns_plans(spec, slug)
     now = dns.record_sets(r53, zid)
     at = min((dns.target_weight(now.get(p.name, []), p) or 0) for p in plans)
     done: list[dict[str, Any]] = []
@@ -120,12 +120,12 @@ def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, p
     (the tenant's root row on its PostgreSQL, its Cassandra node, its endpoint records)."""
     import pandas as pd
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns_plans(spec, slug)
     sets = dns.record_sets(r53, zid)
     weights = pd.DataFrame([{"unit": p.name, "target_weight": dns.target_weight(sets.get(p.name, []), p),
                              "expected": percent, "records": dns.describe_sets(sets.get(p.name, []))} for p in plans])
@@ -140,7 +140,7 @@ def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, p
 
     def pg() -> tuple[bool, str]:
         with ep.target.connect(autocommit=True) as conn:
-            found = tenant_slug(conn, tmap, spec.tenant_id)
+            found = tenant_slug(conn, tmap, spec.tenant_id, profile_of(spec).doc.tenant)
         return found == slug, f"tenant row: {found!r}"
 
     def cql() -> tuple[bool, str]:
@@ -166,7 +166,7 @@ def final_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     a failure in the window finds registrations resumed by the teardown: suspended again first."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.target.connect(autocommit=True) as tconn:
         regs = ensure_registrations_suspended(ep, spec, run_id, tconn, "final_catch_up")
     out = catch_up_postgres(ep, spec, run_id, until_now=True, tmap=tmap)
@@ -195,8 +195,9 @@ def suspend_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> di
     resumed or until the expiry passes (the dead-man switch holds even if Airflow dies)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    with ep.source_operator.connect(autocommit=True) as op, ep.target.connect(autocommit=True) as tconn:
-        window = registrations.suspend(op, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
+    switch = profile_of(spec).registrations
+    with ep.postgres(switch.connection).connect(autocommit=True) as op, ep.target.connect(autocommit=True) as tconn:
+        window = registrations.suspend(op, switch, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
                                        f"tenant migration {run_id}")
         ledger.record_event(tconn, run_id, "registrations_suspended", "info", window.to_dict())
     return window.to_dict()
@@ -210,14 +211,18 @@ def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_f
     failed work runs it again after the flip, while the cleared tasks suspend registrations
     again first (``final_catch_up``, ``flip_dns``). ``keep_for_resume=False`` (unattended
     rehearsals) never fails for that."""
-    with ep.source_operator.connect(autocommit=True) as op:
-        source = registrations.resume(op, spec.tenant_id)
-    target: dict[str, Any] | None = None
+    switch = profile_of(spec).registrations
+    with ep.postgres(switch.connection).connect(autocommit=True) as op:
+        source = registrations.resume(op, switch, spec.tenant_id)
+    others: dict[str, Any] = {}
+    for conn_id in switch.resume_also_on:
+        with ep.postgres(conn_id).connect(autocommit=True) as other:
+            try:
+                others[conn_id] = registrations.resume(other, switch, spec.tenant_id).to_dict()
+            except (registrations.RegistrationError, psycopg.errors.UndefinedTable) as exc:
+                # The tenant's flag never reached that side (a run that failed early): nothing to resume.
+                others[conn_id] = {"not_there": f"{type(exc).__name__}: {exc}"[:300]}
     with ep.target.connect(autocommit=True) as tconn:
-        try:
-            target = registrations.resume(tconn, spec.tenant_id).to_dict()
-        except registrations.RegistrationError:
-            target = None  # the tenant's settings row never reached the target (failed early)
         if not spec.dry_run and ledger.run_row(tconn, run_id) is not None:
             ledger.record_event(tconn, run_id, "registrations_resumed", "info", source.to_dict())
             window = suspension_window(tconn, run_id)
@@ -233,7 +238,7 @@ def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_f
                 f"instances (only failed, with downstream): the cleared tasks suspend registrations again before "
                 f"the flip, and this teardown runs again after it. To give up instead: mark the ledger run "
                 f"aborted (runbook: Abort), then clear this task.") from exc
-    return {"source": source.to_dict(), "target": target}
+    return {"source": source.to_dict(), "also": others}
 
 
 def suspension_window(tconn: psycopg.Connection, run_id: str) -> float | None:
@@ -250,8 +255,9 @@ def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     out = gate_catch_up(ep, spec, run_id, gate_name="pre_flip", tmap=tmap)
     if spec.dry_run:
         return out
-    with ep.source_operator.connect(autocommit=True) as op:
-        state = registrations.status(op, spec.tenant_id)
+    switch = profile_of(spec).registrations
+    with ep.postgres(switch.connection).connect(autocommit=True) as op:
+        state = registrations.status(op, switch, spec.tenant_id)
     if not state.active:
         raise GateFailed(f"pre_flip: registrations of tenant {spec.tenant_id} are not suspended ({state.to_dict()})")
     return out
@@ -264,7 +270,7 @@ def lower_dns_ttl(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) ->
         return {"skipped": "dry run"}
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns_plans(spec, slug)
     with ep.target.connect(autocommit=True) as tconn:
         out = ensure_dns_ready(spec, run_id, tconn, r53, zid, plans, "lower_dns_ttl")
         ledger.record_event(tconn, run_id, "lower_dns_ttl", "info", out)
@@ -314,11 +320,12 @@ def ensure_registrations_suspended(ep: Endpoints, spec: MigrationSpec, run_id: s
     """The flip's other precondition, checked NOW: the tenant's registrations are suspended. A clear
     after a failed flip finds them resumed (the teardown ran); they are suspended again here, with
     a fresh expiry, and the teardown (failed on purpose, ``resume_registrations``) runs again after."""
-    with ep.source_operator.connect(autocommit=True) as op:
-        state = registrations.status(op, spec.tenant_id)
+    switch = profile_of(spec).registrations
+    with ep.postgres(switch.connection).connect(autocommit=True) as op:
+        state = registrations.status(op, switch, spec.tenant_id)
         if state.active:
             return {"suspended_again": False, "until": state.to_dict()["suspended_until"]}
-        window = registrations.suspend(op, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
+        window = registrations.suspend(op, switch, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
                                        f"tenant migration {run_id}")
     ledger.record_event(tconn, run_id, "registrations_suspended", "info", {**window.to_dict(), "by": by})
     return {"suspended_again": True, "until": window.to_dict()["suspended_until"], "found": state.to_dict()}
@@ -335,7 +342,7 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
     from tenant_migration.cassandra.ratelimit import TokenBucket
     from tenant_migration.cutover import drain
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     opts = cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency)
     limiter = TokenBucket(opts.rows_per_second)
     with ep.target.connect(autocommit=True) as tconn, step(tconn, run_id, "drain_stragglers") as detail:
@@ -394,13 +401,13 @@ def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, d
         return {"skipped": "dry run"}
     import pandas as pd
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     rows = []
-    for plan in dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix):
+    for plan in dns_plans(spec, slug):
         chain = dns.resolve(r53, zid, plan.name)
         rows.append({"unit": plan.name, "answer": chain[1], "expected": plan.tenant_target})
     frame = pd.DataFrame(rows)

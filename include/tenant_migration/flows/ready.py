@@ -11,18 +11,20 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration import ledger, replica, sizing
+from tenant_migration import ledger, profile, replica, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra import schema as cql_schema
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
-from tenant_migration.cutover import dns
+from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.flows.common import (
     PreflightError,
     detach_lsn,
+    dns_plans,
     fingerprint,
     hold_for_resume,
+    profile_of,
     record_gate_result,
     reports_dir,
     safe_name,
@@ -33,8 +35,9 @@ from tenant_migration.postgres import cdc
 from tenant_migration.postgres import copy as pg_copy
 from tenant_migration.postgres import planner as pg_planner
 from tenant_migration.postgres.catalog import schema_drift
+from tenant_migration.profile import Profile
 from tenant_migration.spec import MigrationSpec
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import dedicated, gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 
@@ -45,24 +48,37 @@ log = logging.getLogger(__name__)
 
 def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
     """Check every precondition, then register the run. Nothing is written before all checks pass."""
-    tmap = tmap or load_tenant_map()
+    prof = profile_of(spec)
+    tmap = tmap or prof.tenant_map
     began = datetime.now(UTC)
     started = time.monotonic()
     gx_gate.warm_up_gx()
     problems: list[str] = []
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
-        slug = tenant_slug(rconn, tmap, spec.tenant_id)
+        slug = tenant_slug(rconn, tmap, spec.tenant_id, prof.doc.tenant)
         if slug is None:
-            raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label}")
-        # Cassandra's schema and the DNS zone are asked while the replica is checked.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preflight") as pool:
+            raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label} "
+                                 f"(platform {prof.name!r})")
+        changed = profile_changes(tconn, run_id, prof)
+        if changed:
+            raise PreflightError(
+                f"run {run_id} was started with platform profile {prof.name!r} as it was then; it has changed since "
+                f"({prof.path}):\n  - " + "\n  - ".join(changed) + "\nRestore the profile to resume this run, or abort "
+                "the run (runbook: Abort) and trigger a new one; nothing was written")
+        try:
+            plans = dns_plans(spec, slug, prof)
+        except dns.DnsError as exc:
+            raise PreflightError(f"preflight failed, nothing was written:\n  - profile {prof.name!r}: {exc}") from None
+        # Cassandra's schema, the DNS zone and the registration switch are asked while the replica is checked.
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
             cassandra = pool.submit(cassandra_drift, ep, tmap)
-            zone = pool.submit(dns_problems, ep, spec, slug)
+            zone = pool.submit(dns_problems, ep, spec, plans)
+            switch = pool.submit(switch_problems, ep, prof, spec.tenant_id)
             drift = schema_drift(rconn, tconn, tmap)
             # The replica's checks only on a schema that matches the tenant map's (else the drift
             # is the error to show, not a failed query); nothing is written yet.
             checks = None if drift else gates.preflight_checks(rconn, tmap, spec.tenant_id, drift)
-            problems += drift + cassandra.result() + zone.result()
+            problems += drift + cassandra.result() + zone.result() + switch.result()
         skipped: dict[str, int] = {}
         if not problems:
             with ep.cassandra_target.session() as dst:
@@ -76,15 +92,50 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         gate = gx_gate.finish_gate("preflight", checks, reports_dir() / safe_name(run_id), started)
         if not gate.passed:
             raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
+        out = {"tenant_id": spec.tenant_id, "slug": slug, "platform": prof.name, "empty_keys_skipped": skipped}
         if spec.dry_run:
-            return {"tenant_id": spec.tenant_id, "slug": slug, "dry_run": True, "report": str(gate.html_path),
-                    "empty_keys_skipped": skipped}
-        new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id), spec.to_dict())
+            return {**out, "dry_run": True, "report": str(gate.html_path)}
+        new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id, prof),
+                               {**spec.to_dict(), "profile": prof.document})
         record_gate_result(tconn, run_id, gate)
         ledger.record_event(tconn, run_id, "preflight", "started", at=began)
         ledger.record_event(tconn, run_id, "preflight", "finished",
-                            {"slug": slug, "new_run": new, "empty_keys_skipped": skipped})
-    return {"tenant_id": spec.tenant_id, "slug": slug, "new_run": new, "dry_run": False, "empty_keys_skipped": skipped}
+                            {"slug": slug, "platform": prof.name, "profile_digest": prof.digest, "new_run": new,
+                             "empty_keys_skipped": skipped})
+    return {**out, "new_run": new, "dry_run": False}
+
+
+def profile_changes(tconn: psycopg.Connection, run_id: str, prof: Profile) -> list[str]:
+    """What changed in the profile since the run ``run_id`` started with it (nothing for a new run)."""
+    started_with = ledger.run_spec(tconn, run_id).get("profile")
+    if started_with is None:
+        return []
+    return profile.changes(started_with, prof.document)
+
+
+def switch_problems(ep: Endpoints, prof: Profile, tenant_id: int) -> list[str]:
+    """The profile's registration switch answers for the tenant (its ``status``), on its connection;
+    the connections it resumes on are defined. Reads only."""
+    switch = prof.registrations
+    where = f"profile {prof.name!r} registrations"
+    problems = []
+    for conn_id in switch.resume_also_on:
+        try:
+            ep.postgres(conn_id)
+        except KeyError as exc:
+            problems.append(f"{where}.resume_also_on: {exc.args[0]}")
+    try:
+        with ep.postgres(switch.connection).connect(autocommit=True) as conn:
+            state = registrations.status(conn, switch, tenant_id)
+    except KeyError as exc:
+        return [*problems, f"{where}.connection: {exc.args[0]}"]
+    except (registrations.RegistrationError, psycopg.Error, ConnectionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return [*problems, f"{where}.status (connection {switch.connection}) does not answer for tenant "
+                           f"{tenant_id}: {type(exc).__name__}: {first}"]
+    if state.active:
+        log.info("registrations of tenant %s are suspended already: %s", tenant_id, state.to_dict())
+    return problems
 
 
 def cassandra_drift(ep: Endpoints, tmap: TenantMap) -> list[str]:
@@ -179,14 +230,14 @@ def keys_types(session: Any, keyspace: str, table: str) -> dict[str, str]:
     return keys.column_types(cql_schema.table_columns(session, keyspace, table))
 
 
-def dns_problems(ep: Endpoints, spec: MigrationSpec, slug: str) -> list[str]:
+def dns_problems(ep: Endpoints, spec: MigrationSpec, plans: list[dns.RecordPlan]) -> list[str]:
     """The tenant's records and its target endpoints' records exist in the zone."""
     problems = []
     r53 = ep.aws.client("route53")
     try:
         zid = dns.zone_id(r53, spec.dns_zone)
         existing = dns.records(r53, zid)
-        for plan in dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix):
+        for plan in plans:
             if plan.name not in existing:
                 problems.append(f"dns {plan.name}: no record")
             if plan.tenant_target not in existing:
@@ -228,7 +279,7 @@ def copy_shared_tables(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
         return {"skipped": "dry run"}
     from tenant_migration.postgres.shared import copy_shared_tables as copy_shared
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_shared_tables") as detail:
             copied = {c.table: c.rows for c in copy_shared(rconn, tconn, tmap)}
@@ -241,7 +292,7 @@ def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     reads the stored plan) and return the ids of the chunks not done yet, in load order."""
     if spec.dry_run:
         return []
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
         chunks = pg_planner.plan_postgres(rconn, tconn, tmap, run_id, spec.tenant_id, spec.chunk_rows)
         done = {c.chunk_id for c in chunks if ledger.chunk_status(tconn, run_id, c.chunk_id) == ledger.ChunkStatus.DONE}
@@ -255,7 +306,7 @@ def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_i
     Chunks already done are skipped, so clearing this task redoes only what is not done."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
     skipped = sum(int(r.skipped) for r in results)
@@ -267,7 +318,7 @@ def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     """Plan and copy every PostgreSQL chunk of the run not done yet (outside Airflow's mapping)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     copy_shared_tables(ep, spec, run_id, tmap)
     with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_postgres") as detail:
@@ -287,7 +338,7 @@ def plan_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     the ids of those not done yet, newest day window first."""
     if spec.dry_run:
         return []
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn, \
             ep.cassandra_source.session() as src:
         if not ledger.run_chunks(tconn, run_id, "cassandra"):
@@ -301,7 +352,7 @@ def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     """Copy every Cassandra chunk of the run not done yet (cells with their WRITETIME and TTL)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     plan_cassandra(ep, spec, run_id, tmap)
     with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_cassandra") as detail:
@@ -326,7 +377,7 @@ def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_
     """Copy the given Cassandra chunks (those already done are skipped): one mapped task's work."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.target.connect(autocommit=True) as tconn:
         wanted = set(chunk_ids)
         chunks = [c for c in ledger.run_chunks(tconn, run_id, "cassandra") if c.chunk_id in wanted]
@@ -371,7 +422,7 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
         return {"skipped": "dry run"}
     import pandas as pd
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:

@@ -10,16 +10,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from tenant_migration import ledger
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.flows.common import detach_lsn, migrated_tables, record_gate_result, reports_dir, safe_name, step
+from tenant_migration.flows.common import (
+    detach_lsn,
+    migrated_tables,
+    profile_of,
+    record_gate_result,
+    reports_dir,
+    safe_name,
+    step,
+)
 from tenant_migration.postgres import cdc, sequences
 from tenant_migration.spec import MigrationSpec
-from tenant_migration.tenant_map import TenantMap, load_tenant_map
+from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
 
@@ -98,7 +107,7 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
     under the threshold (``until_now``: until everything committed before this call is applied)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     name = cdc.slot_name_for(run_id)
     with ep.source_cdc.connect(autocommit=True) as src, ep.target.connect(autocommit=True) as tconn:
         start_lsn, _ = detach_lsn(tconn, run_id)
@@ -131,7 +140,7 @@ def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
         return {"skipped": "dry run"}
     from tenant_migration.cassandra import catchup as cql_catchup
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     with ep.target.connect(autocommit=True) as tconn:
         _, commit_time = detach_lsn(tconn, run_id)
         watermark = commit_time or datetime.now(UTC)
@@ -158,10 +167,13 @@ def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | N
     from tenant_migration.cassandra import warmup as cql_warmup
     from tenant_migration.postgres import warmup as pg_warmup
 
-    tmap = tmap or load_tenant_map()
+    prof = profile_of(spec)
+    tmap = tmap or prof.tenant_map
+    # One query per table of the map, then the profile's own (the app's hottest lookups).
+    queries = pg_warmup.sample_queries(tmap) + [sql.Composed([sql.SQL(q)]) for q in prof.doc.warmup.postgres]  # type: ignore[arg-type]
     with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "warm_up") as detail:
-            pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id).to_dict()
+            pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id, queries=queries).to_dict()
             with ep.cassandra_target.session() as dst:
                 cql_report = cql_warmup.warm_up(dst, tmap, ledger.run_chunks(tconn, run_id, "cassandra")).to_dict()
             detail.update({"postgres": pg_report, "cassandra": cql_report})
@@ -174,8 +186,13 @@ def load_check(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any
         return {"skipped": "dry run" if spec.dry_run else "load_rate is 0"}
     from tenant_migration import workload
 
+    ref = profile_of(spec).workload
+    if ref is None:
+        log.warning("platform %r has no load check workload (load_check: none): the target is not load-tested",
+                    spec.platform)
+        return {"skipped": "the platform profile has no load check (load_check.workload: none)"}
     # The platform's workload (``workload.LoadWorkload``) raises GateFailed when the target misses.
-    return workload.resolve(spec.load_workload)(ep, spec, run_id, rate=spec.load_rate, seconds=spec.load_seconds,
+    return workload.resolve(ref)(ep, spec, run_id, rate=spec.load_rate, seconds=spec.load_seconds,
                                                 max_p99_ms=spec.load_max_p99_ms, max_errors=0,
                                                 min_rate_fraction=spec.load_min_rate_pct / 100)
 
@@ -189,7 +206,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
 
     from tenant_migration.cassandra.catchup import recent_days
 
-    tmap = tmap or load_tenant_map()
+    tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
     # The primary kept taking writes while the tasks between the catch-up and this gate ran

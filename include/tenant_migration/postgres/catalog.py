@@ -8,7 +8,7 @@ identical column lists and types on both sides; ``schema_drift`` is the part of 
 looks at the target.
 
 ``load_order`` derives the copy order from every real foreign key among tenant-scoped tables
-(device_registrations -> users, not only the map's hop to devices), so a parent is loaded before
+(a child's second foreign key, not only the map's hop), so a parent is loaded before
 any child that references it, whatever path the map uses to reach the tenant.
 """
 

@@ -18,7 +18,7 @@ raw ``psql | psql`` pipe (docs/benchmarks.md), so Python stays out of the byte p
   one of the replica's tenant rows. That is stricter (a row of another tenant in the range fails
   the chunk instead of being ignored), needs no parent rows on the target (chunks of different
   tables may run in any order; a child copied before its parents still verifies) and skips the
-  semi-joins (3x cheaper for the three-hop ``rule_actions``). The DELETE keeps the tenant
+  semi-joins (3x cheaper for the sample platform's three-hop table). The DELETE keeps the tenant
   predicate: it never removes rows that are not the tenant's;
 * its stdout is the stdin of a target ``psql`` whose script arrives on a separate pipe:
   ``BEGIN; SET LOCAL session_replication_role = replica; lock the ledger row; DELETE the chunk;

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tenant_migration.cutover import dns
+from tenant_migration.sample import dns_records
 
 ZONE = "iot.example.test."
 SHARED_ADDRESSES = {"devices": "127.0.0.2", "api": "127.0.0.1"}
@@ -44,14 +45,14 @@ def seed_dns(r53: Any, slugs: list[str], zone: str = ZONE, prefix: str = "vpc", 
     weighted = {name for name, rrs in sets.items() if any("SetIdentifier" in rr for rr in rrs)}
     changes = [_upsert(f"{svc}.shared.{zone}", "A", addr, 300) for svc, addr in SHARED_ADDRESSES.items()]
     for slug in slugs:
-        for plan in dns.tenant_records(zone, slug, prefix):
+        for plan in dns.tenant_records(dns_records(), zone, slug, prefix):
             svc = plan.name.split(".", 1)[0]
             changes.append(_upsert(plan.tenant_target, "A", TENANT_ADDRESSES[svc], 300))
             if (reset or plan.name not in existing) and plan.name not in weighted:
                 changes.append(_upsert(plan.name, "CNAME", plan.shared_target, ttl))
     for i in range(0, len(changes), 500):
         r53.change_resource_record_sets(HostedZoneId=zid, ChangeBatch={"Changes": changes[i : i + 500]})
-    stuck = [plan for slug in slugs for plan in dns.tenant_records(zone, slug, prefix) if plan.name in weighted]
+    stuck = [plan for slug in slugs for plan in dns.tenant_records(dns_records(), zone, slug, prefix) if plan.name in weighted]
     if stuck and reset:
         dns.shift_records(r53, zid, stuck, 0, ttl=ttl)
     return len(changes) + len(stuck)

@@ -85,7 +85,6 @@ def connections(topo: Topology) -> dict[str, dict[str, Any]]:
             "conn_type": "cassandra",
             "host": host,
             "port": port,
-            "schema": "telemetry",
             "extra": {
                 "load_balancing_policy": "DCAwareRoundRobinPolicy",
                 "load_balancing_policy_args": {"local_dc": "datacenter1"},

@@ -241,15 +241,6 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
         checks.append(SqlCheck(f"{table}__only_this_tenant",
                                q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id))),
                                f"{table}: every row on the target belongs to tenant {tenant_id}"))
-    # The registration flag's table is the sample platform's; a platform profile names its own
-    # switch (issue 30). A tenant map without that table has no flag to check here.
-    if "tenant_settings" in tmap.tables:
-        checks.append(SqlCheck(
-            "registrations__back_on",
-            sql.SQL("SELECT tenant_id, registrations_suspended_until FROM {} WHERE tenant_id = {} "
-                    "AND NOT registrations_enabled").format(
-                tmap.qualified("tenant_settings"), sql.Literal(int(tenant_id))).as_string(conn),
-            "the tenant's registrations are enabled again on the target"))
     for use in sequence_uses(conn, tmap.schema, tmap.load_order() + list(tmap.shared_tables)):
         # The sequence would hand out a key a target row holds (a straggler past the headroom).
         checks.append(SqlCheck(
@@ -270,16 +261,23 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
 
 def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_id: str, folder: Path,
                started: float | None = None, cassandra: Any = None, history: Any = None,
-               late: Any = None, after_flip: Any = None) -> GateResult:
+               late: Any = None, after_flip: Any = None, registrations: Any = None) -> GateResult:
     """``cassandra``: per table, the target's partitions and those of no device / property of the
     tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign.
     ``history``: per day-bucketed table, the days planned and the retention window's
     (``steps.history_frame``), each short one a failure unless ``accepted`` says it is intended.
     ``late``: the comparison of the partitions planned after the detach (``steps.late_frame``).
     ``after_flip``: the tenant's writes on the shared platform after the flip, compared with the
-    target (``steps.after_flip_frame``)."""
+    target (``steps.after_flip_frame``).
+    ``registrations``: per side the profile's switch runs on, whether the tenant's registrations
+    are still suspended there (``finish.registrations_frame``): none may be."""
     started = time.monotonic() if started is None else started
     checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
+    if registrations is not None:
+        checks += run_frame_checks("final", registrations, [FrameCheck(
+            "registrations__back_on", "ExpectColumnValuesToBeBetween", {"column": "suspended", "min_value": 0,
+                                                                         "max_value": 0},
+            f"the registrations of tenant {tenant_id} are enabled again on every side that takes traffic")], "unit")
     if late is not None:
         checks += late_checks("final", late)
     if after_flip is not None:

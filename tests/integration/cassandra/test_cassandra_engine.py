@@ -21,13 +21,13 @@ from tenant_migration.cassandra import catchup, fingerprint, plan, warmup
 from tenant_migration.cassandra.copy import CopyOptions, copy_pending
 from tenant_migration.cassandra.plan import ReadGroup
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.sample import data
+from tenant_migration.sample import SAMPLE_MAP, data
 from tenant_migration.sample.expected import expected_counts
 from tenant_migration.tenant_map import load_tenant_map
 
 pytestmark = pytest.mark.integration
 
-TMAP = load_tenant_map()
+TMAP = load_tenant_map(SAMPLE_MAP)
 TENANT = 2  # small, non-empty in the tiny preset
 OTHER_TENANTS = (3, 4, 6)
 TABLES = tuple(TMAP.cassandra_tables)
@@ -163,9 +163,10 @@ def _kill_and_resume(fresh: Run, endpoints: Endpoints) -> None:
         "from tenant_migration.cassandra.copy import CopyOptions, copy_pending\n"
         "from tenant_migration.endpoints import Endpoints\n"
         "from tenant_migration.stack.topology import default_topology\n"
+        "from tenant_migration.sample import SAMPLE_MAP\n"
         "from tenant_migration.tenant_map import load_tenant_map\n"
         "ep = Endpoints.from_file(default_topology().state_dir / 'connections.json')\n"
-        f"copy_pending(ep, {fresh.run_id!r}, load_tenant_map(), CopyOptions(rows_per_second=40, fetch_size=20))\n"
+        f"copy_pending(ep, {fresh.run_id!r}, load_tenant_map(SAMPLE_MAP), CopyOptions(rows_per_second=40, fetch_size=20))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     try:

@@ -13,8 +13,9 @@ from helpers import admin, ledger_runs
 
 from tenant_migration import rollback, runtime, steps
 from tenant_migration.cutover import dns
-from tenant_migration.fleet.resolver import CachingResolver
 from tenant_migration.flows import go
+from tenant_migration.sample import dns_records
+from tenant_migration.sample.fleet.resolver import CachingResolver
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.validation.counts import GateFailed
 
@@ -42,7 +43,7 @@ def run(topo, tiny_dataset, endpoints, reports):
                   cur.fetchone())
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns.tenant_records(dns_records(), spec.dns_zone, slug, spec.target_endpoint_prefix)
     ns = types.SimpleNamespace(spec=spec, run_id=run_id, slug=slug, r53=r53, zid=zid, plans=plans)
     yield ns
     steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)  # the flip suspended them

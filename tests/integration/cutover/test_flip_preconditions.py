@@ -15,10 +15,12 @@ from helpers import admin
 from tenant_migration import steps
 from tenant_migration.cutover import dns, registrations
 from tenant_migration.flows import go
-from tenant_migration.sample import aws
+from tenant_migration.sample import aws, dns_records
+from tenant_migration.sample import profile as sample_profile
 from tenant_migration.spec import MigrationSpec
 
 pytestmark = pytest.mark.integration
+SWITCH = sample_profile().registrations
 
 TENANT = 3
 LOWERED = 2
@@ -36,7 +38,7 @@ def run(topo, tiny_dataset, endpoints, reports):
     slug = steps.preflight(endpoints, spec, run_id)["slug"]
     r53 = endpoints.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
-    plans = dns.tenant_records(spec.dns_zone, slug, spec.target_endpoint_prefix)
+    plans = dns.tenant_records(dns_records(), spec.dns_zone, slug, spec.target_endpoint_prefix)
     yield types.SimpleNamespace(spec=spec, run_id=run_id, slug=slug, r53=r53, zid=zid, plans=plans)
     steps.resume_registrations(endpoints, spec, run_id, keep_for_resume=False)
     platform.demo_reset(topo)
@@ -115,10 +117,10 @@ def test_a_flip_after_registrations_were_resumed_suspends_them_again(endpoints, 
     steps.suspend_registrations(endpoints, run.spec, run.run_id)
     steps.resume_registrations(endpoints, run.spec, run.run_id, keep_for_resume=False)  # the teardown after a failure
     with endpoints.source_operator.connect(autocommit=True) as op:
-        assert not registrations.status(op, TENANT).active
+        assert not registrations.status(op, SWITCH, TENANT).active
     steps.flip_dns(endpoints, run.spec, run.run_id, run.slug)
     with endpoints.source_operator.connect(autocommit=True) as op:
-        assert registrations.status(op, TENANT).active, "the flip never happens with registrations open"
+        assert registrations.status(op, SWITCH, TENANT).active, "the flip never happens with registrations open"
     by = [e.get("by") for e in _events(target_admin, run.run_id, "registrations_suspended")]
     assert by == [None, "flip_dns"]
 
@@ -129,7 +131,7 @@ def test_the_teardown_resumes_then_fails_while_the_cutover_is_unfinished(endpoin
                                                   r"cutover did not finish .*only failed, with downstream"):
         steps.resume_registrations(endpoints, run.spec, run.run_id)
     with endpoints.source_operator.connect(autocommit=True) as op:
-        assert not registrations.status(op, TENANT).active, "resumed first: the tenant can register again"
+        assert not registrations.status(op, SWITCH, TENANT).active, "resumed first: the tenant can register again"
     target_admin.execute("UPDATE tm_control.runs SET status = 'aborted' WHERE run_id = %s", (run.run_id,))
     steps.resume_registrations(endpoints, run.spec, run.run_id)  # an aborted run: nothing to resume into
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tenant_migration.fleet.__main__ import build
-from tenant_migration.fleet.journal import Journal
-from tenant_migration.fleet.loadcheck import LOAD_DAY, clean_up, run_load
-from tenant_migration.fleet.simulator import FleetConfig, tenant_profile
 from tenant_migration.sample import data
+from tenant_migration.sample.fleet.__main__ import build
+from tenant_migration.sample.fleet.journal import Journal
+from tenant_migration.sample.fleet.loadcheck import LOAD_DAY, clean_up, run_load
+from tenant_migration.sample.fleet.simulator import FleetConfig, tenant_profile
 
 pytestmark = pytest.mark.integration
 

@@ -20,6 +20,7 @@ from tenant_migration.endpoints import Endpoints, PgEndpoint
 from tenant_migration.postgres import cdc
 from tenant_migration.postgres.copy import copy_pending_chunks
 from tenant_migration.replica import LocalReplicaController
+from tenant_migration.sample import SAMPLE_MAP
 from tenant_migration.stack.topology import Topology
 from tenant_migration.tenant_map import TenantMap, load_tenant_map
 
@@ -69,7 +70,7 @@ def _reset_target(topo: Topology, tmap: TenantMap) -> None:
 
 
 def open_seam(topo: Topology, endpoints: Endpoints, racing_writes: bool = False) -> Iterator[Seam]:
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     _reset_target(topo, tmap)
     run_id = f"cdc-test-{uuid.uuid4().hex[:8]}"
     slot = cdc.slot_name_for(run_id)

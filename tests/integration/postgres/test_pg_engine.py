@@ -31,12 +31,12 @@ from tenant_migration.postgres.copy import (
     table_checksum,
     verify_chunks,
 )
-from tenant_migration.sample import data
+from tenant_migration.sample import SAMPLE_MAP, data
 from tenant_migration.tenant_map import load_tenant_map, parse_tenant_map
 
 pytestmark = pytest.mark.integration
 
-TMAP = load_tenant_map()
+TMAP = load_tenant_map(SAMPLE_MAP)
 TENANT = 2  # small, non-empty in the tiny preset
 CHUNK_ROWS = 40  # several chunks per table at tiny scale
 PLAN_ROWS = 5  # the planner tests want several chunks even for the tenant's smallest tables
@@ -98,7 +98,7 @@ def _mutated(mutate) -> object:
 
     import yaml
 
-    from tenant_migration.tenant_map import SAMPLE_MAP
+    from tenant_migration.sample import SAMPLE_MAP
 
     doc = copy.deepcopy(yaml.safe_load(SAMPLE_MAP.read_text()))
     mutate(doc["postgres"]["tables"])
@@ -254,6 +254,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from tenant_migration.endpoints import Endpoints
     from tenant_migration.postgres.copy import ChunkCopier, copy_pending_chunks
+    from tenant_migration.sample import SAMPLE_MAP
     from tenant_migration.tenant_map import load_tenant_map
 
     state, run_id, tenant, victim, marker = sys.argv[1:6]
@@ -266,7 +267,7 @@ _KILL_SCRIPT = textwrap.dedent("""
             Path(marker).write_text(f"{src_pid} {dst_pid}")
             time.sleep(600)  # stuck mid-chunk: rows deleted and loaded, not committed
 
-    copy_pending_chunks(ep.replica, ep.target, load_tenant_map(), run_id, int(tenant), {chunk_rows}, on_spawn=hook)
+    copy_pending_chunks(ep.replica, ep.target, load_tenant_map(SAMPLE_MAP), run_id, int(tenant), {chunk_rows}, on_spawn=hook)
 """)
 
 

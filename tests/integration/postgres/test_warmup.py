@@ -9,6 +9,7 @@ from psycopg import sql
 
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.postgres import warmup
+from tenant_migration.sample import SAMPLE_MAP
 from tenant_migration.stack.topology import Topology
 from tenant_migration.tenant_map import load_tenant_map
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def target_with_tenant(topo: Topology, endpoints: Endpoints, tiny_dataset: dict) -> None:
     """The tenant's rows on the target (superuser: setup only), and pg_prewarm created as the bootstrap should."""
-    tmap = load_tenant_map()
+    tmap = load_tenant_map(SAMPLE_MAP)
     with admin(topo, "target") as t, admin(topo, "primary") as p:
         t.execute(warmup.PREWARM_EXTENSION)
         t.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(tmap.qualified(n) for n in tmap.tables)))
@@ -43,7 +44,7 @@ def sql_json(v: object) -> object:
 @pytest.mark.parametrize("read_through", [pytest.param(0, id="prewarm only"), pytest.param(3, id="with read-through")])
 def test_warm_up_reports_hit_ratios(endpoints: Endpoints, target_with_tenant: None, read_through: int) -> None:
     with endpoints.target.connect(autocommit=True) as conn:
-        report = warmup.warm_up(conn, load_tenant_map(), 1, read_through=read_through)
+        report = warmup.warm_up(conn, load_tenant_map(SAMPLE_MAP), 1, read_through=read_through)
     assert report.queries == 11
     assert sum(report.prewarmed_blocks.values()) > 0
     assert report.after.shared_read == 0  # everything the sample touches is in shared buffers now

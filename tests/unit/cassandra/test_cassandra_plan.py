@@ -8,9 +8,10 @@ import pytest
 
 from tenant_migration.cassandra import plan
 from tenant_migration.cassandra.ratelimit import TokenBucket
+from tenant_migration.sample import SAMPLE_MAP
 from tenant_migration.tenant_map import load_tenant_map
 
-TMAP = load_tenant_map()
+TMAP = load_tenant_map(SAMPLE_MAP)
 DP = TMAP.cassandra_tables["datapoints"]
 LV = TMAP.cassandra_tables["latest_values"]
 TODAY = date(2026, 3, 10)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tenant_migration.cutover import dns
+from tenant_migration.sample import dns_records
 
 ZONE = "iot.example.test."
 
@@ -43,7 +44,7 @@ class FakeRoute53:
 
 def _seeded(fake: FakeRoute53) -> FakeRoute53:
     """The shared endpoints, the tenant's VPC endpoints, and the tenant's names on the shared ones."""
-    for svc in dns.SERVICES:
+    for svc in ("devices", "api"):  # the sample profile's services
         fake.put(f"{svc}.shared.{ZONE}", "A", "10.0.0.1")
         fake.put(f"{svc}.vpc-acme.{ZONE}", "A", "10.0.0.2")
         fake.put(f"{svc}.acme.{ZONE}", "CNAME", f"{svc}.shared.{ZONE}")
@@ -61,14 +62,14 @@ def test_resolve_follows_the_cname_chain(r53: FakeRoute53) -> None:
 
 
 def test_flip_points_every_record_at_the_tenant(r53: FakeRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     dns.point_records(r53, "Z1", plans, to_tenant=True)
     for plan in plans:
         assert dns.resolve(r53, "Z1", plan.name)[-1] == "10.0.0.2"
 
 
 def test_retry_after_a_partial_change_converges_and_sends_only_what_is_wrong(r53: FakeRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     r53.fail_after = 1
     with pytest.raises(ConnectionError):
         dns.point_records(r53, "Z1", plans, to_tenant=True)
@@ -79,7 +80,7 @@ def test_retry_after_a_partial_change_converges_and_sends_only_what_is_wrong(r53
 
 
 def test_flip_twice_changes_nothing_the_second_time(r53: FakeRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     dns.point_records(r53, "Z1", plans, to_tenant=True)
     sent = len(r53.batches)
     dns.point_records(r53, "Z1", plans, to_tenant=True)
@@ -93,7 +94,7 @@ def test_missing_record_is_reported_by_name(r53: FakeRoute53) -> None:
 
 
 def test_lower_ttl_keeps_targets_and_reports_the_old_ttl(r53: FakeRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     assert dns.lower_ttl(r53, "Z1", plans, ttl=30) == 300
     for plan in plans:
         assert r53.sets[plan.name]["TTL"] == 30
@@ -148,7 +149,7 @@ def _weights(r53: StrictRoute53, plans: list[dns.RecordPlan]) -> dict[str, int |
 
 
 def test_each_shift_step_is_one_batch_that_route53_accepts(strict: StrictRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     for percent in (10, 50, 100):
         sent = len(strict.batches)
         dns.shift_records(strict, "Z1", plans, percent)
@@ -161,7 +162,7 @@ def test_each_shift_step_is_one_batch_that_route53_accepts(strict: StrictRoute53
 
 
 def test_a_step_run_twice_sends_nothing_the_second_time(strict: StrictRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     dns.shift_records(strict, "Z1", plans, 10)
     sent = len(strict.batches)
     dns.shift_records(strict, "Z1", plans, 10)
@@ -169,7 +170,7 @@ def test_a_step_run_twice_sends_nothing_the_second_time(strict: StrictRoute53) -
 
 
 def test_pointing_back_from_a_weighted_set_leaves_the_simple_source_record(strict: StrictRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     dns.shift_records(strict, "Z1", plans, 50)
     dns.point_records(strict, "Z1", plans, to_tenant=False)
     assert _weights(strict, plans) == {p.name: 0 for p in plans}
@@ -177,7 +178,7 @@ def test_pointing_back_from_a_weighted_set_leaves_the_simple_source_record(stric
 
 
 def test_lower_ttl_keeps_the_weights_of_a_weighted_set(strict: StrictRoute53) -> None:
-    plans = dns.tenant_records(ZONE, "acme")
+    plans = dns.tenant_records(dns_records(), ZONE, "acme")
     dns.shift_records(strict, "Z1", plans, 10, ttl=300)
     assert dns.lower_ttl(strict, "Z1", plans, ttl=30) == 300
     assert _weights(strict, plans) == {p.name: 10 for p in plans}
@@ -185,7 +186,7 @@ def test_lower_ttl_keeps_the_weights_of_a_weighted_set(strict: StrictRoute53) ->
 
 
 def test_pick_spreads_clients_by_weight_and_keeps_each_client_s_answer(strict: StrictRoute53) -> None:
-    plan = dns.tenant_records(ZONE, "acme")[0]
+    plan = dns.tenant_records(dns_records(), ZONE, "acme")[0]
     dns.shift_records(strict, "Z1", [plan], 10)
     sets = dns.record_sets(strict, "Z1")[plan.name]
     answers = [dns.pick(sets, f"client-{i}")["ResourceRecords"][0]["Value"] for i in range(2000)]

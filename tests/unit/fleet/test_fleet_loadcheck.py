@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tenant_migration.fleet.loadcheck import LoadResult
+from tenant_migration.sample.fleet.loadcheck import LoadResult
 
 
 @pytest.mark.parametrize(("result", "ok"), [

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tenant_migration.fleet.journal import Journal, WriteRecord
-from tenant_migration.fleet.report import build_report
+from tenant_migration.sample.fleet.journal import Journal, WriteRecord
+from tenant_migration.sample.fleet.report import build_report
 
 OLD, NEW = "devices.shared.z.", "devices.vpc-acme.z."
 T0 = 1_700_000_000.0

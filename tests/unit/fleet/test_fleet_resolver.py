@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tenant_migration.fleet.resolver import CachingResolver
+from tenant_migration.sample.fleet.resolver import CachingResolver
 
 NAME = "devices.acme.iot.example.test."
 

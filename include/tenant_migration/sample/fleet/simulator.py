@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tenant_migration.endpoints import CassandraEndpoint, Endpoints, PgEndpoint
-from tenant_migration.fleet.journal import Journal, WriteRecord
-from tenant_migration.fleet.resolver import Answer
+from tenant_migration.sample.fleet.journal import Journal, WriteRecord
+from tenant_migration.sample.fleet.resolver import Answer
 
 
 @dataclass(frozen=True)

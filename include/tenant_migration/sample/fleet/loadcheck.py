@@ -21,8 +21,8 @@ from datetime import date
 from typing import Any
 
 from tenant_migration.endpoints import Endpoints
-from tenant_migration.fleet.journal import WriteRecord
-from tenant_migration.fleet.simulator import (
+from tenant_migration.sample.fleet.journal import WriteRecord
+from tenant_migration.sample.fleet.simulator import (
     EndpointDirectory,
     Fleet,
     FleetConfig,

@@ -1,4 +1,4 @@
-"""``python -m tenant_migration.fleet --tenant N --seconds S``: run the simulated fleet of one
+"""``python -m tenant_migration.sample.fleet --tenant N --seconds S``: run the simulated fleet of one
 tenant against the local stack through its DNS records; print stats and the journal's path."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 
 from tenant_migration.cutover import dns
 from tenant_migration.endpoints import Endpoints, PgEndpoint
-from tenant_migration.fleet.journal import Journal
-from tenant_migration.fleet.resolver import CachingResolver
-from tenant_migration.fleet.simulator import EndpointDirectory, Fleet, FleetConfig, journal_path, tenant_profile
+from tenant_migration.sample.fleet.journal import Journal
+from tenant_migration.sample.fleet.resolver import CachingResolver
+from tenant_migration.sample.fleet.simulator import EndpointDirectory, Fleet, FleetConfig, journal_path, tenant_profile
 from tenant_migration.stack.topology import default_topology
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from psycopg import sql
 
 from tenant_migration.endpoints import CassandraEndpoint, PgEndpoint
-from tenant_migration.fleet.journal import Journal, WriteRecord
+from tenant_migration.sample.fleet.journal import Journal, WriteRecord
 
 
 @dataclass

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from tenant_migration.endpoints import PgEndpoint
-from tenant_migration.fleet.journal import Journal, WriteRecord
 from tenant_migration.postgres.cdc import slot_name_for
+from tenant_migration.sample.fleet.journal import Journal, WriteRecord
 
 
 @dataclass(frozen=True)
