@@ -404,3 +404,37 @@ def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
             break
         node = child
     return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tenant_migration.profile [FILE|NAME ...]``: validate profiles before a run names
+    them (default: every profile of the folder). Exit 1 when one does not validate."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("profiles", nargs="*", help="profile files, or names in the profiles folder")
+    args = parser.parse_args(argv)
+    folder = profiles_dir()
+    targets = args.profiles or [str(folder / f"{n}.yaml") for n in available(folder)]
+    if not targets:
+        print(f"no profiles in {folder}", file=sys.stderr)
+        return 1
+    failed = 0
+    for target in targets:
+        path = Path(target) if target.endswith((".yaml", ".yml")) or "/" in target else folder / f"{target}.yaml"
+        try:
+            prof = load(path)
+        except ProfileError as exc:
+            failed += 1
+            print(f"{path}: {exc}", file=sys.stderr)
+            continue
+        t, switch = prof.tenant_map, prof.registrations
+        print(f"{prof.path}: ok -- platform {prof.name!r} (profile {prof.digest}): {len(t.tables)} tenant tables in "
+              f"{t.schema!r}, {len(t.shared_tables)} shared, {len(t.cassandra_tables)} Cassandra tables in "
+              f"{t.keyspace!r}; registrations by {switch.kind} on {switch.connection}; {len(prof.dns.records)} DNS "
+              f"record(s); replica {prof.doc.replica.mode}; load check {prof.workload or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

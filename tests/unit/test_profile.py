@@ -321,3 +321,14 @@ def test_the_ledger_binds_a_run_to_its_profile(other_run) -> None:
     other = common.profile_of(spec)
     sample = profile.load(SAMPLE_PROFILE)
     assert common.fingerprint(ep, other.tenant_map, 7, other) != common.fingerprint(ep, other.tenant_map, 7, sample)
+
+
+def test_the_command_line_validates_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TM_PROFILES_DIR", str(FIXTURES))
+    assert profile.main([]) == 0
+    assert "fleetco.yaml: ok -- platform 'fleetco'" in capsys.readouterr().out
+    broken, _ = _broken(tmp_path, "  mode: local", "  mode: sometimes")
+    assert profile.main(["fleetco", str(broken)]) == 1
+    out = capsys.readouterr()
+    assert "3 tenant tables in 'crm'" in out.out and "replica.mode: Input should be 'local'" in out.err

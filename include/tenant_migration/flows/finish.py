@@ -173,7 +173,8 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         text = f"dry run for tenant {spec.tenant_id}: preflight passed, nothing was written\n"
         (folder / "summary.txt").write_text(text)
         return {"dry_run": True, "summary": str(folder / "summary.txt")}
-    tmap = tmap or profile_of(spec).tenant_map
+    prof = profile_of(spec)
+    tmap = tmap or prof.tenant_map
     with ep.target.connect() as tconn:
         chunks = ledger.chunk_rows(tconn, run_id)
         steps = [(n, sec) for n, sec in ledger.step_durations(tconn, run_id) if sec == sec]  # drop NaN
@@ -202,7 +203,8 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
         t["chunks"] += 1
         t["done"] += int(c["status"] == "done")
         t["retried"] += int((c["attempts"] or 0) > 1)
-    lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}", "", "Rows and partitions per table:"]
+    lines = [f"Tenant migration {run_id}: tenant {spec.tenant_id}, platform {prof.name} ({prof.path}, "
+             f"profile {prof.digest})", "", "Rows and partitions per table:"]
     lines += [f"  {name:<33} NOT PLANNED: nothing copied or compared" for name in unplanned]
     for (engine, table), t in sorted(per_table.items()):
         parts = f"{t['partitions']:>9} partitions" if engine == "cassandra" else " " * 20
