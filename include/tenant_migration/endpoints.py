@@ -107,6 +107,31 @@ class CassandraEndpoint:
 
 
 @dataclass(frozen=True)
+class HttpEndpoint:
+    """An admin API, from an Airflow HTTP connection (``schema`` the URL scheme, as the HTTP
+    provider reads it; ``extra.headers`` sent with every call). Holds credentials: never logged."""
+
+    base_url: str
+    login: str | None = None
+    password: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"HttpEndpoint({self.base_url})"
+
+    @classmethod
+    def from_conn(cls, host: str | None, port: int | None, schema: str | None, login: str | None,
+                  password: str | None, extra: dict[str, Any] | None) -> HttpEndpoint:
+        if not host:
+            raise KeyError("an HTTP connection needs a host")
+        base = host if "://" in host else f"{schema or 'http'}://{host}"
+        if port and "://" not in host:
+            base += f":{int(port)}"
+        headers = (extra or {}).get("headers") or {}
+        return cls(base.rstrip("/"), login or None, password or None, tuple(sorted((str(k), str(v)) for k, v in headers.items())))
+
+
+@dataclass(frozen=True)
 class AwsEndpoint:
     region: str
     endpoint_url: str | None
@@ -142,6 +167,20 @@ class Endpoints:
     # PostgreSQL connections a platform's profile names besides the roles above (its admin role for
     # the registration switch, say), by connection id.
     others: dict[str, PgEndpoint] = field(default_factory=dict, repr=False)
+    apis: dict[str, HttpEndpoint] = field(default_factory=dict, repr=False)
+
+    def http(self, conn_id: str) -> HttpEndpoint:
+        """The admin API of HTTP connection ``conn_id``: one the connections file holds, or (in
+        Airflow, or from ``AIRFLOW_CONN_*``) any connection Airflow resolves."""
+        if conn_id in self.apis:
+            return self.apis[conn_id]
+        try:
+            from airflow.sdk import BaseHook
+
+            c = BaseHook.get_connection(conn_id)
+        except Exception as exc:  # outside Airflow, or Airflow has no such connection
+            raise KeyError(f"connection '{conn_id}' is not defined ({type(exc).__name__})") from None
+        return HttpEndpoint.from_conn(c.host, c.port, c.schema, c.login, c.password, c.extra_dejson)
 
     def postgres(self, conn_id: str) -> PgEndpoint:
         """The PostgreSQL endpoint of connection ``conn_id``: one of the migration's roles, one the
@@ -170,9 +209,7 @@ class Endpoints:
             return CassandraEndpoint(c["host"], int(c.get("port") or 9042), c.get("schema") or "")
 
         aws = _get(conns, names.CONN_AWS)
-        extra = aws.get("extra") or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra) if extra else {}
+        extra = _extra(aws)
         return cls(
             replica=pg(names.CONN_SOURCE_REPLICA),
             replica_control=pg(names.CONN_REPLICA_CONTROL),
@@ -184,6 +221,9 @@ class Endpoints:
             cassandra_target=cass(names.CONN_CASSANDRA_TARGET),
             others={cid: pg(cid) for cid, c in conns.items()
                     if c.get("conn_type") == "postgres" and cid not in _ROLES},
+            apis={cid: HttpEndpoint.from_conn(c.get("host"), c.get("port"), c.get("schema"), c.get("login"),
+                                              c.get("password"), _extra(c)) for cid, c in conns.items()
+                  if c.get("conn_type") == "http"},
             aws=AwsEndpoint(
                 region=extra.get("region_name", "us-east-1"),
                 endpoint_url=extra.get("endpoint_url"),
@@ -246,6 +286,11 @@ class Endpoints:
 
 _ROLES = (names.CONN_SOURCE_REPLICA, names.CONN_REPLICA_CONTROL, names.CONN_SOURCE_OPERATOR,
           names.CONN_SOURCE_PRIMARY, names.CONN_SOURCE_CDC, names.CONN_TARGET)
+
+
+def _extra(conn: dict[str, Any]) -> dict[str, Any]:
+    extra = conn.get("extra") or {}
+    return json.loads(extra) if isinstance(extra, str) else dict(extra)
 
 
 def _get(conns: dict[str, dict[str, Any]], conn_id: str) -> dict[str, Any]:

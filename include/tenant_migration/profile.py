@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -149,6 +149,69 @@ class SqlSwitch(_Strict):
         return self
 
 
+HTTP_FIELDS = {"status": {"tenant_id"}, "suspend": {"tenant_id", "expires_in_s", "until", "reason"},
+               "resume": {"tenant_id"}}
+
+
+def _template_fields(value: Any) -> set[str]:
+    """The ``{field}`` names of a template string, or of every string inside a JSON body."""
+    if isinstance(value, str):
+        return {f for _, f, _, _ in string.Formatter().parse(value) if f}
+    if isinstance(value, dict):
+        return set().union(*(_template_fields(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_template_fields(v) for v in value)) if value else set()
+    return set()
+
+
+class HttpCall(_Strict):
+    """One call of an admin API: ``path`` (appended to the connection's base URL) and the string
+    values of the JSON ``body`` are templates; an answer outside ``expect`` is an error."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    path: str
+    body: dict[str, Any] | None = None
+    expect: list[int] = Field(default_factory=lambda: [200], min_length=1)
+
+
+class HttpAnswer(_Strict):
+    """Where the status call's JSON answer keeps each field (dotted paths). ``suspended_until``
+    is an ISO-8601 time or epoch seconds (or null)."""
+
+    enabled: str = "enabled"
+    suspended_until: str = "suspended_until"
+    reason: str = "reason"
+
+
+class HttpSwitch(_Strict):
+    """Registrations switched through the platform's admin API: base URL and auth (basic, or
+    headers in the connection's extra ``headers``) from an Airflow HTTP connection; each call
+    with a timeout, and retried on connection errors and 5xx answers (the calls are idempotent:
+    a repeated suspend keeps the later expiry). ``not_found`` answers mean the side holds no flag
+    for the tenant (nothing to resume there)."""
+
+    kind: Literal["http"]
+    connection: str
+    resume_also_on: list[str] = []
+    bookkeeping_columns: list[str] = []
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    retries: int = Field(2, ge=0, le=10)
+    status: HttpCall
+    suspend: HttpCall
+    resume: HttpCall
+    answer: HttpAnswer = HttpAnswer()
+    not_found: list[int] = Field(default_factory=lambda: [404])
+
+    @model_validator(mode="after")
+    def _fields(self) -> HttpSwitch:
+        for name, allowed in HTTP_FIELDS.items():
+            call = getattr(self, name)
+            unknown = sorted((_template_fields(call.path) | _template_fields(call.body)) - allowed)
+            if unknown:
+                raise ValueError(f"{name}: unknown field(s) {unknown}; this call may use {sorted(allowed)}")
+        return self
+
+
 class DnsRecord(_Strict):
     """One name the tenant's clients resolve: where it points on the shared platform and where it
     points once the tenant is on its dedicated deployment. Templates of {slug}, {zone}, {prefix}
@@ -215,7 +278,7 @@ class ProfileDoc(_Strict):
     description: str = ""
     tenant_map: Any  # a file beside the profile, or the map inline (validated as ``TenantMapDoc``)
     tenant: TenantLookup
-    registrations: SqlSwitch
+    registrations: Annotated[SqlSwitch | HttpSwitch, Field(discriminator="kind")]
     dns: Dns
     replica: Replica = Replica()
     load_check: LoadCheck
@@ -245,7 +308,7 @@ class Profile:
         return hashlib.sha256(json.dumps(self.document, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
-    def registrations(self) -> SqlSwitch:
+    def registrations(self) -> SqlSwitch | HttpSwitch:
         return self.doc.registrations
 
     @property
@@ -376,11 +439,20 @@ def _read(path: Path) -> tuple[Any, yaml.Node | None]:
 def _explain(path: Path, root: yaml.Node | None, exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
     lines = []
     for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
+        # A tagged union (the registration switch's ``kind``) puts the tag into the location: drop it.
+        raw = tuple(err["loc"])
+        loc = prefix + tuple(p for i, p in enumerate(raw)
+                             if not (i and raw[i - 1] == "registrations" and p in ("sql", "http")))
         key = ".".join(str(p) for p in loc) or "(top)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            ctx = err.get("ctx") or {}
+            field = str(ctx.get("discriminator", "kind")).strip("'")
+            loc, key = (*loc, field), f"{key}.{field}"
+            msg = (f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}" if err["type"] == "union_tag_invalid"
+                   else f"missing; one of {ctx.get('expected_tags', 'sql, http')}")
         lines.append(f"{path}:{_line(root, loc)}: {key}: {msg}")
     return "profile does not validate:\n  " + "\n  ".join(dict.fromkeys(lines))
 

@@ -65,7 +65,8 @@ def _record_not_in_the_zone(doc: dict) -> None:
 @pytest.mark.parametrize(("change", "message"), [
     pytest.param(_status_on_a_missing_table,
                  r"profile 'broken' registrations\.status \(connection tm_source_operator\) does not answer for "
-                 r"tenant 2: UndefinedTable: relation \"platform\.tenant_flags\" does not exist", id="switch status"),
+                 r"tenant 2: registrations on tm_source_operator: UndefinedTable: relation \"platform\.tenant_flags\" "
+                 r"does not exist", id="switch status"),
     pytest.param(_undefined_connection,
                  r"profile 'broken' registrations\.connection: connection 'tm_no_such_connection' is not defined",
                  id="switch connection"),

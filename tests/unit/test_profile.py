@@ -69,7 +69,7 @@ def _broken(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
                  r"dns\.records\.0\.shared: .* must end with '\{zone\}'", id="template outside the zone"),
     pytest.param("    WHERE account_id = %(tenant_id)s\n  resume", "    WHERE account_id = %(account)s\n  resume",
                  r"registrations: suspend: unknown parameter\(s\) \['account'\]", id="switch parameter"),
-    pytest.param("  kind: sql", "  kind: carrier-pigeon", r"registrations\.kind: Input should be 'sql'",
+    pytest.param("  kind: sql", "  kind: carrier-pigeon", r"registrations\.kind: 'carrier-pigeon' is not one of 'sql', 'http'",
                  id="switch kind"),
     pytest.param("  mode: local", "  mode: sometimes", r"replica\.mode: Input should be 'local'", id="replica mode"),
     pytest.param("  workload: none", "  workload: just-a-name",
@@ -332,3 +332,26 @@ def test_the_command_line_validates_profiles(tmp_path: Path, capsys: pytest.Capt
     assert profile.main(["fleetco", str(broken)]) == 1
     out = capsys.readouterr()
     assert "3 tenant tables in 'crm'" in out.out and "replica.mode: Input should be 'local'" in out.err
+
+
+def _with_http_switch(tmp_path: Path, **change: Any) -> Path:
+    import yaml
+    from admin_api import SWITCH
+
+    doc = yaml.safe_load(OTHER.read_text())
+    doc["registrations"] = {**SWITCH, **change}
+    path = tmp_path / "api.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_switch_over_http_validates_its_calls(tmp_path: Path) -> None:
+    prof = profile.load(_with_http_switch(tmp_path))
+    assert prof.registrations.kind == "http" and prof.registrations.suspend.expect == [204]
+    bad = _with_http_switch(tmp_path, suspend={"method": "POST", "path": "/t/{tenant_id}/{days}"})
+    with pytest.raises(profile.ProfileError, match=r"registrations: suspend: unknown field\(s\) \['days'\]"):
+        profile.load(bad)
+    with pytest.raises(profile.ProfileError, match=r"registrations\.timeout_s: Input should be greater than 0"):
+        profile.load(_with_http_switch(tmp_path, timeout_s=0))
+    with pytest.raises(profile.ProfileError, match=r"registrations\.status\.method: Input should be 'GET'"):
+        profile.load(_with_http_switch(tmp_path, status={"method": "FETCH", "path": "/x"}))

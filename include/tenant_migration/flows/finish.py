@@ -126,10 +126,10 @@ def registrations_frame(ep: Endpoints, spec: MigrationSpec) -> Any:
     switch = profile_of(spec).registrations
     rows = []
     for conn_id in [switch.connection, *switch.resume_also_on]:
-        with ep.postgres(conn_id).connect(autocommit=True) as conn:
+        with registrations.side(ep, switch, conn_id) as side:
             try:
-                state = registrations.status(conn, switch, spec.tenant_id)
-            except (registrations.RegistrationError, psycopg.errors.UndefinedTable):
+                state = side.status(spec.tenant_id)
+            except registrations.NotOnThisSide:
                 continue
         rows.append({"unit": f"registrations@{conn_id}", "suspended": int(state.active),
                      "state": json.dumps(state.to_dict(), default=str)})

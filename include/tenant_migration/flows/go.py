@@ -196,9 +196,8 @@ def suspend_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str) -> di
     if spec.dry_run:
         return {"skipped": "dry run"}
     switch = profile_of(spec).registrations
-    with ep.postgres(switch.connection).connect(autocommit=True) as op, ep.target.connect(autocommit=True) as tconn:
-        window = registrations.suspend(op, switch, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
-                                       f"tenant migration {run_id}")
+    with registrations.side(ep, switch, switch.connection) as op, ep.target.connect(autocommit=True) as tconn:
+        window = op.suspend(spec.tenant_id, timedelta(minutes=spec.suspension_minutes), f"tenant migration {run_id}")
         ledger.record_event(tconn, run_id, "registrations_suspended", "info", window.to_dict())
     return window.to_dict()
 
@@ -212,16 +211,16 @@ def resume_registrations(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_f
     again first (``final_catch_up``, ``flip_dns``). ``keep_for_resume=False`` (unattended
     rehearsals) never fails for that."""
     switch = profile_of(spec).registrations
-    with ep.postgres(switch.connection).connect(autocommit=True) as op:
-        source = registrations.resume(op, switch, spec.tenant_id)
+    with registrations.side(ep, switch, switch.connection) as op:
+        source = op.resume(spec.tenant_id)
     others: dict[str, Any] = {}
     for conn_id in switch.resume_also_on:
-        with ep.postgres(conn_id).connect(autocommit=True) as other:
+        with registrations.side(ep, switch, conn_id) as other:
             try:
-                others[conn_id] = registrations.resume(other, switch, spec.tenant_id).to_dict()
-            except (registrations.RegistrationError, psycopg.errors.UndefinedTable) as exc:
+                others[conn_id] = other.resume(spec.tenant_id).to_dict()
+            except registrations.NotOnThisSide as exc:
                 # The tenant's flag never reached that side (a run that failed early): nothing to resume.
-                others[conn_id] = {"not_there": f"{type(exc).__name__}: {exc}"[:300]}
+                others[conn_id] = {"not_there": str(exc)[:300]}
     with ep.target.connect(autocommit=True) as tconn:
         if not spec.dry_run and ledger.run_row(tconn, run_id) is not None:
             ledger.record_event(tconn, run_id, "registrations_resumed", "info", source.to_dict())
@@ -256,8 +255,8 @@ def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     if spec.dry_run:
         return out
     switch = profile_of(spec).registrations
-    with ep.postgres(switch.connection).connect(autocommit=True) as op:
-        state = registrations.status(op, switch, spec.tenant_id)
+    with registrations.side(ep, switch, switch.connection) as op:
+        state = op.status(spec.tenant_id)
     if not state.active:
         raise GateFailed(f"pre_flip: registrations of tenant {spec.tenant_id} are not suspended ({state.to_dict()})")
     return out
@@ -321,12 +320,11 @@ def ensure_registrations_suspended(ep: Endpoints, spec: MigrationSpec, run_id: s
     after a failed flip finds them resumed (the teardown ran); they are suspended again here, with
     a fresh expiry, and the teardown (failed on purpose, ``resume_registrations``) runs again after."""
     switch = profile_of(spec).registrations
-    with ep.postgres(switch.connection).connect(autocommit=True) as op:
-        state = registrations.status(op, switch, spec.tenant_id)
+    with registrations.side(ep, switch, switch.connection) as op:
+        state = op.status(spec.tenant_id)
         if state.active:
             return {"suspended_again": False, "until": state.to_dict()["suspended_until"]}
-        window = registrations.suspend(op, switch, spec.tenant_id, timedelta(minutes=spec.suspension_minutes),
-                                       f"tenant migration {run_id}")
+        window = op.suspend(spec.tenant_id, timedelta(minutes=spec.suspension_minutes), f"tenant migration {run_id}")
     ledger.record_event(tconn, run_id, "registrations_suspended", "info", {**window.to_dict(), "by": by})
     return {"suspended_again": True, "until": window.to_dict()["suspended_until"], "found": state.to_dict()}
 

@@ -121,18 +121,20 @@ def switch_problems(ep: Endpoints, prof: Profile, tenant_id: int) -> list[str]:
     problems = []
     for conn_id in switch.resume_also_on:
         try:
-            ep.postgres(conn_id)
+            ep.http(conn_id) if switch.kind == "http" else ep.postgres(conn_id)
         except KeyError as exc:
             problems.append(f"{where}.resume_also_on: {exc.args[0]}")
     try:
-        with ep.postgres(switch.connection).connect(autocommit=True) as conn:
-            state = registrations.status(conn, switch, tenant_id)
+        with registrations.side(ep, switch, switch.connection) as side:
+            state = side.status(tenant_id)
     except KeyError as exc:
         return [*problems, f"{where}.connection: {exc.args[0]}"]
     except (registrations.RegistrationError, psycopg.Error, ConnectionError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, registrations.RegistrationError):  # the switch's own errors name their call
+            first = f"{type(exc).__name__}: {first}"
         return [*problems, f"{where}.status (connection {switch.connection}) does not answer for tenant "
-                           f"{tenant_id}: {type(exc).__name__}: {first}"]
+                           f"{tenant_id}: {first}"]
     if state.active:
         log.info("registrations of tenant %s are suspended already: %s", tenant_id, state.to_dict())
     return problems
