@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from tenant_migration import connections as names
 from tenant_migration import ledger, profile, replica, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
@@ -74,6 +75,7 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             cassandra = pool.submit(cassandra_drift, ep, tmap)
             zone = pool.submit(dns_problems, ep, spec, plans)
             switch = pool.submit(switch_problems, ep, prof, spec.tenant_id)
+            problems += replica_problems(ep, prof, rconn)
             drift = schema_drift(rconn, tconn, tmap)
             # The replica's checks only on a schema that matches the tenant map's (else the drift
             # is the error to show, not a failed query); nothing is written yet.
@@ -111,6 +113,39 @@ def profile_changes(tconn: psycopg.Connection, run_id: str, prof: Profile) -> li
     if started_with is None:
         return []
     return profile.changes(started_with, prof.document)
+
+
+def replica_problems(ep: Endpoints, prof: Profile, rconn: psycopg.Connection) -> list[str]:
+    """The profile's replica mode can be served by the servers. ``local``: the control connection
+    reaches a standby (in recovery) that streams from the primary (a WAL receiver runs), and the
+    copy's read connection reaches the same server (else the copy would read from a server the
+    detach never froze). Reads only."""
+    mode = prof.doc.replica.mode
+    where = f"profile {prof.name!r} replica.mode {mode}"
+    # One server instance, whatever address a connection took: its postmaster's start time.
+    here = "SELECT pg_postmaster_start_time(), inet_server_port()"
+    try:
+        with ep.replica_control.connect(autocommit=True) as rc:
+            row = rc.execute("SELECT pg_is_in_recovery(), EXISTS (SELECT 1 FROM pg_stat_wal_receiver)").fetchone()
+            control_at = rc.execute(here).fetchone()
+    except ConnectionError as exc:
+        return [f"{where}: the standby cannot be reached (connection {names.CONN_REPLICA_CONTROL}): {exc}"]
+    assert row is not None
+    if not row[0]:
+        return [f"{where}: {names.CONN_REPLICA_CONTROL} reaches {ep.replica_control.label}, a primary "
+                f"(pg_is_in_recovery() is false), not a standby: nothing there can be paused at a snapshot"]
+    problems = []
+    if not row[1]:
+        problems.append(f"{where}: the standby {ep.replica_control.label} is not streaming from the primary (no WAL "
+                        f"receiver runs: check its primary_conninfo and the primary's replication slot): its snapshot "
+                        f"would fall behind the change stream's start")
+    read_at = rconn.execute(here).fetchone()
+    assert read_at is not None and control_at is not None
+    if read_at != control_at:
+        problems.append(f"{where}: {names.CONN_SOURCE_REPLICA} ({ep.replica.label}) and {names.CONN_REPLICA_CONTROL} "
+                        f"({ep.replica_control.label}) reach different servers (started {read_at[0]} and "
+                        f"{control_at[0]}): the copy must read the standby the detach pauses")
+    return problems
 
 
 def switch_problems(ep: Endpoints, prof: Profile, tenant_id: int) -> list[str]:
