@@ -103,3 +103,37 @@ def copy_on_the_snapshot(endpoints: Any, spec: Any, run_id: str, consistent_lsn:
     finally:
         with endpoints.replica_control.connect(autocommit=True) as rc:
             replica.reattach(rc)
+
+
+PROMOTE = {"mode": "promote", "provisioner": "tenant_migration.stack.run_standby:provisioner"}
+
+
+def write_profile(folder: Any, name: str, replica_doc: dict[str, Any]) -> Any:
+    """The sample platform's profile as ``<folder>/<name>.yaml`` with ``replica_doc`` as its
+    ``replica`` section (the tenant map by its absolute path: the copy lives elsewhere)."""
+    import yaml
+
+    from tenant_migration.sample import PROFILE, SAMPLE_MAP
+
+    doc = yaml.safe_load(PROFILE.read_text())
+    doc["tenant_map"] = str(SAMPLE_MAP)
+    doc["replica"] = replica_doc
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def unreachable_primary_standbys() -> Any:
+    """A standby provisioner (``replica.provisioner``) whose primary nobody listens on: the local
+    stack's own, pointed at a free port."""
+    import dataclasses
+    import socket
+
+    from tenant_migration.stack.run_standby import LocalStandbys
+    from tenant_migration.stack.topology import default_topology
+
+    topo = default_topology()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return LocalStandbys(dataclasses.replace(topo, pg_primary=dataclasses.replace(topo.pg_primary, port=port)))

@@ -169,6 +169,14 @@ class Endpoints:
     others: dict[str, PgEndpoint] = field(default_factory=dict, repr=False)
     apis: dict[str, HttpEndpoint] = field(default_factory=dict, repr=False)
 
+    def with_replica_at(self, host: str, port: int) -> Endpoints:
+        """The same endpoints with the replica's two roles (read, control) on another server: the
+        run's own standby in ``replica.mode: promote`` (a clone: same roles, same database)."""
+        from dataclasses import replace
+
+        return replace(self, replica=replace(self.replica, host=host, port=port),
+                       replica_control=replace(self.replica_control, host=host, port=port))
+
     def http(self, conn_id: str) -> HttpEndpoint:
         """The admin API of HTTP connection ``conn_id``: one the connections file holds, or (in
         Airflow, or from ``AIRFLOW_CONN_*``) any connection Airflow resolves."""

@@ -241,9 +241,31 @@ class Dns(_Strict):
 
 
 class Replica(_Strict):
-    """How the replica is detached. ``local``: pause replay on a self-managed streaming standby."""
+    """How the replica is detached (docs/replica-modes.md). ``local``: pause replay on the
+    platform's streaming standby (``tm_replica_control``). ``promote``: the run gets a standby of
+    its own from ``provisioner`` (``package.module:function`` returning a
+    ``replica.StandbyProvisioner``), promotes it, and drops it in the detach's teardown."""
 
-    mode: Literal["local"] = "local"
+    mode: Literal["local", "promote"] = "local"
+    provisioner: str | None = None
+
+    @field_validator("provisioner")
+    @classmethod
+    def _ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            module, _, fn = value.partition(":")
+            if not module or not fn:
+                raise ValueError(f"{value!r}: expected 'package.module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _per_mode(self) -> Replica:
+        if self.mode == "promote" and self.provisioner is None:
+            raise ValueError("mode promote needs a provisioner (package.module:function) that makes the run's "
+                             "standby, e.g. tenant_migration.stack.run_standby:provisioner on the local stack")
+        if self.mode != "promote" and self.provisioner is not None:
+            raise ValueError(f"provisioner is for mode promote, not {self.mode}")
+        return self
 
 
 class LoadCheck(_Strict):

@@ -214,12 +214,15 @@ _RECLONE_PG = (
 
 
 class PromoteReplicaController:
-    """``pg_promote()`` the standby (one way). Needs EXECUTE on ``pg_promote`` (see roles.sql)."""
+    """``pg_promote()`` the standby (one way). Needs EXECUTE on ``pg_promote`` (see roles.sql).
+
+    With ``min_lsn`` (the change stream's consistent point) the standby first replays up to it, so
+    the promoted server's end of recovery, the detach point, is never before the stream's start."""
 
     mode: Mode = "promote"
 
-    def __init__(self, endpoint: PgEndpoint, wait_seconds: int = 60) -> None:
-        self.endpoint, self.wait_seconds = endpoint, wait_seconds
+    def __init__(self, endpoint: PgEndpoint, wait_seconds: int = 60, min_lsn: str | None = None) -> None:
+        self.endpoint, self.wait_seconds, self.min_lsn = endpoint, wait_seconds, min_lsn
 
     def _point(self, conn: psycopg.Connection) -> tuple[str, datetime | None]:
         # After promotion both stay static at the end of recovery: the detach point.
@@ -234,6 +237,8 @@ class PromoteReplicaController:
             in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             already = not (in_recovery and in_recovery[0])
             if not already:
+                if self.min_lsn is not None:
+                    wait_replayed(conn, self.min_lsn, self.wait_seconds)
                 ok = conn.execute("SELECT pg_promote(true, %s)", (self.wait_seconds,)).fetchone()
                 if not (ok and ok[0]):
                     raise ReplicaError(f"pg_promote did not finish within {self.wait_seconds}s on {self.endpoint.label}")
@@ -355,3 +360,66 @@ class RdsReplicaController:
             "detached": promoted is not None,
             "promoted_at": promoted,
         }
+
+
+# --------------------------------------------------------------------------------------------------
+# A standby of the run's own (mode ``promote``): made before the detach, dropped in its teardown
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStandby:
+    """Where the run's own standby listens (the roles and database are the primary's: it is a clone)."""
+
+    name: str
+    host: str
+    port: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "host": self.host, "port": self.port, **self.detail}
+
+
+class StandbyProvisioner(Protocol):
+    """Makes and drops hot standbys of the shared primary, one per run (``replica.provisioner`` of
+    the profile names a ``package.module:function`` returning one). Every method is idempotent:
+    the same name is the same standby, whatever happened in between (a retry, a cleared task)."""
+
+    def problems(self) -> list[str]:
+        """Why no standby can be made now (tools, access to the primary, replication slots and
+        senders left, disk): empty when one can. Reads only: the preflight asks it."""
+        ...
+
+    def create(self, name: str) -> RunStandby:
+        """A hot standby named ``name`` streaming from the primary (or promoted since: it is kept as
+        it is); made if missing, started if stopped."""
+        ...
+
+    def find(self, name: str) -> RunStandby | None:
+        """The standby ``name`` if it exists (running or not), else None."""
+        ...
+
+    def drop(self, name: str) -> bool:
+        """Stop and delete the standby ``name`` and what it holds on the primary (its replication
+        slot); True when there was something to drop."""
+        ...
+
+
+def run_standby_name(run_id: str) -> str:
+    """A short name for the run's standby, stable for the run, safe as a slot, directory and
+    cluster name (``tm_run_`` + 12 hex digits of the run id's SHA-256)."""
+    import hashlib
+
+    return "tm_run_" + hashlib.sha256(run_id.encode()).hexdigest()[:12]
+
+
+def load_provisioner(ref: str) -> StandbyProvisioner:
+    """The provisioner a profile names (``package.module:function``; the function makes it)."""
+    import importlib
+
+    module, _, fn = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as exc:
+        raise ReplicaError(f"replica.provisioner {ref!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    return factory()  # type: ignore[no-any-return]

@@ -1,7 +1,8 @@
-"""Issue 31, item 3 (the local mode): the preflight refuses a replica the mode cannot serve, naming
-the mode and what is missing, before anything is written: a control connection that reaches a
+"""Issue 31, item 3: the preflight refuses a replica the mode cannot serve, naming the mode and
+what is missing, before anything is written. ``local``: a control connection that reaches a
 primary, a standby that does not stream from the primary, a copy connection that reads another
-server than the one the detach pauses."""
+server than the one the detach pauses. ``promote``: a provisioner that cannot be loaded or cannot
+reach the primary to clone from, a control role that may not promote."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from helpers import admin, ledger_runs
+from helpers import PROMOTE, admin, ledger_runs, write_profile
 from psycopg import sql
 
 from tenant_migration import steps
@@ -28,10 +29,10 @@ def clean_target(topo, tiny_dataset, endpoints):
     platform.demo_reset(topo)
 
 
-def _refused(endpoints, target_admin, message: str) -> str:
+def _refused(endpoints, target_admin, message: str, platform: str = "") -> str:
     run_id = f"it/{uuid.uuid4().hex[:10]}"
     with pytest.raises(steps.PreflightError, match=message) as err:
-        steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT), run_id)
+        steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT, platform=platform), run_id)
     assert "nothing was written" in str(err.value)
     assert ledger_runs(target_admin, run_id) == 0
     return str(err.value)
@@ -76,3 +77,45 @@ def test_a_standby_that_does_not_stream_is_refused(topo, endpoints, clean_target
             s.execute(sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(sql.Literal(conninfo)))
             s.execute("SELECT pg_reload_conf()")
             _wait(topo, streaming=True)
+
+
+@pytest.fixture
+def promote_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TM_PROFILES_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("provisioner", "message"), [
+    pytest.param("no_such_module:standbys",
+                 r"profile 'promote' replica\.mode promote: provisioner no_such_module:standbys: ReplicaError: "
+                 r"replica\.provisioner 'no_such_module:standbys' cannot be loaded: ModuleNotFoundError",
+                 id="provisioner not found"),
+    pytest.param("helpers:unreachable_primary_standbys",
+                 r"profile 'promote' replica\.mode promote: the primary pg-primary \(127\.0\.0\.1:\d+\) cannot be "
+                 r"reached to clone a standby from: OperationalError", id="primary unreachable"),
+])
+def test_a_promote_mode_without_a_standby_to_promote_is_refused(
+        promote_folder, endpoints, clean_target, target_admin, reports, provisioner, message) -> None:
+    write_profile(promote_folder, "promote", {**PROMOTE, "provisioner": provisioner})
+    _refused(endpoints, target_admin, message, platform="promote")
+
+
+def test_a_control_role_that_may_not_promote_is_refused(
+        promote_folder, topo, endpoints, clean_target, target_admin, reports) -> None:
+    write_profile(promote_folder, "promote", PROMOTE)
+    fn = "pg_catalog.pg_promote(boolean, integer)"
+    with admin(topo, "primary") as p:
+        p.execute(f"REVOKE EXECUTE ON FUNCTION {fn} FROM migration_operator")
+        try:
+            lsn = p.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            with admin(topo, "standby") as s:  # the preflight reads the grant on the platform's replica
+                deadline = time.monotonic() + 30
+                while not s.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            _refused(endpoints, target_admin, r"profile 'promote' replica\.mode promote: role migration_operator "
+                                              r"\(tm_replica_control\) may not run pg_promote: GRANT EXECUTE ON "
+                                              r"FUNCTION pg_promote\(boolean, integer\) TO migration_operator",
+                     platform="promote")
+        finally:
+            p.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO migration_operator")
