@@ -106,6 +106,10 @@ def copy_on_the_snapshot(endpoints: Any, spec: Any, run_id: str, consistent_lsn:
 
 
 PROMOTE = {"mode": "promote", "provisioner": "tenant_migration.stack.run_standby:provisioner"}
+# The local stack's RDS: moto's API, and a standby of the primary as each instance's server.
+RDS = {"mode": "rds", "rds": {"source_instance": "platform-primary", "poll_seconds": 0.2, "timeout_minutes": 2,
+                              "servers": "tenant_migration.stack.run_standby:rds_servers"}}
+MODES = {"local": {"mode": "local"}, "promote": PROMOTE, "rds": RDS}
 
 
 def write_profile(folder: Any, name: str, replica_doc: dict[str, Any]) -> Any:

@@ -240,23 +240,47 @@ class Dns(_Strict):
     records: list[DnsRecord] = Field(min_length=1)
 
 
+def _ref(value: str | None) -> str | None:
+    if value is not None:
+        module, _, fn = value.partition(":")
+        if not module or not fn:
+            raise ValueError(f"{value!r}: expected 'package.module:function'")
+    return value
+
+
+class RdsReplica(_Strict):
+    """Mode ``rds``: the run's read replica of ``source_instance`` through the RDS API (the
+    amazon provider's ``RdsHook`` on ``aws_connection``). ``servers`` only where the API has no
+    servers of its own (moto): ``package.module:function`` returning a ``replica.InstanceServers``."""
+
+    source_instance: str = Field(min_length=1)
+    aws_connection: str = "tm_aws"
+    instance_class: str | None = None
+    servers: str | None = None
+    poll_seconds: float = Field(15.0, gt=0, le=300)
+    timeout_minutes: float = Field(60.0, gt=0, le=24 * 60)
+
+    @field_validator("servers")
+    @classmethod
+    def _servers_ref(cls, value: str | None) -> str | None:
+        return _ref(value)
+
+
 class Replica(_Strict):
     """How the replica is detached (docs/replica-modes.md). ``local``: pause replay on the
     platform's streaming standby (``tm_replica_control``). ``promote``: the run gets a standby of
     its own from ``provisioner`` (``package.module:function`` returning a
-    ``replica.StandbyProvisioner``), promotes it, and drops it in the detach's teardown."""
+    ``replica.StandbyProvisioner``), promotes it, and drops it in the detach's teardown. ``rds``:
+    the same with an RDS read replica made, promoted and deleted through the RDS API (``rds``)."""
 
-    mode: Literal["local", "promote"] = "local"
+    mode: Literal["local", "promote", "rds"] = "local"
     provisioner: str | None = None
+    rds: RdsReplica | None = None
 
     @field_validator("provisioner")
     @classmethod
-    def _ref(cls, value: str | None) -> str | None:
-        if value is not None:
-            module, _, fn = value.partition(":")
-            if not module or not fn:
-                raise ValueError(f"{value!r}: expected 'package.module:function'")
-        return value
+    def _provisioner_ref(cls, value: str | None) -> str | None:
+        return _ref(value)
 
     @model_validator(mode="after")
     def _per_mode(self) -> Replica:
@@ -265,7 +289,16 @@ class Replica(_Strict):
                              "standby, e.g. tenant_migration.stack.run_standby:provisioner on the local stack")
         if self.mode != "promote" and self.provisioner is not None:
             raise ValueError(f"provisioner is for mode promote, not {self.mode}")
+        if self.mode == "rds" and self.rds is None:
+            raise ValueError("mode rds needs an rds section (source_instance: the primary's RDS instance id)")
+        if self.mode != "rds" and self.rds is not None:
+            raise ValueError(f"the rds section is for mode rds, not {self.mode}")
         return self
+
+    @property
+    def own_standby(self) -> bool:
+        """The run makes a standby of its own (promote, rds) rather than pausing the platform's."""
+        return self.mode in ("promote", "rds")
 
 
 class LoadCheck(_Strict):

@@ -278,8 +278,11 @@ class RdsReplicaController:
 
     mode: Mode = "rds"
 
-    def __init__(self, client: Any, instance_id: str, lsn_endpoint: PgEndpoint | None = None) -> None:
+    def __init__(self, client: Any, instance_id: str, lsn_endpoint: PgEndpoint | None = None,
+                 min_lsn: str | None = None, servers: InstanceServers | None = None,
+                 timeout_s: float = 3600.0, poll_s: float = 15.0) -> None:
         self.client, self.instance_id, self.lsn_endpoint = client, instance_id, lsn_endpoint
+        self.min_lsn, self.servers, self.timeout_s, self.poll_s = min_lsn, servers, timeout_s, poll_s
 
     @classmethod
     def from_airflow(cls, instance_id: str, aws_conn_id: str = "tm_aws") -> RdsReplicaController:
@@ -313,16 +316,32 @@ class RdsReplicaController:
     def _lsn(self) -> tuple[str | None, datetime | None]:
         if self.lsn_endpoint is None:
             return None, None
+        deadline = time.monotonic() + self.timeout_s
         with self.lsn_endpoint.connect(autocommit=True) as conn:
+            # "available" can come before the server left recovery: the point is static only after.
+            while conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                if time.monotonic() > deadline:
+                    raise ReplicaError(f"RDS instance {self.instance_id} is still in recovery {self.timeout_s:.0f}s "
+                                       "after its promotion")
+                time.sleep(min(self.poll_s, 1.0))
             row = conn.execute("SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()").fetchone()
         return (row[0], row[1]) if row else (None, None)
 
     def detach(self) -> Detachment:
+        """Promote the read replica once it replayed past ``min_lsn`` (asked over SQL on its
+        ``lsn_endpoint``), wait until the instance is available and its server out of recovery,
+        and read the detach point there (the end of its recovery)."""
         inst = self._instance()
         promoted = self._promoted(inst)
         source = inst.get("ReadReplicaSourceDBInstanceIdentifier")
         if promoted is None:
+            if self.lsn_endpoint is not None and self.min_lsn is not None:
+                with self.lsn_endpoint.connect(autocommit=True) as conn:
+                    wait_replayed(conn, self.min_lsn, self.timeout_s)
             self.client.promote_read_replica(DBInstanceIdentifier=self.instance_id)
+            if self.servers is not None:  # an emulated control plane: what RDS does to the server
+                self.servers.promote(self.instance_id)
+            wait_instance(self.client, self.instance_id, "available", self.timeout_s, self.poll_s)
             promoted = datetime.now(UTC).isoformat()
             # Tag after the call: a crash in between re-promotes, which RDS refuses harmlessly
             # (no source any more) and moto accepts.
@@ -413,13 +432,126 @@ def run_standby_name(run_id: str) -> str:
     return "tm_run_" + hashlib.sha256(run_id.encode()).hexdigest()[:12]
 
 
-def load_provisioner(ref: str) -> StandbyProvisioner:
-    """The provisioner a profile names (``package.module:function``; the function makes it)."""
-    import importlib
+# --------------------------------------------------------------------------------------------------
+# Mode ``rds``: the run's own read replica, made and dropped through the RDS API
+# --------------------------------------------------------------------------------------------------
 
-    module, _, fn = ref.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as exc:
-        raise ReplicaError(f"replica.provisioner {ref!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
-    return factory()  # type: ignore[no-any-return]
+
+class InstanceServers(Protocol):
+    """The PostgreSQL server behind each RDS instance, where the control plane has none (moto, the
+    local stack's RDS): made with the instance, promoted with it, dropped with it. Never set on AWS,
+    where the instance is its own server."""
+
+    def create(self, instance_id: str) -> RunStandby: ...
+
+    def promote(self, instance_id: str) -> None: ...
+
+    def drop(self, instance_id: str) -> bool: ...
+
+
+RUN_TAG = "tm:run-standby"
+
+
+def rds_instance_id(name: str) -> str:
+    """The RDS identifier of the run's standby ``name``: letters, digits and hyphens."""
+    return name.replace("_", "-")
+
+
+def wait_instance(client: Any, instance_id: str, state: str | None, timeout_s: float, poll_s: float) -> None:
+    """Until the instance's status is ``state`` (None: until it is gone)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = client.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"]
+        except client.exceptions.DBInstanceNotFoundFault:
+            found = []
+        status = found[0].get("DBInstanceStatus") if found else None
+        if status == state:
+            return
+        if time.monotonic() > deadline:
+            raise ReplicaError(f"RDS instance {instance_id} is {status or 'gone'}, not {state or 'gone'}, "
+                               f"after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+class RdsStandbys:
+    """A ``StandbyProvisioner`` over the RDS API: the run's standby is a read replica of the
+    platform's primary instance (``source_instance``), made with ``create_db_instance_read_replica``
+    and deleted (no final snapshot) by ``drop``. Its server is the instance's endpoint, or the one
+    ``servers`` binds to it (an emulated control plane)."""
+
+    def __init__(self, client: Any, source_instance: str, instance_class: str | None = None,
+                 servers: InstanceServers | None = None, timeout_s: float = 3600.0, poll_s: float = 15.0) -> None:
+        self.client, self.source, self.instance_class = client, source_instance, instance_class
+        self.servers, self.timeout_s, self.poll_s = servers, timeout_s, poll_s
+
+    def _describe(self, instance_id: str) -> dict[str, Any] | None:
+        try:
+            found = self.client.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"]
+        except self.client.exceptions.DBInstanceNotFoundFault:
+            return None
+        return dict(found[0]) if found else None
+
+    def problems(self) -> list[str]:
+        try:
+            src = self._describe(self.source)
+        except Exception as exc:  # the API unreachable, refused credentials: the message says which
+            return [f"the RDS API does not answer: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"]
+        if src is None:
+            return [f"RDS instance {self.source!r} (replica.rds.source_instance) not found: no primary to make the "
+                    "run's read replica of"]
+        problems = []
+        if src.get("Engine") not in ("postgres", "aurora-postgresql"):
+            problems.append(f"RDS instance {self.source!r} runs {src.get('Engine')}, not PostgreSQL")
+        if src.get("DBInstanceStatus") != "available":
+            problems.append(f"RDS instance {self.source!r} is {src.get('DBInstanceStatus')}, not available")
+        return problems
+
+    def _standby(self, name: str, inst: dict[str, Any]) -> RunStandby:
+        instance_id = rds_instance_id(name)
+        detail = {"instance": instance_id, "source": self.source, "status": inst.get("DBInstanceStatus")}
+        if self.servers is not None:
+            server = self.servers.create(instance_id)
+            return RunStandby(name, server.host, server.port, {**detail, "server": "emulated"})
+        endpoint = inst.get("Endpoint") or {}
+        return RunStandby(name, str(endpoint.get("Address")), int(endpoint.get("Port") or 5432), detail)
+
+    def find(self, name: str) -> RunStandby | None:
+        inst = self._describe(rds_instance_id(name))
+        return None if inst is None else self._standby(name, inst)
+
+    def create(self, name: str) -> RunStandby:
+        instance_id = rds_instance_id(name)
+        inst = self._describe(instance_id)
+        if inst is None:
+            args: dict[str, Any] = {"DBInstanceIdentifier": instance_id, "SourceDBInstanceIdentifier": self.source,
+                                    "Tags": [{"Key": RUN_TAG, "Value": name}]}
+            if self.instance_class:
+                args["DBInstanceClass"] = self.instance_class
+            made = self.client.create_db_instance_read_replica(**args)["DBInstance"]
+            self.client.add_tags_to_resource(ResourceName=made["DBInstanceArn"], Tags=args["Tags"])
+        elif self._tag(inst) != name:
+            raise ReplicaError(f"RDS instance {instance_id} exists and is not the run's standby (no {RUN_TAG} tag "
+                               f"{name!r}): refusing to use or delete it")
+        wait_instance(self.client, instance_id, "available", self.timeout_s, self.poll_s)
+        inst = self._describe(instance_id)
+        assert inst is not None
+        return self._standby(name, inst)
+
+    def _tag(self, inst: dict[str, Any]) -> str | None:
+        tags = self.client.list_tags_for_resource(ResourceName=inst["DBInstanceArn"]).get("TagList", [])
+        return next((t["Value"] for t in tags if t["Key"] == RUN_TAG), None)
+
+    def drop(self, name: str) -> bool:
+        instance_id = rds_instance_id(name)
+        inst = self._describe(instance_id)
+        if inst is not None:
+            if self._tag(inst) != name:
+                raise ReplicaError(f"RDS instance {instance_id} is not the run's standby (no {RUN_TAG} tag "
+                                   f"{name!r}): not deleting it")
+            if inst.get("DBInstanceStatus") != "deleting":
+                self.client.delete_db_instance(DBInstanceIdentifier=instance_id, SkipFinalSnapshot=True,
+                                               DeleteAutomatedBackups=True)
+            wait_instance(self.client, instance_id, None, self.timeout_s, self.poll_s)
+        served = self.servers.drop(instance_id) if self.servers is not None else False
+        return inst is not None or served

@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 
 import pytest
-from helpers import PROMOTE, admin, parse_dag, write_profile
+from helpers import MODES, admin, parse_dag, write_profile
 
 from tenant_migration import replica
 
@@ -22,14 +22,14 @@ FAST = {"require_approval": False, "max_ttl_wait_s": 1, "drain_seconds": 3, "dra
 
 @pytest.fixture
 def promote_dag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, topo, tiny_dataset):
-    """The migration DAG parsed with a profiles folder holding the sample's profile as ``local``
-    and, changed to ``replica.mode: promote``, as ``promote`` (the form lists the folder)."""
+    """The migration DAG parsed with a profiles folder holding the sample's profile once per
+    replica mode, named after it (the form lists the folder)."""
     from tenant_migration import params
     from tenant_migration.sample import platform
 
     monkeypatch.setenv("TM_PROFILES_DIR", str(tmp_path))
-    write_profile(tmp_path, "local", {"mode": "local"})
-    write_profile(tmp_path, "promote", PROMOTE)
+    for name, doc in MODES.items():
+        write_profile(tmp_path, name, doc)
     importlib.reload(params)  # the form's platform list is read when the DAG file is parsed
     platform.demo_reset(topo)
     yield parse_dag("tenant_migration")
@@ -44,8 +44,8 @@ def _detach_event(topo, run_id: str) -> dict:
     return dict(row[0])
 
 
-@pytest.mark.parametrize("mode", ["local", "promote"])
-def test_the_dag_detaches_the_replica_the_profiles_way(mode, promote_dag, topo, reports) -> None:
+@pytest.mark.parametrize("mode", ["local", "promote", "rds"])
+def test_the_dag_detaches_the_replica_the_profiles_way(mode, promote_dag, topo, endpoints, reports) -> None:
     dagrun = promote_dag.test(run_conf={"tenant_id": TENANT, "platform": mode, **FAST})
     states = {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
     assert str(dagrun.state) == "success", states
@@ -63,9 +63,9 @@ def test_the_dag_detaches_the_replica_the_profiles_way(mode, promote_dag, topo, 
     with admin(topo, "standby") as s:  # the platform's standby replays again / was never paused
         assert s.execute("SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()").fetchone() == (
             True, "not paused")
-    if mode == "promote":
+    if mode != "local":
         name = replica.run_standby_name(run_id)
-        assert detached["mode"] == "promote" and detached["standby"]["name"] == name
+        assert detached["mode"] == mode and detached["standby"]["name"] == name
         assert detached["lsn"] == lsn
         assert not (topo.state_dir / "pg" / "runs" / name).exists(), "the teardown dropped the run's standby"
         with admin(topo, "primary") as p:
@@ -75,5 +75,9 @@ def test_the_dag_detaches_the_replica_the_profiles_way(mode, promote_dag, topo, 
                 "SELECT detail FROM tm_control.events WHERE run_id = %s AND step = 'run_standby' ORDER BY event_id",
                 (run_id,)).fetchall()]
         assert kinds == ["made", "dropped"]
+        if mode == "rds":
+            rds = endpoints.aws.client("rds")
+            with pytest.raises(rds.exceptions.DBInstanceNotFoundFault):
+                rds.describe_db_instances(DBInstanceIdentifier=replica.rds_instance_id(name))
     else:
         assert detached["mode"] == "local" and "standby" not in detached

@@ -2,7 +2,8 @@
 what is missing, before anything is written. ``local``: a control connection that reaches a
 primary, a standby that does not stream from the primary, a copy connection that reads another
 server than the one the detach pauses. ``promote``: a provisioner that cannot be loaded or cannot
-reach the primary to clone from, a control role that may not promote."""
+reach the primary to clone from, a control role that may not promote. ``rds``: no source instance
+in the RDS API (moto over HTTP), an AWS connection that is not defined."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from helpers import PROMOTE, admin, ledger_runs, write_profile
+from helpers import PROMOTE, RDS, admin, ledger_runs, write_profile
 from psycopg import sql
 
 from tenant_migration import steps
@@ -119,3 +120,17 @@ def test_a_control_role_that_may_not_promote_is_refused(
                      platform="promote")
         finally:
             p.execute(f"GRANT EXECUTE ON FUNCTION {fn} TO migration_operator")
+
+
+@pytest.mark.parametrize(("rds", "message"), [
+    pytest.param({"source_instance": "no-such-primary"},
+                 r"profile 'rds' replica\.mode rds: RDS instance 'no-such-primary' \(replica\.rds\.source_instance\) "
+                 r"not found: no primary to make the run's read replica of", id="no source instance"),
+    pytest.param({"aws_connection": "tm_no_such_aws"},
+                 r"profile 'rds' replica\.mode rds: rds: ReplicaError: replica\.rds\.aws_connection: connection "
+                 r"'tm_no_such_aws' is not defined", id="aws connection undefined"),
+])
+def test_an_rds_mode_without_an_instance_to_replicate_is_refused(
+        promote_folder, endpoints, clean_target, target_admin, reports, rds, message) -> None:
+    write_profile(promote_folder, "rds", {**RDS, "rds": {**RDS["rds"], **rds}})
+    _refused(endpoints, target_admin, message, platform="rds")

@@ -3,7 +3,9 @@ copy reads is consistent with the change stream's start. A writer commits one te
 after another on the primary while the replica is detached; the detached server shows the k-th
 write, and the catch-up then applies exactly the writes after it (N - k transactions), no more, no
 fewer. Mode ``promote`` makes the run's own standby (``stack.run_standby``), reads from it, and
-drops it with its replication slot in the teardown; the platform's standby is never touched."""
+drops it with its replication slot in the teardown; mode ``rds`` does the same with a read replica
+made, promoted and deleted through the RDS API of the moto server (over HTTP), whose server is a
+standby of the primary (moto has none); the platform's standby is never touched."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import PROMOTE, admin, write_profile
+from helpers import MODES, admin, write_profile
 
 from tenant_migration import ledger, replica, steps
-from tenant_migration.flows import ready
+from tenant_migration.flows import replica_modes
+from tenant_migration.flows.common import profile_of
 from tenant_migration.spec import MigrationSpec
 
 pytestmark = pytest.mark.integration
@@ -26,8 +29,8 @@ TENANT = 3
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TM_PROFILES_DIR", str(tmp_path))
-    write_profile(tmp_path, "local", {"mode": "local"})
-    write_profile(tmp_path, "promote", PROMOTE)
+    for name, doc in MODES.items():
+        write_profile(tmp_path, name, doc)
     return tmp_path
 
 
@@ -69,7 +72,7 @@ def _probe(ep, device_id: int) -> int:
     return int(name.removeprefix("probe-")) if name.startswith("probe-") else 0
 
 
-@pytest.mark.parametrize("mode", ["local", "promote"])
+@pytest.mark.parametrize("mode", ["local", "promote", "rds"])
 def test_the_catch_up_applies_exactly_the_writes_after_the_snapshot(
         mode, topo, endpoints, folder, clean_target, target_admin, reports) -> None:
     spec = MigrationSpec(tenant_id=TENANT, platform=mode)
@@ -88,7 +91,7 @@ def test_the_catch_up_applies_exactly_the_writes_after_the_snapshot(
         writer.stop.set()
         writer.join()
     try:
-        source = ready.copy_source(endpoints, spec, run_id)
+        source = replica_modes.copy_source(endpoints, profile_of(spec), run_id)
         snapshot_k = _probe(source, device_id)
         assert 0 < snapshot_k < writer.written, "writes on both sides of the detach point"
         with psycopg.connect(**_kw(source.replica_control)) as conn:
@@ -101,10 +104,18 @@ def test_the_catch_up_applies_exactly_the_writes_after_the_snapshot(
         assert caught["txns_applied"] == writer.written - snapshot_k, (caught, writer.written, snapshot_k)
         name = target_admin.execute("SELECT name FROM platform.devices WHERE device_id = %s", (device_id,)).fetchone()
         assert name == (f"probe-{writer.written}",)
-        if mode == "promote":
-            standby = ready.copy_source(endpoints, spec, run_id).replica
+        if mode != "local":
+            standby = replica_modes.copy_source(endpoints, profile_of(spec), run_id).replica
             assert standby.port != endpoints.replica.port, "the copy read the run's own standby"
-            assert detached["mode"] == "promote" and detached["standby"]["name"] == replica.run_standby_name(run_id)
+            assert detached["mode"] == mode and detached["standby"]["name"] == replica.run_standby_name(run_id)
+            if mode == "rds":  # made and promoted through the API, tagged as the run's
+                rds = endpoints.aws.client("rds")
+                inst = rds.describe_db_instances(
+                    DBInstanceIdentifier=detached["standby"]["instance"])["DBInstances"][0]
+                tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(
+                    ResourceName=inst["DBInstanceArn"])["TagList"]}
+                assert inst["ReadReplicaSourceDBInstanceIdentifier"] == "platform-primary"
+                assert tags[replica.RUN_TAG] == detached["standby"]["name"] and replica.PROMOTED_TAG in tags
             with admin(topo, "standby") as s:  # the platform's standby was never paused nor promoted
                 assert s.execute("SELECT pg_is_in_recovery(), pg_get_wal_replay_pause_state()").fetchone() == (
                     True, "not paused")
@@ -115,15 +126,19 @@ def test_the_catch_up_applies_exactly_the_writes_after_the_snapshot(
         steps.drop_cdc_slot(endpoints, spec, run_id)
         with admin(topo, "primary") as conn:
             conn.execute("UPDATE platform.devices SET name = %s WHERE device_id = %s", (original, device_id))
-    if mode == "promote":
+    if mode != "local":
         name = replica.run_standby_name(run_id)
-        assert out == {"mode": "promote", "standby": name, "dropped": True}
+        assert out == {"mode": mode, "standby": name, "dropped": True}
         assert not (topo.state_dir / "pg" / "runs" / name).exists()
         with admin(topo, "primary") as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                                 (name,)).fetchone() == (0,)
         with pytest.raises(steps.PreflightError, match="has no standby of its own"):
-            ready.copy_source(endpoints, spec, run_id)
+            replica_modes.copy_source(endpoints, profile_of(spec), run_id)
+    if mode == "rds":  # the run's read replica is gone from the RDS API too
+        rds = endpoints.aws.client("rds")
+        with pytest.raises(rds.exceptions.DBInstanceNotFoundFault):
+            rds.describe_db_instances(DBInstanceIdentifier=replica.rds_instance_id(name))
 
 
 def _kw(ep) -> dict:
@@ -131,11 +146,12 @@ def _kw(ep) -> dict:
             "autocommit": True}
 
 
-def test_promote_detach_is_idempotent_and_keeps_its_point(topo, endpoints, folder, clean_target, target_admin,
-                                                          reports) -> None:
+@pytest.mark.parametrize("mode", ["promote", "rds"])
+def test_an_own_standby_detach_is_idempotent_and_keeps_its_point(mode, topo, endpoints, folder, clean_target,
+                                                                 target_admin, reports) -> None:
     """A retried or cleared detach finds the run's standby again, promoted, at the same point."""
-    spec = MigrationSpec(tenant_id=TENANT, platform="promote")
-    run_id = f"it/promote-{uuid.uuid4().hex[:8]}"
+    spec = MigrationSpec(tenant_id=TENANT, platform=mode)
+    run_id = f"it/{mode}-{uuid.uuid4().hex[:8]}"
     steps.preflight(endpoints, spec, run_id)
     try:
         slot = steps.create_cdc_slot(endpoints, spec, run_id)
@@ -152,3 +168,21 @@ def test_promote_detach_is_idempotent_and_keeps_its_point(topo, endpoints, folde
         again = steps.reattach_replica(endpoints, spec, run_id, keep_for_resume=False)
         steps.drop_cdc_slot(endpoints, spec, run_id)
     assert again["dropped"] is False, "a second teardown finds nothing left to drop"
+
+
+def test_an_rds_instance_the_run_did_not_make_is_never_used_nor_deleted(endpoints, tiny_dataset) -> None:
+    """An instance of the run standby's name without the run's tag (someone else's, or a name
+    clash) is refused by ``create`` and left alone by ``drop``."""
+    client = endpoints.aws.client("rds")
+    name = replica.run_standby_name(f"it/foreign-{uuid.uuid4().hex[:8]}")
+    instance_id = replica.rds_instance_id(name)
+    client.create_db_instance_read_replica(DBInstanceIdentifier=instance_id, SourceDBInstanceIdentifier="platform-primary")
+    try:
+        made = replica.RdsStandbys(client, "platform-primary", timeout_s=10, poll_s=0.1)
+        with pytest.raises(replica.ReplicaError, match=f"RDS instance {instance_id} exists and is not the run's standby"):
+            made.create(name)
+        with pytest.raises(replica.ReplicaError, match="not deleting it"):
+            made.drop(name)
+        assert client.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"]
+    finally:
+        client.delete_db_instance(DBInstanceIdentifier=instance_id, SkipFinalSnapshot=True)

@@ -11,14 +11,14 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration import connections as names
-from tenant_migration import ledger, profile, replica, sizing
+from tenant_migration import ledger, profile, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra import schema as cql_schema
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
+from tenant_migration.flows import replica_modes
 from tenant_migration.flows.common import (
     PreflightError,
     detach_lsn,
@@ -75,7 +75,7 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
             cassandra = pool.submit(cassandra_drift, ep, tmap)
             zone = pool.submit(dns_problems, ep, spec, plans)
             switch = pool.submit(switch_problems, ep, prof, spec.tenant_id)
-            problems += replica_problems(ep, prof, rconn)
+            problems += replica_modes.problems(ep, prof, rconn)
             drift = schema_drift(rconn, tconn, tmap)
             # The replica's checks only on a schema that matches the tenant map's (else the drift
             # is the error to show, not a failed query); nothing is written yet.
@@ -113,90 +113,6 @@ def profile_changes(tconn: psycopg.Connection, run_id: str, prof: Profile) -> li
     if started_with is None:
         return []
     return profile.changes(started_with, prof.document)
-
-
-def replica_problems(ep: Endpoints, prof: Profile, rconn: psycopg.Connection) -> list[str]:
-    """The profile's replica mode can be served by the servers (reads only).
-
-    ``local``: the control connection reaches a standby (in recovery) that streams from the primary
-    (a WAL receiver runs), and the copy's read connection reaches the same server (else the copy
-    would read from a server the detach never froze). ``promote``: the provisioner can make a
-    standby now, and the control role may promote it."""
-    mode = prof.doc.replica.mode
-    where = f"profile {prof.name!r} replica.mode {mode}"
-    if mode == "promote":
-        return promote_problems(ep, prof, rconn, where)
-    # One server instance, whatever address a connection took: its postmaster's start time.
-    here = "SELECT pg_postmaster_start_time(), inet_server_port()"
-    try:
-        with ep.replica_control.connect(autocommit=True) as rc:
-            row = rc.execute("SELECT pg_is_in_recovery(), EXISTS (SELECT 1 FROM pg_stat_wal_receiver)").fetchone()
-            control_at = rc.execute(here).fetchone()
-    except ConnectionError as exc:
-        return [f"{where}: the standby cannot be reached (connection {names.CONN_REPLICA_CONTROL}): {exc}"]
-    assert row is not None
-    if not row[0]:
-        return [f"{where}: {names.CONN_REPLICA_CONTROL} reaches {ep.replica_control.label}, a primary "
-                f"(pg_is_in_recovery() is false), not a standby: nothing there can be paused at a snapshot"]
-    problems = []
-    if not row[1]:
-        problems.append(f"{where}: the standby {ep.replica_control.label} is not streaming from the primary (no WAL "
-                        f"receiver runs: check its primary_conninfo and the primary's replication slot): its snapshot "
-                        f"would fall behind the change stream's start")
-    read_at = rconn.execute(here).fetchone()
-    assert read_at is not None and control_at is not None
-    if read_at != control_at:
-        problems.append(f"{where}: {names.CONN_SOURCE_REPLICA} ({ep.replica.label}) and {names.CONN_REPLICA_CONTROL} "
-                        f"({ep.replica_control.label}) reach different servers (started {read_at[0]} and "
-                        f"{control_at[0]}): the copy must read the standby the detach pauses")
-    return problems
-
-
-def promote_problems(ep: Endpoints, prof: Profile, rconn: psycopg.Connection, where: str) -> list[str]:
-    """Mode ``promote``: the provisioner loads and can make a standby; the control role (a clone
-    has the primary's roles) may run ``pg_promote``."""
-    assert prof.doc.replica.provisioner is not None
-    try:
-        prov = replica.load_provisioner(prof.doc.replica.provisioner)
-        problems = [f"{where}: {p}" for p in prov.problems()]
-    except Exception as exc:  # whatever the platform's code raises is the message
-        return [f"{where}: provisioner {prof.doc.replica.provisioner}: {type(exc).__name__}: {exc}"]
-    user = ep.replica_control.user
-    row = rconn.execute("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (user,)).fetchone()
-    if not (row and row[0]):
-        problems.append(f"{where}: role {user} ({names.CONN_REPLICA_CONTROL}) does not exist on the platform")
-    elif not rconn.execute("SELECT has_function_privilege(%s, 'pg_promote(boolean, integer)', 'EXECUTE')",
-                           (user,)).fetchone()[0]:  # type: ignore[index]
-        problems.append(f"{where}: role {user} ({names.CONN_REPLICA_CONTROL}) may not run pg_promote: "
-                        f"GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {user}")
-    return problems
-
-
-RUN_STANDBY = "run_standby"  # ledger events of the run's own standby (mode promote): made, dropped
-
-
-def run_standby(tconn: psycopg.Connection, run_id: str) -> replica.RunStandby | None:
-    """The run's own standby as the ledger last recorded it, None if never made or dropped since."""
-    last = ledger.last_event(tconn, run_id, RUN_STANDBY)
-    if last is None or last[1].get("state") != "made":
-        return None
-    d = last[1]
-    return replica.RunStandby(str(d["name"]), str(d["host"]), int(d["port"]))
-
-
-def copy_source(ep: Endpoints, spec: MigrationSpec, run_id: str, prof: Profile | None = None) -> Endpoints:
-    """The endpoints the plan, the copy and the post-copy gate read: the platform's replica
-    (``local``), or the run's own promoted standby (``promote``)."""
-    prof = prof or profile_of(spec)
-    if prof.doc.replica.mode != "promote":
-        return ep
-    with ep.target.connect(autocommit=True) as tconn:
-        standby = run_standby(tconn, run_id)
-    if standby is None:
-        raise PreflightError(f"run {run_id} (replica.mode promote) has no standby of its own: detach_replica makes "
-                             "it and must run first (or it was dropped: the copy's teardown ran; clear from "
-                             "detach_replica)")
-    return ep.with_replica_at(standby.host, standby.port)
 
 
 def switch_problems(ep: Endpoints, prof: Profile, tenant_id: int) -> list[str]:
@@ -337,57 +253,29 @@ def dns_problems(ep: Endpoints, spec: MigrationSpec, plans: list[dns.RecordPlan]
 
 def detach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, min_lsn: str | None = None) -> dict[str, Any]:
     """Freeze the replica the copy reads at or after ``min_lsn`` (the change-capture slot's
-    consistent point: every change after the detach point is then in the stream). ``local``: pause
-    replay on the platform's standby. ``promote``: make the run's own standby (or find it again)
-    and promote it once it replayed past ``min_lsn``; its end of recovery is the detach point."""
+    consistent point: every change after the detach point is then in the stream), the profile's
+    way (``replica_modes``)."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     prof = profile_of(spec)
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "detach_replica") as detail:
-            began = time.monotonic()
-            extra: dict[str, Any] = {}
-            if prof.doc.replica.mode == "promote":
-                assert prof.doc.replica.provisioner is not None
-                prov = replica.load_provisioner(prof.doc.replica.provisioner)
-                standby = prov.create(replica.run_standby_name(run_id))
-                ledger.record_event(tconn, run_id, RUN_STANDBY, "info", {**standby.to_dict(), "state": "made"})
-                made = round(time.monotonic() - began, 3)
-                control = ep.with_replica_at(standby.host, standby.port).replica_control
-                point = replica.PromoteReplicaController(control, min_lsn=min_lsn).detach()
-                extra = {"standby": standby.to_dict(), "standby_seconds": made}
-            else:
-                point = replica.LocalReplicaController(ep.replica_control, min_lsn=min_lsn).detach()
-            if point.lsn is None:
-                raise replica.ReplicaError(f"replica.mode {point.mode}: the detach point is unknown (no replay LSN "
-                                           "on the detached server: restarted since it was promoted?)")
+            out, commit_time = replica_modes.detach(ep, prof, tconn, run_id, min_lsn)
             # The run's change-capture slot predates the first detach, so a later snapshot is safe.
-            ledger.record_detach(tconn, run_id, point.lsn, point.commit_time, allow_later=True)
-            out = {**point.to_dict(), **extra, "detach_seconds": round(time.monotonic() - began, 3)}
+            ledger.record_detach(tconn, run_id, out["lsn"], commit_time, allow_later=True)
             detail.update(out)
     return out
 
 
 def reattach_replica(ep: Endpoints, spec: MigrationSpec, run_id: str, keep_for_resume: bool = True) -> dict[str, Any]:
     """Teardown of the detach: resume replay (``local``) or drop the run's own standby
-    (``promote``) once the copy passed its gate, or whenever the run is not live. After a failed
-    copy the replica stays at the run's snapshot (``KeptForResume``) so that clearing the failed
-    chunk tasks copies from the same point in time the gate compares. ``keep_for_resume=False``
-    (unattended rehearsals) always releases."""
+    (``promote``, ``rds``) once the copy passed its gate, or whenever the run is not live. After a
+    failed copy the replica stays at the run's snapshot (``KeptForResume``) so that clearing the
+    failed chunk tasks copies from the same point in time the gate compares.
+    ``keep_for_resume=False`` (unattended rehearsals) always releases."""
     if keep_for_resume:
         hold_for_resume(ep, run_id, "post_copy", "detached replica")
-    prof = profile_of(spec)
-    if prof.doc.replica.mode == "promote":
-        assert prof.doc.replica.provisioner is not None
-        name = replica.run_standby_name(run_id)
-        dropped = replica.load_provisioner(prof.doc.replica.provisioner).drop(name)
-        with ep.target.connect(autocommit=True) as tconn:
-            if ledger.run_known(tconn, run_id):
-                ledger.record_event(tconn, run_id, RUN_STANDBY, "info", {"name": name, "state": "dropped"})
-        return {"mode": "promote", "standby": name, "dropped": dropped}
-    with ep.replica_control.connect(autocommit=True) as rc:
-        before = replica.reattach(rc)
-    return {"mode": "local", "state_before": before}
+    return replica_modes.release(ep, profile_of(spec), run_id)
 
 
 def copy_shared_tables(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -397,7 +285,7 @@ def copy_shared_tables(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
     from tenant_migration.postgres.shared import copy_shared_tables as copy_shared
 
     tmap = tmap or profile_of(spec).tenant_map
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_shared_tables") as detail:
             copied = {c.table: c.rows for c in copy_shared(rconn, tconn, tmap)}
@@ -411,7 +299,7 @@ def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     if spec.dry_run:
         return []
     tmap = tmap or profile_of(spec).tenant_map
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
         chunks = pg_planner.plan_postgres(rconn, tconn, tmap, run_id, spec.tenant_id, spec.chunk_rows)
         done = {c.chunk_id for c in chunks if ledger.chunk_status(tconn, run_id, c.chunk_id) == ledger.ChunkStatus.DONE}
@@ -427,7 +315,7 @@ def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_i
         return {"skipped": "dry run"}
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
     skipped = sum(int(r.skipped) for r in results)
     return {"chunks": len(chunk_ids), "copied": len(results) - skipped, "skipped": skipped,
@@ -440,7 +328,7 @@ def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
         return {"skipped": "dry run"}
     tmap = tmap or profile_of(spec).tenant_map
     copy_shared_tables(ep, spec, run_id, tmap)
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "copy_postgres") as detail:
             results = pg_copy.copy_pending_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, spec.chunk_rows)
@@ -460,7 +348,7 @@ def plan_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     if spec.dry_run:
         return []
     tmap = tmap or profile_of(spec).tenant_map
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn, \
             ep.cassandra_source.session() as src:
         if not ledger.run_chunks(tconn, run_id, "cassandra"):
@@ -547,7 +435,7 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     gx_gate.warm_up_gx()
-    ep = copy_source(ep, spec, run_id)
+    ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "gate_post_copy") as detail, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="post-copy-cassandra") as pool:

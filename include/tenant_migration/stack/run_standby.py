@@ -32,6 +32,12 @@ def provisioner() -> LocalStandbys:
     return LocalStandbys(default_topology())
 
 
+def rds_servers() -> LocalInstanceServers:
+    """What ``replica.rds.servers: tenant_migration.stack.run_standby:rds_servers`` makes: the
+    servers behind the local stack's RDS (moto has none), one standby of the primary per instance."""
+    return LocalInstanceServers(LocalStandbys(default_topology()))
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -183,3 +189,34 @@ class LocalStandbys:
         except psycopg.Error:
             return False
         return row is not None and (not row[0] or row[1] == "streaming")
+
+
+class LocalInstanceServers:
+    """``replica.InstanceServers`` for the local stack's RDS (moto): an RDS instance's server is a
+    standby of the stack's primary (``LocalStandbys``, named after the instance), promoted when
+    the instance is promoted -- what RDS does to its own server."""
+
+    def __init__(self, standbys: LocalStandbys) -> None:
+        self.standbys = standbys
+
+    @staticmethod
+    def _name(instance_id: str) -> str:
+        return instance_id.replace("-", "_")
+
+    def create(self, instance_id: str) -> RunStandby:
+        return self.standbys.create(self._name(instance_id))
+
+    def promote(self, instance_id: str) -> None:
+        import psycopg
+
+        found = self.standbys.find(self._name(instance_id))
+        if found is None:
+            raise ReplicaError(f"the local server of RDS instance {instance_id} does not exist")
+        server = self.standbys._server(found.name, found.port)
+        with psycopg.connect(layout.superuser_dsn(self.standbys.topo, server, "postgres"), connect_timeout=5,
+                             autocommit=True) as conn:
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                conn.execute("SELECT pg_promote(true, 60)")
+
+    def drop(self, instance_id: str) -> bool:
+        return self.standbys.drop(self._name(instance_id))
