@@ -297,7 +297,11 @@ class ChunkCopier:
                     seen.add(pk)
                 key = row[:nkey]
                 # Remaining TTL shrinks while the row is in flight: never let a cell outlive its source.
-                elapsed = int(time.monotonic() - read_at)
+                # TTL() is whole seconds of the server's clock, read before the page arrived, and the
+                # target counts its own from the second it applies the write: one second more than
+                # the whole seconds elapsed here, or a cell written in the next second outlives its
+                # source by one (seen: target 7200 s, source 7199 s).
+                elapsed = int(time.monotonic() - read_at) + 1
                 if colls:
                     cwrites, lists = self._collection_writes(row, key, elapsed, floor, watch_after, stats, tally)
                     if lists:
