@@ -6,17 +6,21 @@ PY := $(VENV)/bin/python
 STACK := $(PY) -m tenant_migration.stack
 STAMP := $(VENV)/.lock-installed
 BYTECODE := $(VENV)/.bytecode-compiled
-DEMO_TENANT ?= 3
+# A hosted platform (the bundled sample, or meterhub: docs/platform-profile.md) and its demo tenant.
+PLATFORM ?= sample
+DEMO_TENANT_sample := 3
+DEMO_TENANT_meterhub := 2
+DEMO_TENANT ?= $(DEMO_TENANT_$(PLATFORM))
 PRESET ?= demo
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
         test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow bench-airflow-standalone airflow-standalone
 
 help:
-	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset"
+	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset (PLATFORM=sample|meterhub)"
 	@echo "make test    - set up everything and run the whole test suite"
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
-	@echo "make data PRESET=tiny|demo|bench"
+	@echo "make data PRESET=tiny|demo|bench [PLATFORM=meterhub]"
 	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:18080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
 	@echo "make bench-postgres | bench-cassandra | bench-load | bench-gates | bench-airflow | bench-airflow-standalone - benchmarks"
 
@@ -54,12 +58,12 @@ stack-reset: venv
 	$(STACK) reset
 
 data: stack-up
-	$(STACK) data $(PRESET)
+	$(STACK) data $(PRESET) --platform $(PLATFORM)
 
 demo: stack-up
-	$(STACK) data demo
-	$(STACK) demo-reset
-	$(PY) -m tenant_migration.demo --tenant $(DEMO_TENANT)
+	$(STACK) data demo --platform $(PLATFORM)
+	$(STACK) demo-reset --platform $(PLATFORM)
+	$(PY) -m tenant_migration.demo --tenant $(DEMO_TENANT) --platform $(PLATFORM)
 
 # The tests load (and reload) the tiny dataset themselves. Lint first: it is cheap and fails fast.
 test: stack-up lint

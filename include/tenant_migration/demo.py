@@ -40,14 +40,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tenant", type=int, required=True)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--platform", default=None,
+                        help="a platform the stack hosts (default: the first); one that ships its own profiles "
+                             "folder (PROFILES) runs with it")
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=JSON",
                         help="override one DAG param of the demo's conf, e.g. --set load_max_p99_ms=1000")
     args = parser.parse_args(argv)
     topo = default_topology()
     os.environ.update(airflow_env.environment(topo))
+    params = demo_params(args.tenant, args.dry_run)
+    if args.platform:
+        from tenant_migration.stack.platforms import hosted_platform
+
+        folder = getattr(hosted_platform(args.platform), "PROFILES", None)
+        if folder is not None:  # the platform's own profiles folder, and its profile chosen by name
+            os.environ["TM_PROFILES_DIR"] = str(folder)
+            params["platform"] = args.platform
     env = dict(os.environ)
     log = topo.logs_dir / f"demo-{args.tenant}.log"
-    params = demo_params(args.tenant, args.dry_run)
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = json.loads(value)

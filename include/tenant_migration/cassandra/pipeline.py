@@ -125,6 +125,14 @@ def _tuple_profile(session: Session) -> Any:
     return session.execution_profile_clone_update(EXEC_PROFILE_DEFAULT, row_factory=tuple_factory)
 
 
+class Page(list[tuple[Any, ...]]):
+    """A page of rows and the ``time.monotonic()`` at which its request was sent."""
+
+    def __init__(self, rows: Iterable[tuple[Any, ...]], asked_at: float) -> None:
+        super().__init__(rows)
+        self.asked_at = asked_at
+
+
 def iter_pages(
     session: Session,
     stmt: Any | tuple[Any, ...],
@@ -136,8 +144,10 @@ def iter_pages(
     limiter: TokenBucket | None = None,
     on_retry: Callable[[], None] | None = None,
     retry_server_errors: bool = False,
-) -> Iterator[list[tuple[Any, ...]]]:
-    """Pages of rows of every group's partitions, pages in no particular order.
+) -> Iterator[Page]:
+    """Pages of rows of every group's partitions, pages in no particular order; each page knows
+    when its request was sent (``Page.asked_at``, ``time.monotonic()``): the server read its TTLs no
+    earlier, however long the page then waited behind the pages before it.
 
     At most ``read_concurrency`` requests are in flight (``fetch_size=None``: unpaged, one answer
     per request -- for reads whose answer is small); a page is requested again from its paging
@@ -153,7 +163,7 @@ def iter_pages(
     retryable = _retryable() + ((_ServerFailure,) if retry_server_errors else ())
     profile = _tuple_profile(session)
     stmts = stmt if isinstance(stmt, tuple) else (stmt,)
-    pending: deque[tuple[Any, int, tuple[Any, ...], Any, int]] = deque()
+    pending: deque[tuple[Any, int, tuple[Any, ...], Any, int, float]] = deque()
     busy: Counter[int] = Counter()  # statements in flight (by index), when there are several
     source = enumerate(groups)
     upcoming = next(source, None)
@@ -161,9 +171,10 @@ def iter_pages(
     def submit(index: int, params: tuple[Any, ...], paging_state: Any, attempt: int) -> None:
         bound = stmts[index % len(stmts)].bind(params)
         bound.fetch_size = fetch_size
+        asked_at = time.monotonic()
         fut = session.execute_async(bound, execution_profile=profile, paging_state=paging_state)
         busy[index % len(stmts)] += 1
-        pending.append((fut, index, params, paging_state, attempt))
+        pending.append((fut, index, params, paging_state, attempt, asked_at))
 
     def refill() -> None:
         nonlocal upcoming
@@ -176,7 +187,7 @@ def iter_pages(
 
     refill()
     while pending:
-        fut, index, params, paging_state, attempt = pending.popleft()
+        fut, index, params, paging_state, attempt, asked_at = pending.popleft()
         busy[index % len(stmts)] -= 1  # nothing is sent before this one has answered (below)
         try:
             rs = _server_failure(fut.result) if retry_server_errors else fut.result()
@@ -188,7 +199,7 @@ def iter_pages(
             time.sleep(backoff_delay(attempt, opts.backoff_base, opts.backoff_max))
             submit(index, params, paging_state, attempt + 1)
             continue
-        rows = rs.current_rows
+        rows = Page(rs.current_rows, asked_at)
         if rs.paging_state is not None:
             submit(index, params, rs.paging_state, 0)
         refill()

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -20,10 +19,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from tenant_migration.stack import airflow_env, cassandra, moto, postgres
 from tenant_migration.stack.common import StackError
+from tenant_migration.stack.platforms import hosted_platform, hosted_platforms
 from tenant_migration.stack.topology import Topology, default_topology
 
 POOLS = (
@@ -52,7 +51,8 @@ def cmd_up(topo: Topology) -> dict[str, float]:
     moto.up(topo)
     timings["moto"] = time.monotonic() - t
     t = time.monotonic()
-    hosted_platform().bootstrap(topo)
+    for hosted in hosted_platforms():
+        hosted.bootstrap(topo)
     timings["bootstrap"] = time.monotonic() - t
     airflow_env.write_files(topo)
     t = time.monotonic()
@@ -62,18 +62,6 @@ def cmd_up(topo: Topology) -> dict[str, float]:
     (topo.state_dir / "last_up.json").write_text(json.dumps(timings, indent=2))
     _say("up in " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     return timings
-
-
-PLATFORM_ENV = "TM_PLATFORM"
-DEFAULT_PLATFORM = "tenant_migration.sample.platform"
-
-
-def hosted_platform() -> Any:
-    """The platform this stack hosts: a module with ``bootstrap(topo)`` (schemas and roles on the
-    servers), ``load_data(topo, preset, seed)`` and ``demo_reset(topo)``, named by ``TM_PLATFORM``
-    (default: the bundled sample). Named, not imported: the stack serves any platform, and the
-    platform's module builds on the stack, never the other way round."""
-    return importlib.import_module(os.environ.get(PLATFORM_ENV, DEFAULT_PLATFORM))
 
 
 def _airflow_db(topo: Topology) -> None:
@@ -97,6 +85,9 @@ def _airflow_db(topo: Topology) -> None:
 
 
 def cmd_down(topo: Topology) -> None:
+    for hosted in hosted_platforms():
+        if hasattr(hosted, "down"):
+            hosted.down(topo)
     moto.down(topo)
     cassandra.down(topo)
     postgres.down(topo)
@@ -105,6 +96,9 @@ def cmd_down(topo: Topology) -> None:
 
 def cmd_status(topo: Topology) -> int:
     rows = postgres.status(topo) + cassandra.status(topo) + moto.status(topo)
+    for hosted in hosted_platforms():
+        if hasattr(hosted, "status"):
+            rows += hosted.status(topo)
     for row in rows:
         print(row.line())
     return 0 if all(r.running for r in rows) else 1
@@ -127,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenant_migration.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("up", "down", "status", "reset", "demo-reset"):
+    for name in ("up", "down", "status", "reset"):
         sub.add_parser(name)
+    reset = sub.add_parser("demo-reset")
+    reset.add_argument("--platform", default=None, help="a hosted platform's name (default: the first)")
     data = sub.add_parser("data")
     data.add_argument("preset", choices=["tiny", "demo", "bench"])
     data.add_argument("--seed", type=int, default=7)
+    data.add_argument("--platform", default=None, help="a hosted platform's name (default: the first)")
     run = sub.add_parser("run")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -146,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "reset":
             cmd_reset(topo)
         elif args.cmd == "data":
-            hosted_platform().load_data(topo, args.preset, args.seed)
+            hosted_platform(args.platform).load_data(topo, args.preset, args.seed)
         elif args.cmd == "demo-reset":
-            hosted_platform().demo_reset(topo)
+            hosted_platform(args.platform).demo_reset(topo)
         elif args.cmd == "run":
             command = [c for c in args.command if c != "--"]
             if not command:

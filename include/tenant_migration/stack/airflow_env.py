@@ -134,9 +134,21 @@ def environment(topo: Topology) -> dict[str, str]:
         "TM_STATE_DIR": str(topo.state_dir),
         "TM_REPORTS_DIR": str(topo.state_dir / "reports"),
     }
-    for conn_id, conn in connections(topo).items():
+    for conn_id, conn in {**connections(topo), **platform_connections(topo)}.items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env
+
+
+def platform_connections(topo: Topology) -> dict[str, dict[str, Any]]:
+    """The connections the hosted platforms' profiles name besides the migration's roles (an admin
+    API, say): each platform module's ``connections(topo)``."""
+    from tenant_migration.stack.platforms import hosted_platforms
+
+    out: dict[str, dict[str, Any]] = {}
+    for hosted in hosted_platforms():
+        if hasattr(hosted, "connections"):
+            out.update(hosted.connections(topo))
+    return out
 
 
 def write_files(topo: Topology) -> Path:
@@ -154,5 +166,5 @@ def write_files(topo: Topology) -> Path:
     path = topo.state_dir / "connections.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump(connections(topo), fh, indent=2)
+        json.dump({**connections(topo), **platform_connections(topo)}, fh, indent=2)
     return path

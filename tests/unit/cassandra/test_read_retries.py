@@ -136,3 +136,21 @@ def test_spelled_statements_never_share_one_in_flight_and_keep_each_groups_state
     assert all(stmt == "abc"[v % 3] for stmt, v in session.sent)  # pages follow their group's statement
     assert max(len(o) for o in session.overlaps) == 3
     assert all(len(set(o)) == len(o) for o in session.overlaps)
+
+
+def test_a_page_fetched_ahead_knows_when_it_was_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next page is asked for as soon as the one before it answered, and then waits while the
+    consumer writes that one: its TTLs were read at the request, not when the consumer takes it
+    (the copier subtracts the time since ``asked_at``; seen 6 s too little on a big partition)."""
+    from tenant_migration.cassandra import pipeline
+
+    clock = [100.0]
+    monkeypatch.setattr(pipeline.time, "monotonic", lambda: clock[0])
+    first = SimpleNamespace(current_rows=[(1,)], paging_state=b"next")
+    session = _Session(first, _rows((2,)))
+    pages = iter_pages(session, _Statement(), [ReadGroup(([1],))], read_concurrency=1, fetch_size=1, opts=OPTS)
+    page1 = next(pages)
+    assert page1 == [(1,)] and page1.asked_at == 100.0
+    clock[0] = 106.0  # the consumer took 6 s over the first page; the second was asked for at 100
+    page2 = next(pages)
+    assert page2 == [(2,)] and page2.asked_at == 100.0
