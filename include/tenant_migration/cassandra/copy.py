@@ -45,6 +45,7 @@ from tenant_migration.cassandra.pipeline import (  # noqa: F401  (the copy's API
     Writer,
     backoff_delay,
     iter_pages,
+    ttl_age,
 )
 from tenant_migration.cassandra.plan import ENGINE, ReadGroup, copy_order, read_groups
 from tenant_migration.cassandra.ratelimit import TokenBucket
@@ -93,6 +94,8 @@ class ChunkCopier:
         self.reader = reader_for(source, shape)
         self.select = select_cells(self.reader, shape)
         self._inserts: dict[tuple[str, ...], Any] = {}
+        self._ttl_at: dict[int, int] = {}  # id of a prepared write -> where its TTL is among the params
+        self._set_of_add: dict[int, Any] = {}  # id of a list's ``SET l = l + ?`` -> its ``SET l = ?``
         self._all_insert = self._insert_for(shape.regular)
         kinds = dict(shape.collections)
         # (index among the regular columns, kind) of the collections; the other columns' indexes.
@@ -111,6 +114,9 @@ class ChunkCopier:
             stmt = self.target.prepare(f"UPDATE {self.shape.qualified} USING TIMESTAMP ? AND TTL ? "
                                        f"SET {c} = {c + ' + ?' if op == 'add' else '?'} WHERE {where}")
             self._updates[(column, op)] = stmt
+            self._ttl_at[id(stmt)] = 1  # (writetime, ttl, value, *key)
+            if op == "add":
+                self._set_of_add[id(stmt)] = self._update(column, "set")
         return stmt
 
     def _target_list_times(self, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -198,38 +204,37 @@ class ChunkCopier:
                 stats.cells += len(items)
         return writes, lists
 
-    def _list_batches(self, pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]]]],
-                      stats: CopyStats) -> list[Any]:
+    def _list_batches(self, pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]], int]],
+                      stats: CopyStats) -> list[tuple[list[tuple[Any, Any]], int]]:
         """One UNLOGGED batch per list of ``pending`` rows that the target lacks: ``SET l = ?`` with
         the first run of elements sharing a TTL, then ``SET l = l + ?`` per further run (a batch
         keeps their order), all at the list's newest writetime. The whole-list write drops older
         elements on the target (its tombstone is at that writetime - 1); a list the target holds
         at that writetime or later (this copy, done before, or the tenant's own newer write) is left
-        alone: a second append of the same elements would double them."""
-        from cassandra.query import BatchStatement, BatchType
-
+        alone: a second append of the same elements would double them. Each batch is a list of
+        (statement, params) for the Writer, with the seconds already taken off its TTLs."""
         if not pending:
             return []
         list_cols = [i for i, k in self._colls if k == "list"]
-        held = self._target_list_times([key for key, _ in pending])
+        held = self._target_list_times([key for key, _, _ in pending])
         batches = []
-        for (key, lists), times in zip(pending, held, strict=True):
+        for (key, lists, elapsed), times in zip(pending, held, strict=True):
             for i, (wt, *live) in lists:
                 theirs = times[list_cols.index(i)]
                 if theirs is not None and theirs >= wt:
                     stats.skipped_older += len(live)
                     continue
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                batch: list[tuple[Any, Any]] = []
                 col = self.shape.regular[i]
                 start = 0
                 while start < len(live):
                     end = start
                     while end < len(live) and live[end][1] == live[start][1]:
                         end += 1
-                    batch.add(self._update(col, "set" if start == 0 else "add"),
-                              (wt, live[start][1], [e for e, _ in live[start:end]], *key))
+                    batch.append((self._update(col, "set" if start == 0 else "add"),
+                                  (wt, live[start][1], [e for e, _ in live[start:end]], *key)))
                     start = end
-                batches.append(batch)
+                batches.append((batch, elapsed))
                 stats.cells += len(live)
         return batches
 
@@ -242,7 +247,33 @@ class ChunkCopier:
                 f"VALUES ({', '.join('?' for _ in all_cols)}) USING TIMESTAMP ? AND TTL ?"
             )
             self._inserts[cols] = stmt
+            self._ttl_at[id(stmt)] = -1  # (*key, *values, writetime, ttl)
         return stmt
+
+    def _age(self, stmt: Any, params: Any, extra: int) -> tuple[Any, Any] | None:
+        """The write (a prepared statement and its params, or a batch: a list of them) with
+        ``extra`` seconds more taken off each TTL, the Writer's ``aging``: a statement whose cells
+        expired in flight is left out (None: all of them). A list written as ``SET l = ?`` then
+        ``l = l + ?`` runs stays a whole-list write when its first run expired: the next one sets it."""
+        if not isinstance(stmt, list):
+            return self._age_one(stmt, params, extra)
+        items = [aged for one, args in stmt if (aged := self._age_one(one, args, extra)) is not None]
+        if not items:
+            return None
+        if items[0][0] is not stmt[0][0] and id(items[0][0]) in self._set_of_add:
+            items[0] = (self._set_of_add[id(items[0][0])], items[0][1])
+        return items, None
+
+    def _age_one(self, stmt: Any, params: Any, extra: int) -> tuple[Any, Any] | None:
+        at = self._ttl_at[id(stmt)]
+        ttl = params[at]
+        if ttl == 0:  # no TTL on the source
+            return stmt, params
+        if ttl <= extra:
+            return None
+        aged = list(params)
+        aged[at] = ttl - extra
+        return stmt, tuple(aged)
 
     def copy_groups(self, groups: Sequence[ReadGroup], min_writetime: int | None = None,
                     watch_after: int | None = None) -> CopyStats:
@@ -250,11 +281,9 @@ class ChunkCopier:
         ``min_writetime`` are skipped (they were copied by an earlier pass). With ``watch_after``
         (microseconds), also count the live cells written after it and the newest of them
         (``late_cells``, ``newest_writetime``): the drain's watch on writes after the flip."""
-        from cassandra.query import BatchStatement, BatchType
-
         started = time.monotonic()
         stats = CopyStats(self.shape.table, sum(_group_size(g) for g in groups), 0, 0, 0.0)
-        writer = Writer(self.target, self.opts)
+        writer = Writer(self.target, self.opts, aging=self._age)
         nkey, npk = len(self.shape.primary_key), len(self.shape.partition_key)
         regular = self.shape.regular
         nreg = len(regular)
@@ -270,14 +299,11 @@ class ChunkCopier:
         def on_retry() -> None:
             stats.retries += 1
 
-        def flush(batch: list[tuple[Any, Any]]) -> None:
+        def flush(batch: list[tuple[Any, Any]], asked_at: float, elapsed: int) -> None:
             if len(batch) == 1:
-                writer.submit(*batch[0])
+                writer.submit(*batch[0], asked_at=asked_at, elapsed=elapsed)
             else:
-                b = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for stmt, params in batch:
-                    b.add(stmt, params)
-                writer.submit(b)
+                writer.submit(batch, asked_at=asked_at, elapsed=elapsed)
             stats.writes += 1
 
         throttled0 = self.limiter.waited if self.limiter else 0.0
@@ -289,7 +315,8 @@ class ChunkCopier:
             read_at = page.asked_at  # the server read the page's TTLs after this, maybe long before now
             batch: list[tuple[Any, Any]] = []
             batch_pk: tuple[Any, ...] | None = None
-            lists_pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]]]] = []
+            batch_elapsed = 0  # the least taken off the TTLs of the batch's writes (its first's)
+            lists_pending: list[tuple[tuple[Any, ...], list[tuple[int, list[Any]]], int]] = []
             for row in page:
                 stats.rows += 1
                 pk = row[:npk]
@@ -297,18 +324,16 @@ class ChunkCopier:
                     seen.add(pk)
                 key = row[:nkey]
                 # Remaining TTL shrinks while the row is in flight: never let a cell outlive its source.
-                # TTL() is whole seconds of the server's clock, read after the page's request was
-                # sent (a page fetched ahead waits while the one before it is written: seen 6 s on a
-                # partition of 5,600 rows), and the target counts its own from the second it applies
-                # the write: one second more than the whole seconds since the request, or a cell
-                # written in the next second outlives its source by one (seen: 7200 s over 7199 s).
-                elapsed = int(time.monotonic() - read_at) + 1
+                # Taken off here as far as it is known (a page fetched ahead has waited while the one
+                # before it was written: seen 6 s on a partition of 5,600 rows), and again by the
+                # Writer for the seconds until the write is sent (queued behind others, retried).
+                elapsed = ttl_age(read_at)
                 if colls:
                     cwrites, lists = self._collection_writes(row, key, elapsed, floor, watch_after, stats, tally)
                     if lists:
-                        lists_pending.append((key, lists))
+                        lists_pending.append((key, lists, elapsed))
                     for w in cwrites:
-                        writer.submit(*w)
+                        writer.submit(*w, asked_at=read_at, elapsed=elapsed)
                         stats.writes += 1
                     continue
                 wt0, ttl0 = row[nkey + 1], row[nkey + 2]
@@ -333,21 +358,24 @@ class ChunkCopier:
                     continue
                 if batch_rows <= 1:
                     for w in writes:
-                        writer.submit(*w)
+                        writer.submit(*w, asked_at=read_at, elapsed=elapsed)
                         stats.writes += 1
                     continue
                 if batch and (pk != batch_pk or len(batch) + len(writes) > batch_rows):
-                    flush(batch)
+                    flush(batch, read_at, batch_elapsed)
                     batch = []
+                if not batch:
+                    batch_elapsed = elapsed
                 batch_pk = pk
                 batch.extend(writes)
             if batch:
-                flush(batch)
-            for list_batch in self._list_batches(lists_pending, stats):
-                writer.submit(list_batch)
+                flush(batch, read_at, batch_elapsed)
+            for list_batch, list_elapsed in self._list_batches(lists_pending, stats):
+                writer.submit(list_batch, asked_at=read_at, elapsed=list_elapsed)
                 stats.writes += 1
         writer.drain()
         stats.retries += writer.retries
+        stats.skipped_expired += writer.expired
         stats.nonempty = len(seen)
         late += tally[0]
         newest_wt = max(newest_wt, tally[1])

@@ -6,6 +6,7 @@ per-table counters (``cassandra.copy``'s module note has the design)."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -211,35 +212,71 @@ def iter_pages(
 # ----------------------------------------------------------------------------------- writer
 
 
-class Writer:
-    """Asynchronous writes with bounded in-flight requests and retries (see the module note)."""
+def ttl_age(asked_at: float) -> int:
+    """Seconds to take off a TTL that the server read after ``asked_at`` (``time.monotonic()``) for a
+    write sent now. TTLs are whole seconds of each server's clock and the target counts its own
+    from the second it applies the write: the whole seconds begun since the request, and one more,
+    keep the copy from outliving its source (seen without the one: target 7200 s, source 7199 s)."""
+    return math.ceil(time.monotonic() - asked_at) + 1
 
-    def __init__(self, session: Session, opts: CopyOptions) -> None:
+
+Aging = Callable[[Any, Any, int], "tuple[Any, Any] | None"]
+
+
+class Writer:
+    """Asynchronous writes with bounded in-flight requests and retries (see the module note).
+
+    A write may carry TTLs that keep ageing until it is sent (``asked_at``: when the read that gave
+    them was sent; ``elapsed``: the seconds already taken off): at each send, a retry's too, the
+    seconds since then are taken off by ``aging(stmt, params, extra)``, which returns the write to
+    send or None when every cell of it has expired in flight (``expired`` counts them; never sent
+    with TTL 0, which would mean no TTL at all). A ``stmt`` that is a list of (statement, params) is
+    sent as one UNLOGGED batch."""
+
+    def __init__(self, session: Session, opts: CopyOptions, aging: Aging | None = None) -> None:
         self.session = session
         self.opts = opts
+        self.aging = aging
         self._permits = threading.Semaphore(opts.concurrency)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
-        self._retry: deque[tuple[float, Any, Any, int]] = deque()
+        self._retry: deque[tuple[float, Any, Any, int, float | None, int]] = deque()
         self._errors: list[BaseException] = []
         self._retryable = _retryable()
         self.sent = 0
         self.retries = 0
+        self.expired = 0
 
-    def submit(self, stmt: Any, params: Any = None) -> None:
+    def submit(self, stmt: Any, params: Any = None, asked_at: float | None = None, elapsed: int = 0) -> None:
         self._resubmit_due()
         if self._errors:
             raise self._errors[0]
         self._permits.acquire()
         with self._lock:
             self._in_flight += 1
-        self._send(stmt, params, 0)
+        self._send(stmt, params, 0, asked_at, elapsed)
 
-    def _send(self, stmt: Any, params: Any, attempt: int) -> None:
+    def _send(self, stmt: Any, params: Any, attempt: int, asked_at: float | None, elapsed: int) -> None:
+        if asked_at is not None and self.aging is not None:
+            extra = ttl_age(asked_at) - elapsed
+            if extra > 0:
+                aged = self.aging(stmt, params, extra)
+                if aged is None:
+                    self.expired += 1
+                    self._release()
+                    return
+                (stmt, params), elapsed = aged, elapsed + extra
         self.sent += 1
-        fut = self.session.execute_async(stmt, params)
-        fut.add_callbacks(self._ok, self._err, errback_args=(stmt, params, attempt))
+        request = stmt
+        if isinstance(stmt, list):
+            from cassandra.query import BatchStatement, BatchType
+
+            request = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for one, args in stmt:
+                request.add(one, args)
+        fut = self.session.execute_async(request, None if isinstance(stmt, list) else params)
+        fut.add_callbacks(self._ok, self._err, errback_args=(stmt, params, attempt, asked_at, elapsed))
 
     def _ok(self, _rows: Any) -> None:
         self._release()
@@ -251,12 +288,13 @@ class Writer:
                 self._idle.notify_all()
         self._permits.release()
 
-    def _err(self, exc: BaseException, stmt: Any, params: Any, attempt: int) -> None:
+    def _err(self, exc: BaseException, stmt: Any, params: Any, attempt: int, asked_at: float | None,
+             elapsed: int) -> None:
         # Runs on the driver's I/O thread: never sleep here; park the write for the caller thread.
         if isinstance(exc, self._retryable) and attempt + 1 < self.opts.max_attempts:
             due = time.monotonic() + backoff_delay(attempt, self.opts.backoff_base, self.opts.backoff_max)
             with self._lock:
-                self._retry.append((due, stmt, params, attempt + 1))
+                self._retry.append((due, stmt, params, attempt + 1, asked_at, elapsed))
                 self._idle.notify_all()
             return
         with self._lock:
@@ -268,15 +306,15 @@ class Writer:
         if not self._retry:
             return
         now = time.monotonic()
-        due: list[tuple[float, Any, Any, int]] = []
+        due: list[tuple[float, Any, Any, int, float | None, int]] = []
         with self._lock:
-            keep: deque[tuple[float, Any, Any, int]] = deque()
+            keep: deque[tuple[float, Any, Any, int, float | None, int]] = deque()
             for item in self._retry:
                 (due if item[0] <= now else keep).append(item)
             self._retry = keep
-        for _, stmt, params, attempt in due:
+        for _, stmt, params, attempt, asked_at, elapsed in due:
             self.retries += 1
-            self._send(stmt, params, attempt)
+            self._send(stmt, params, attempt, asked_at, elapsed)
 
     def drain(self) -> None:
         """Wait until every write is acknowledged (retrying as needed); raise the first failure."""
