@@ -30,6 +30,7 @@ PG_TABLES = ("channel_alarms", "meter_channels", "meters", "sites", "invoices", 
 CQL_TABLES = ("readings", "daily_rollups")
 CQL_TIMEOUT_S = 60.0
 BIG_METER_ROWS_MIN = 5_500  # above the driver's default page (5,000 rows)
+VERSION = 2  # of the rows this module writes: a dataset of an older version is made again
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,12 @@ def generate(preset: str, seed: int, pg_dsn: str, cql_host: str, cql_port: int, 
     current = loaded(pg_dsn)
     base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     if current and not force and (current["preset"], current["seed"]) == (preset, seed) and \
-            current["base"] > base - timedelta(days=20):
+            current["counts"].get("version") == VERSION and current["base"] > base - timedelta(days=20):
         return {**current, "reused": True}
     empty(pg_dsn, cql_host, cql_port)
     rng = random.Random(seed)
     p = PRESETS[preset]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"version": VERSION}
     with psycopg.connect(pg_dsn) as conn:
         meters = _pg(conn, rng, p, base, counts)
         conn.execute("INSERT INTO hub_meta.generation VALUES (1, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
@@ -251,8 +252,11 @@ def _cql(host: str, port: int, rng: random.Random, p: Preset, base: datetime,
             for d in range(p.rollup_days):
                 day = (base - timedelta(days=d)).date()
                 for ch in range(3):
+                    # Written at the day's end, or now for today's: never in the future (the drain
+                    # would take a future write time for a write after the flip).
+                    closed = min(datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=23), base)
                     rollups.append((uid, day, ch, round(rng.uniform(0, 2400), 3), round(rng.uniform(0, 60), 3),
-                                    _micros(datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=23))))
+                                    _micros(closed)))
         for stmt, args in ((label, labels), (reading, rows), (revise, revisions), (rollup, rollups)):
             for ok, result in execute_concurrent_with_args(session, stmt, args, concurrency=64, raise_on_first_error=True):
                 assert ok, result
