@@ -59,6 +59,16 @@ class LiveChanges(threading.Thread):
         self.stop, self.counts, self.error = threading.Event(), dict.fromkeys(
             ("insert", "update", "delete", "readings", "other", "nobody"), 0), None
         self.rng = random.Random(32)
+        self.switch_seen: set[bool] = set()  # the org's registrations as the admin API told them
+
+    def registrations_open(self) -> bool:
+        import requests
+
+        conn = meterhub.connections(self.topo)[meterhub.ADMIN_CONN]
+        answer = requests.get(f"http://{conn['host']}:{conn['port']}/tenants/{ORG}/registrations",
+                              auth=(conn["login"], conn["password"]), headers=conn["extra"]["headers"], timeout=5)
+        answer.raise_for_status()
+        return bool(answer.json()["data"]["open"])
 
     def flipped(self) -> bool:
         r53 = self.ep.aws.client("route53")
@@ -116,6 +126,7 @@ class LiveChanges(threading.Thread):
                     cql.execute(reading, (site_key, uid, now, float(i), {"live"}, {"src": "live"},
                                           int(now.timestamp() * 1_000_000), 86_400))
                     self.counts["readings"] += 1
+                self.switch_seen.add(self.registrations_open())
                 time.sleep(0.2)
 
 
@@ -180,6 +191,13 @@ def test_meterhub_migrates_an_org_under_live_changes_with_every_cell_equal(meter
     assert live.error is None, live.error
     assert str(dagrun.state) == "success", states
     assert live.counts["insert"] > 0 and live.counts["readings"] > 0, live.counts
+    assert False in live.switch_seen, "the admin API never had the org's registrations suspended"
+    assert live.registrations_open(), "registrations are still suspended after the run"
+    with admin(topo, "target") as tconn:
+        standby = [r[0] for r in tconn.execute(
+            "SELECT detail->>'state' FROM tm_control.events WHERE run_id = %s AND step = 'run_standby' ORDER BY "
+            "event_id", (f"{dagrun.dag_id}/{dagrun.run_id}",))]
+    assert standby == ["made", "dropped"], f"the run's own standby (replica mode promote): {standby}"
     with admin(topo, "standby") as src, admin(topo, "target") as dst:
         compared, tenant_rows = 0, {}
         for table in TMAP.load_order():
@@ -191,6 +209,8 @@ def test_meterhub_migrates_an_org_under_live_changes_with_every_cell_equal(meter
                   for t in TMAP.load_order()}
         strays = {t: n - tenant_rows[t] for t, n in totals.items() if n != tenant_rows[t]}
         assert not strays, f"rows of another org or of nobody reached the target: {strays}"
+        assert dst.execute("SELECT count(*) FROM hub.sites WHERE site_id <= 0 AND org_id = %s", (ORG,)).fetchone()[0] \
+            == 4, "the org's keys -3, -2, -1 and 0 were migrated"
         for table in TMAP.shared_tables:  # the platform's own reference data: copied whole
             assert _all(src, table) == _all(dst, table), f"shared hub.{table} differs"
         site_meters = [(r[0], r[1]) for r in src.execute(

@@ -30,7 +30,7 @@ PG_TABLES = ("channel_alarms", "meter_channels", "meters", "sites", "invoices", 
 CQL_TABLES = ("readings", "daily_rollups")
 CQL_TIMEOUT_S = 60.0
 BIG_METER_ROWS_MIN = 5_500  # above the driver's default page (5,000 rows)
-VERSION = 2  # of the rows this module writes: a dataset of an older version is made again
+VERSION = 3  # of the rows this module writes: a dataset of an older version is made again
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def _pg(conn: psycopg.Connection, rng: random.Random, p: Preset, base: datetime,
     meters: list[tuple[int, str, uuid.UUID, str]] = []
     n = {t: 0 for t in ("orgs", "org_members", "sites", "meters", "meter_channels", "channel_alarms", "invoices",
                         "documents")}
-    for org in range(1, p.orgs + 1):
+    # The big org's sites first: the identity's first values (-3, -2, -1, 0) are the migrated org's.
+    for org in sorted(range(1, p.orgs + 1), key=lambda o: o != BIG_ORG):
         handle = HANDLES[org - 1]
         cur.execute("INSERT INTO hub.orgs VALUES (%s, %s, %s, %s, %s)",
                     (org, handle, handle.replace("-", " ").title(),
