@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -161,3 +162,17 @@ def read_pid(pidfile: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def stop_pidfile_process(pidfile: Path, grace_s: float = 10.0) -> None:
+    """Stop the process ``pidfile`` names, if it runs: SIGTERM, then SIGKILL after ``grace_s``;
+    the pidfile is removed either way."""
+    pid = read_pid(pidfile)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and read_pid(pidfile) is not None:
+            time.sleep(0.1)
+        if read_pid(pidfile) is not None:
+            os.kill(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)

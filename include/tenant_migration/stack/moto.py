@@ -23,6 +23,7 @@ from tenant_migration.stack.common import (
     port_open,
     read_pid,
     require_port_free,
+    stop_pidfile_process,
     wait_for,
 )
 from tenant_migration.stack.topology import Topology
@@ -73,16 +74,7 @@ def up(topo: Topology) -> float:
 
 
 def down(topo: Topology) -> None:
-    pid = read_pid(_pidfile(topo))
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and read_pid(_pidfile(topo)) is not None:
-        time.sleep(0.2)
-    if read_pid(_pidfile(topo)) is not None:
-        os.kill(pid, signal.SIGKILL)
-    _pidfile(topo).unlink(missing_ok=True)
+    stop_pidfile_process(_pidfile(topo))
 
 
 def status(topo: Topology) -> list[ServiceStatus]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,15 @@ from tenant_migration.endpoints import AwsEndpoint
 from tenant_migration.sample.meterhub import PROFILES as PROFILES_DIR
 from tenant_migration.sample.meterhub import admin_api, generate
 from tenant_migration.stack import airflow_env, postgres
-from tenant_migration.stack.common import StackError, as_service_user, own_dir, read_pid, require_port_free, wait_for
+from tenant_migration.stack.common import (
+    StackError,
+    as_service_user,
+    own_dir,
+    read_pid,
+    require_port_free,
+    stop_pidfile_process,
+    wait_for,
+)
 from tenant_migration.stack.topology import Topology
 
 NAME = "meterhub"
@@ -118,15 +125,7 @@ def api_up(topo: Topology) -> None:
 
 
 def api_down(topo: Topology) -> None:
-    pid = read_pid(_pidfile(topo))
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and read_pid(_pidfile(topo)) is not None:
-            time.sleep(0.1)
-        if read_pid(_pidfile(topo)) is not None:
-            os.kill(pid, signal.SIGKILL)
-    _pidfile(topo).unlink(missing_ok=True)
+    stop_pidfile_process(_pidfile(topo))
 
 
 def down(topo: Topology) -> None:
