@@ -35,7 +35,7 @@ from tenant_migration.flows.common import (
 from tenant_migration.postgres import cdc
 from tenant_migration.postgres import copy as pg_copy
 from tenant_migration.postgres import planner as pg_planner
-from tenant_migration.postgres.catalog import schema_drift
+from tenant_migration.postgres.catalog import check_tenant_map
 from tenant_migration.profile import Profile
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap
@@ -55,7 +55,14 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
     started = time.monotonic()
     gx_gate.warm_up_gx()
     problems: list[str] = []
-    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn:
+    with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn, \
+            ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
+        cassandra = pool.submit(cassandra_drift, ep, tmap)
+        # The tenant map against the live catalogs first: the look-ups below read its tables.
+        mapped = check_tenant_map(rconn, tconn, tmap)
+        if any(p.startswith(f"{tmap.schema}.{tmap.root_table}: ") for p in mapped):
+            raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(
+                mapped + cassandra.result()))
         slug = tenant_slug(rconn, tmap, spec.tenant_id, prof.doc.tenant)
         if slug is None:
             raise PreflightError(f"tenant {spec.tenant_id} does not exist on the source replica {ep.replica.label} "
@@ -71,16 +78,13 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         except dns.DnsError as exc:
             raise PreflightError(f"preflight failed, nothing was written:\n  - profile {prof.name!r}: {exc}") from None
         # Cassandra's schema, the DNS zone and the registration switch are asked while the replica is checked.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
-            cassandra = pool.submit(cassandra_drift, ep, tmap)
-            zone = pool.submit(dns_problems, ep, spec, plans)
-            switch = pool.submit(switch_problems, ep, prof, spec.tenant_id)
-            problems += replica_modes.problems(ep, prof, rconn)
-            drift = schema_drift(rconn, tconn, tmap)
-            # The replica's checks only on a schema that matches the tenant map's (else the drift
-            # is the error to show, not a failed query); nothing is written yet.
-            checks = None if drift else gates.preflight_checks(rconn, tmap, spec.tenant_id, drift)
-            problems += drift + cassandra.result() + zone.result() + switch.result()
+        zone = pool.submit(dns_problems, ep, spec, plans)
+        switch = pool.submit(switch_problems, ep, prof, spec.tenant_id)
+        problems += replica_modes.problems(ep, prof, rconn)
+        # The replica's checks only on a catalog that matches the tenant map (else that is the
+        # error to show, not a failed query); nothing is written yet.
+        checks = None if mapped else gates.preflight_checks(rconn, tmap, spec.tenant_id, [])
+        problems += mapped + cassandra.result() + zone.result() + switch.result()
         skipped: dict[str, int] = {}
         if not problems:
             with ep.cassandra_target.session() as dst:
@@ -173,15 +177,30 @@ def key_problems(tmap: TenantMap, name: str, columns: list[tuple[str, str, int, 
     spec = tmap.cassandra_tables[name]
     where = f"cassandra {tmap.keyspace}.{name}"
     actual = [c[0] for c in sorted((c for c in columns if c[1] == "partition_key"), key=lambda c: c[2])]
+    supplied = (f"the relational rows (partitions_from {tmap.schema}.{spec.partitions_from_table}: "
+                f"{', '.join(spec.partitions_from_columns)}) nor the day bucket "
+                f"({'day_column: ' + spec.day_column if spec.day_column else 'no day_column'})")
     if list(spec.partition_key) != actual:
-        return [f"{where}: the tenant map's partition_key {list(spec.partition_key)} is not the table's {actual}"]
+        unsupplied = [c for c in actual if c not in spec.partition_key]
+        return [f"{where}: partition-key column {c} is supplied neither by {supplied}" for c in unsupplied] + [
+            f"{where}: the tenant map's partition_key {list(spec.partition_key)} is not the table's {actual}"]
     types = keys.column_types(columns)
+    base = cql_plan.base_columns(spec)
+    if spec.day_column is not None:
+        if spec.day_column not in actual:
+            return [f"{where}: day_column {spec.day_column} is not a partition-key column ({actual})"]
+        if types[spec.day_column] != "date":
+            return [f"{where}: day_column {spec.day_column} has type {types[spec.day_column]}; the day bucket is a "
+                    "CQL date"]
+    if len(base) > len(spec.partitions_from_columns):
+        return [f"{where}: partition-key column {c} is supplied neither by {supplied}"
+                for c in base[len(spec.partitions_from_columns):]]
     problems = [f"{where}: partition-key column {c} has type {types[c]}, which cannot be planned from relational "
                 "rows (supported: scalars, uuid/timeuuid, inet, decimal, date, timestamp, blob, tuples)"
-                for c in cql_plan.base_columns(spec) if not keys.supported(types[c])]
-    if len(cql_plan.base_columns(spec)) != len(spec.partitions_from_columns):
+                for c in base if not keys.supported(types[c])]
+    if len(base) != len(spec.partitions_from_columns):
         problems.append(f"{where}: partitions_from names {len(spec.partitions_from_columns)} columns for "
-                        f"{len(cql_plan.base_columns(spec))} partition-key columns {cql_plan.base_columns(spec)}")
+                        f"{len(base)} partition-key columns {base}")
     for col, kind, _, cql_type in columns:
         if kind in ("partition_key", "clustering"):
             continue

@@ -108,6 +108,104 @@ def unique_keys(conn: psycopg.Connection, schema: str, table: str) -> list[tuple
     return [tuple(r[0]) for r in rows if r[1]]
 
 
+@dataclass(frozen=True)
+class KeyInfo:
+    """A table's primary key and replica identity (what the change stream carries of a row it
+    updates or deletes): ``replica_identity`` d (default: the primary key), i (``identity_key``,
+    an index), f (full: the whole old row), n (nothing)."""
+
+    primary_key: tuple[str, ...]
+    replica_identity: str
+    identity_key: tuple[str, ...]
+
+
+def key_infos(conn: psycopg.Connection, schema: str) -> dict[str, KeyInfo]:
+    """``KeyInfo`` of every ordinary and partitioned table of ``schema``, in one round trip."""
+    rows = conn.execute(
+        """
+        SELECT c.relname, c.relreplident::text,
+               coalesce((SELECT array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+                         FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), '{}'),
+               coalesce((SELECT array(SELECT a.attname FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+                         FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), '{}')
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+        """,
+        (schema,),
+    ).fetchall()
+    return {r[0]: KeyInfo(tuple(r[2]), r[1], tuple(r[3])) for r in rows}
+
+
+def key_problem(table: str, primary_key: Sequence[str], replica_identity: str, identity_key: Sequence[str],
+                unique_keys: Sequence[Sequence[str]], schema: str) -> str | None:
+    """Why the engine cannot migrate ``table`` for want of a key (None: it can). A table needs a
+    primary key, or a replica identity that carries a unique NOT NULL key (an index, or the full
+    row with such a key): without one, test_decoding prints no old row for an update or a delete,
+    so the change stream cannot say which row changed, and chunks have no total order."""
+    if primary_key and replica_identity in ("d", "i", "f"):
+        return None
+    if replica_identity == "i" and identity_key:
+        return None
+    if replica_identity == "f" and unique_keys:
+        return None
+    where = f"{schema}.{table}" if schema else table
+    if primary_key:  # REPLICA IDENTITY NOTHING
+        return (f"{where}: REPLICA IDENTITY NOTHING: the change stream carries no key for its updates and deletes; "
+                f"ALTER TABLE {where} REPLICA IDENTITY DEFAULT")
+    hint = ""
+    if unique_keys:
+        hint = (f" ({', '.join(unique_keys[0])} is unique and NOT NULL: make it the primary key, or "
+                f"ALTER TABLE {where} REPLICA IDENTITY USING INDEX <that index>)")
+    return (f"{where}: no primary key: the change stream would carry no key for its updates and deletes, and the "
+            f"copy's chunks need one; add a PRIMARY KEY{hint}")
+
+
+def carry_problems(conn: psycopg.Connection, schema: str, names: Sequence[str]) -> list[str]:
+    """Columns of ``names`` that the binary COPY cannot carry, one line each naming table and
+    column: a generated column (COPY refuses it in either direction), or a type with no binary
+    send/receive function anywhere in it (an array's element, a domain's base, a composite's
+    field): COPY ... (FORMAT binary) fails on such a type mid-copy ("no binary output function")."""
+    rows = conn.execute(
+        """
+        WITH RECURSIVE cols AS (
+            SELECT c.relname AS tab, a.attname AS col, a.attnum, a.attgenerated::text AS gen, a.atttypid AS top,
+                   a.atttypid AS oid, 0 AS depth
+            FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+          UNION
+            SELECT cols.tab, cols.col, cols.attnum, cols.gen, cols.top, inner_t.oid, cols.depth + 1
+            FROM cols JOIN pg_type t ON t.oid = cols.oid
+            CROSS JOIN LATERAL (
+                SELECT t.typbasetype AS oid WHERE t.typtype = 'd'
+                UNION ALL SELECT t.typelem WHERE t.typcategory = 'A' AND t.typelem <> 0
+                UNION ALL SELECT f.atttypid FROM pg_attribute f
+                          WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped
+            ) inner_t
+            WHERE cols.depth < 16
+        )
+        SELECT cols.tab, cols.col, min(cols.gen), format_type(min(cols.top::int)::oid, NULL),
+               array_agg(DISTINCT format_type(t.oid, NULL)) FILTER (WHERE t.typsend = 0 OR t.typreceive = 0)
+        FROM cols JOIN pg_type t ON t.oid = cols.oid
+        GROUP BY cols.tab, cols.col, cols.attnum
+        ORDER BY cols.tab, cols.attnum
+        """,
+        (schema, list(names)),
+    ).fetchall()
+    problems = []
+    for table, column, generated, typ, no_binary in rows:
+        if generated:
+            problems.append(f"{schema}.{table}.{column}: a generated column (GENERATED ALWAYS AS ... STORED), which "
+                            "COPY cannot read or write; the copy cannot carry it (make it a plain column filled by the "
+                            "application or a trigger, or leave the table out)")
+        if no_binary:
+            inner = "" if no_binary == [typ] else f" (through {', '.join(no_binary)})"
+            problems.append(f"{schema}.{table}.{column}: type {typ}{inner} has no binary send/receive function, so "
+                            "the binary COPY cannot carry it")
+    return problems
+
+
 def schema_drift(source: psycopg.Connection, target: psycopg.Connection, tmap: TenantMap) -> list[str]:
     """Human-readable differences between source and target for every tenant-scoped table."""
     problems: list[str] = []
@@ -140,18 +238,28 @@ def check_tenant_map(source: psycopg.Connection, target: psycopg.Connection, tma
     """Every disagreement between the tenant map and the live catalogs, one readable line each
     naming table and column. Raises nothing: the caller (preflight) decides, after collecting all.
 
-    Checked on the source: every table with a FK into a tenant-scoped table is in the map
-    (tenant-scoped or shared), else its rows would silently stay behind; every hop is a real FK
-    (else the semi-join filter means nothing); every tenant column exists; every key is the
-    primary key or a NOT NULL unique key (chunk ranges need a total order without duplicates).
-    Then ``schema_drift`` between source and target.
+    Checked on the source: every table of the map is in the catalog (else the closest names);
+    every table with a FK into a tenant-scoped table is in the map (tenant-scoped or shared), else
+    its rows would silently stay behind; every hop is a real FK (else the semi-join filter means
+    nothing); every tenant column exists; every key is the primary key or a NOT NULL unique key
+    (chunk ranges need a total order without duplicates) and the table has a primary key or a
+    replica identity the change stream can key on (``key_problem``); every column is one the
+    binary COPY can carry (``carry_problems``). Then ``schema_drift`` between source and target.
     """
+    import difflib
+
     s = tmap.schema
     problems: list[str] = []
     present = set(tables(source, s))
     fks = foreign_keys(source, s)
     scoped = set(tmap.tables)
     known = scoped | set(tmap.shared_tables)
+
+    def missing(table: str, what: str, key: str) -> str:
+        near = difflib.get_close_matches(table, sorted(present), n=3)
+        hint = f"; did you mean {' or '.join(near)}?" if near else (
+            f" (schema {s} has {len(present)} tables)" if present else f" (schema {s} has no tables on the source)")
+        return f"{s}.{table}: {what} in the tenant map ({key}) but not in the source catalog{hint}"
 
     for table in sorted(present - known):
         for fk in fks:
@@ -162,20 +270,28 @@ def check_tenant_map(source: psycopg.Connection, target: psycopg.Connection, tma
                 )
     for table in tmap.shared_tables:
         if table not in present:
-            problems.append(f"{s}.{table}: shared table missing on the source")
+            problems.append(missing(table, "a shared table", "postgres.shared_tables"))
 
+    names = sorted(n for n in scoped if n in present)
+    cols_of = columns_of_tables(source, s, names)
+    keys_of = key_infos(source, s)
     for name in sorted(scoped):
         spec = tmap.tables[name]
         if name not in present:
-            problems.append(f"{s}.{name}: tenant-scoped table missing on the source")
+            problems.append(missing(name, "a tenant-scoped table", f"postgres.tables.{name}"))
             continue
-        cols = dict(columns(source, s, name))
+        cols = dict(cols_of[name])
         if spec.tenant_column is not None and spec.tenant_column not in cols:
             problems.append(f"{s}.{name}.{spec.tenant_column}: tenant column does not exist on the source")
         for col in spec.key:
             if col not in cols:
                 problems.append(f"{s}.{name}.{col}: key column does not exist on the source")
-        if all(c in cols for c in spec.key) and not any(set(k) == set(spec.key) for k in unique_keys(source, s, name)):
+        uniques = unique_keys(source, s, name)
+        info = keys_of.get(name, KeyInfo((), "d", ()))
+        why = key_problem(name, info.primary_key, info.replica_identity, info.identity_key, uniques, s)
+        if why:
+            problems.append(why)
+        elif all(c in cols for c in spec.key) and not any(set(k) == set(spec.key) for k in uniques):
             problems.append(
                 f"{s}.{name}.{','.join(spec.key)}: key is not the primary key or a NOT NULL unique key on the source"
             )
@@ -192,7 +308,16 @@ def check_tenant_map(source: psycopg.Connection, target: psycopg.Connection, tma
                     f"{s}.{name}.{hop.column}: the map's hop to {s}.{hop.table}.{hop.parent_column} "
                     "is not a foreign key in the source catalog"
                 )
-    problems += schema_drift(source, target, tmap)
+    for cname, cspec in tmap.cassandra_tables.items():
+        where, rel = f"cassandra {tmap.keyspace}.{cname}", cspec.partitions_from_table
+        if rel not in scoped:
+            problems.append(f"{where}: partitions_from.table {rel} is not a tenant-scoped table of the tenant map")
+        elif rel in cols_of:
+            have = dict(cols_of[rel])
+            problems += [f"{where}: partitions_from {s}.{rel} has no column {col} (its columns: {', '.join(have)})"
+                         for col in cspec.partitions_from_columns if col not in have]
+    problems += carry_problems(source, s, names + sorted(t for t in tmap.shared_tables if t in present))
+    problems += [p for p in schema_drift(source, target, tmap) if not p.endswith(": missing on the source")]
     return problems
 
 
@@ -203,20 +328,25 @@ def load_order(conn: psycopg.Connection, tmap: TenantMap) -> list[str]:
     (a chunk holds both ends, and FKs are not checked during apply). A cycle raises
     TenantMapError naming it: such a schema needs a decision the map cannot express.
     """
+    try:
+        return order_tables(tmap, foreign_keys(conn, tmap.schema))
+    except CycleError as exc:
+        raise TenantMapError(f"foreign keys among tenant-scoped tables form a cycle: {exc.args[1]}") from exc
+
+
+def order_tables(tmap: TenantMap, fks: Sequence[ForeignKey]) -> list[str]:
+    """``load_order`` on foreign keys already read (discovery's cycle check); raises ``CycleError``."""
     graph: dict[str, set[str]] = {name: set() for name in tmap.tables}
     for spec in tmap.tables.values():
         if spec.via is not None:
             graph[spec.name].add(spec.via.table)
         elif spec.name != tmap.root_table:
             graph[spec.name].add(tmap.root_table)
-    for fk in foreign_keys(conn, tmap.schema):
+    for fk in fks:
         if fk.table in graph and fk.ref_table in graph and fk.ref_table != fk.table:
             graph[fk.table].add(fk.ref_table)
     sorter = TopologicalSorter(graph)
-    try:
-        sorter.prepare()
-    except CycleError as exc:
-        raise TenantMapError(f"foreign keys among tenant-scoped tables form a cycle: {exc.args[1]}") from exc
+    sorter.prepare()
     order: list[str] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready())
