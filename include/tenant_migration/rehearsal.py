@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from tenant_migration import ledger, profile
+from tenant_migration import keycodec, ledger, profile
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.rollback import RollbackRefused, RollbackSpec
 from tenant_migration.spec import InvalidParams, MigrationSpec, parse_spec
@@ -170,7 +170,8 @@ def shared_fingerprint(ep: Endpoints, spec: RehearsalSpec, tmap: TenantMap,
     answers = {p.name: dns.resolve(r53, zid, p.name)[1]
                for p in dns_plans(spec, spec.tenant_slug)}
     return {"postgres": pg, "cassandra": {r["chunk_id"]: [r["source_rows"], str(r["source_hash"])] for r in report.records()},
-            "cql_chunks": [asdict(c) for c in cql_chunks], "dns": answers}
+            # keycodec: a chunk's bounds hold the keys' own types (a uuid, a date), which JSON has not
+            "cql_chunks": [keycodec.encode(asdict(c)) for c in cql_chunks], "dns": answers}
 
 
 # The rehearsal itself suspends and resumes the tenant's registrations: the columns the switch
@@ -233,7 +234,7 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
     started = time.monotonic()
     with ep.target.connect(autocommit=True) as tconn:
         base = _baseline(tconn, rid)
-    chunks = [ledger.Chunk(**c) for c in base["cql_chunks"]]
+    chunks = [ledger.Chunk(**keycodec.decode(c)) for c in base["cql_chunks"]]
     now = shared_fingerprint(ep, spec, tmap, chunks)
     rows = [{"unit": f"postgres:{t}", "source_rows": v[0], "target_rows": now["postgres"].get(t, [None])[0],
              "source_checksum": str(v[1]), "target_checksum": str(now["postgres"].get(t, [None, None])[1])}
