@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Param, TaskGroup, dag, task
 
 from tenant_migration.lazy import lazy_module, runbook
-from tenant_migration.params import migration_params
+from tenant_migration.params import migration_params, scheduled_platform_param
 
 if TYPE_CHECKING:
     from tenant_migration import rehearsal, rollback
@@ -33,7 +33,8 @@ PARAMS = {
     "history": Param(8, type="integer", minimum=0, maximum=200, title="History length",
                      description="How many earlier rehearsals the report lists for the trend."),
     # The migration's own params, with short waits: the prediction uses Migration Day's settings.
-    **migration_params("platform", "chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
+    "platform": scheduled_platform_param(),
+    **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
                        "dns_zone", "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, drain_quiet_s=3,
                        cassandra_days=4),
 }

@@ -3,11 +3,16 @@ importing this module opens nothing."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow.sdk import Param
 
 from tenant_migration.profile_folder import PROFILES_ENV, available
+
+# The profile a scheduled rehearsal takes when the folder holds several (a scheduled DAG needs a
+# valid default for every param): read with the folder, at parse time (ADR 13).
+REHEARSAL_PLATFORM_ENV = "TM_REHEARSAL_PLATFORM"
 
 
 def _platform_param() -> Param:
@@ -101,6 +106,23 @@ MIGRATION_PARAMS = {
     "require_approval": Param(True, type="boolean", title="Require approval",
                               description="A human approves the DNS flip (off for rehearsals and tests)."),
 }
+
+
+def scheduled_platform_param() -> Param:
+    """The platform param of a scheduled DAG (the rehearsal): the folder's only profile, or with
+    several the one ``$TM_REHEARSAL_PLATFORM`` names; else no choice (``""``), so that the DAG
+    still parses and can be triggered by hand with a platform, while a scheduled run fails at once
+    asking for one (``profile.named``)."""
+    base = MIGRATION_PARAMS["platform"]
+    names = available()
+    chosen = names[0] if len(names) == 1 else os.environ.get(REHEARSAL_PLATFORM_ENV, "")
+    schema = dict(base.schema)
+    if chosen not in names:
+        chosen = ""
+    schema["enum"] = names if chosen else [*names, ""]
+    description = (f"{base.description} With several profiles, the scheduled run rehearses the one "
+                   f"${REHEARSAL_PLATFORM_ENV} names.")
+    return Param(chosen, description=description, **{k: v for k, v in schema.items() if k != "description"})
 
 
 def migration_params(*names: str, **defaults: object) -> dict[str, Param]:

@@ -367,3 +367,25 @@ def test_a_switch_over_http_validates_its_calls(tmp_path: Path) -> None:
         profile.load(_with_http_switch(tmp_path, timeout_s=0))
     with pytest.raises(profile.ProfileError, match=r"registrations\.status\.method: Input should be 'GET'"):
         profile.load(_with_http_switch(tmp_path, status={"method": "FETCH", "path": "/x"}))
+
+
+def test_a_scheduled_rehearsal_parses_with_several_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduled DAG needs a valid default for every param: with several profiles the rehearsal
+    takes the one TM_REHEARSAL_PLATFORM names, else "" (the DAG parses; a scheduled run asks)."""
+    from airflow.sdk import DAG
+
+    from tenant_migration.params import scheduled_platform_param
+
+    monkeypatch.setenv("TM_PROFILES_DIR", str(tmp_path))
+    monkeypatch.delenv("TM_REHEARSAL_PLATFORM", raising=False)
+    (tmp_path / "alpha.yaml").write_text("")
+    assert scheduled_platform_param().value == "alpha"
+    (tmp_path / "beta.yaml").write_text("")
+    unchosen = scheduled_platform_param()
+    assert unchosen.value == "" and unchosen.schema["enum"] == ["alpha", "beta", ""]
+    monkeypatch.setenv("TM_REHEARSAL_PLATFORM", "beta")
+    chosen = scheduled_platform_param()
+    assert chosen.value == "beta" and chosen.schema["enum"] == ["alpha", "beta"]
+    assert "TM_REHEARSAL_PLATFORM" in chosen.description
+    for param in (unchosen, chosen):
+        DAG("scheduled_with_two_profiles", schedule="@weekly", params={"platform": param})  # no ValueError
