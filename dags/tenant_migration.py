@@ -79,8 +79,9 @@ def tenant_migration() -> None:
     @task(**CUTOVER)
     def gate_pre_flip(**ctx) -> dict: return _call(go.gate_pre_flip, ctx)
     @task.branch
-    def choose_approval(**ctx) -> str:
-        return "go.approve_flip" if ctx["params"].get("require_approval", True) else "go.skip_approval"
+    def choose_approval(**ctx) -> str:  # a dry run flips nothing: nothing to approve
+        p = ctx["params"]
+        return "go.approve_flip" if p.get("require_approval", True) and not p.get("dry_run") else "go.skip_approval"
     @task(**RETRY, trigger_rule="none_failed_min_one_success")
     def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call(go.lower_dns_ttl, ctx, pre["slug"])
     @task(**CUTOVER)
