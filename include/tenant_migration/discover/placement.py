@@ -91,11 +91,6 @@ class Draft:
     refused: list[Refused] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def tenant_map(self, platform: str) -> TenantMap:
-        return TenantMap(platform=platform, schema=self.schema, root_table=self.root, root_key=self.root_key,
-                         tables={n: p.spec for n, p in self.placed.items()}, shared_tables=tuple(self.shared),
-                         keyspace="")
-
 
 @dataclass(frozen=True)
 class _Edge:

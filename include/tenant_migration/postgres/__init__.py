@@ -1,7 +1,8 @@
 """The PostgreSQL engine, one component per module (ghostferry's split):
 
-* ``catalog``  what the live catalogs say; ``check_tenant_map`` (map vs catalog, drift) and
-  ``load_order`` (every real FK among tenant-scoped tables);
+* ``catalog``  what the live catalogs say; ``check_tenant_map`` (map vs catalog, drift, what the
+  engine cannot migrate: ``key_problem``, ``carry_problems``) and ``load_order`` (every real FK
+  among tenant-scoped tables; ``order_tables`` on FKs already read, for discovery);
 * ``planner``  ``plan_postgres`` splits each table's rows of the tenant into key ranges, once per
   run, persisted in the ledger;
 * ``copy``     ``copy_chunks`` (planned chunks by id) and ``copy_pending_chunks`` (every chunk not done):
