@@ -74,7 +74,7 @@ def test_choosing_the_hop_of_each_table_reached_two_ways_gives_the_sample_map_ex
 def test_the_command_prints_a_map_the_profile_loader_accepts(topo, both_platforms, tmp_path: Path, capsys,
                                                              name) -> None:
     schema, root, keyspace, platform, hand_map, prof = PLATFORMS[name]
-    out = tmp_path / "tenant_map.yaml"
+    out = tmp_path / "my-profiles" / "tenant_map.yaml"  # a folder not made yet
     rc = main(["--connections", str(topo.state_dir / "connections.json"), "--connection", "tm_source_replica",
                "--schema", schema, "--tenant-table", root, "--cassandra-connection", "tm_cassandra_source",
                "--keyspace", keyspace, "--platform", platform, "--out", str(out),

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"discover: {exc}", file=sys.stderr)
         return 1
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(found.text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
