@@ -23,3 +23,8 @@ def table_columns(session: Session, keyspace: str, table: str) -> list[tuple[str
 
 def columns_of(rows: Iterable[Any]) -> list[tuple[str, str, int, str]]:
     return sorted((str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows)
+
+
+def partition_key(columns: Iterable[tuple[str, str, int, str]]) -> list[tuple[str, str]]:
+    """(name, CQL type) of the partition-key columns of ``columns`` (``table_columns``), in key order."""
+    return [(c[0], c[3]) for c in sorted((c for c in columns if c[1] == "partition_key"), key=lambda c: c[2])]

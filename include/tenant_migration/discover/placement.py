@@ -210,8 +210,7 @@ def _cycle(cat: Catalog, root: str, root_key: str, placed: dict[str, Placed]) ->
     try:
         order_tables(tmap, cat.foreign_keys)
     except CycleError as exc:
-        members = list(dict.fromkeys(exc.args[1]))
-        return members
+        return list(dict.fromkeys(exc.args[1]))
     return []
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration.cassandra.schema import columns_of
+from tenant_migration.cassandra.schema import columns_of, partition_key
 from tenant_migration.discover.cassandra import CqlTableInfo
 from tenant_migration.discover.placement import Catalog, TableInfo
 from tenant_migration.postgres import catalog
@@ -37,7 +37,6 @@ def cassandra_tables(session: Any, keyspace: str) -> list[CqlTableInfo]:
         by_table.setdefault(str(r[0]), []).append(r[1:])
     out = []
     for name in sorted(ttls):
-        cols = columns_of(by_table.get(name, []))
-        key = tuple((c[0], c[3]) for c in sorted((c for c in cols if c[1] == "partition_key"), key=lambda c: c[2]))
+        key = tuple(partition_key(columns_of(by_table.get(name, []))))
         out.append(CqlTableInfo(name, key, ttls[name]))
     return out

@@ -176,7 +176,7 @@ def key_problems(tmap: TenantMap, name: str, columns: list[tuple[str, str, int, 
 
     spec = tmap.cassandra_tables[name]
     where = f"cassandra {tmap.keyspace}.{name}"
-    actual = [c[0] for c in sorted((c for c in columns if c[1] == "partition_key"), key=lambda c: c[2])]
+    actual = [name for name, _ in cql_schema.partition_key(columns)]
     supplied = (f"the relational rows (partitions_from {tmap.schema}.{spec.partitions_from_table}: "
                 f"{', '.join(spec.partitions_from_columns)}) nor the day bucket "
                 f"({'day_column: ' + spec.day_column if spec.day_column else 'no day_column'})")
