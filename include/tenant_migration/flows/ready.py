@@ -176,7 +176,7 @@ def key_problems(tmap: TenantMap, name: str, columns: list[tuple[str, str, int, 
 
     spec = tmap.cassandra_tables[name]
     where = f"cassandra {tmap.keyspace}.{name}"
-    actual = [name for name, _ in cql_schema.partition_key(columns)]
+    actual = [col for col, _ in cql_schema.partition_key(columns)]
     supplied = (f"the relational rows (partitions_from {tmap.schema}.{spec.partitions_from_table}: "
                 f"{', '.join(spec.partitions_from_columns)}) nor the day bucket "
                 f"({'day_column: ' + spec.day_column if spec.day_column else 'no day_column'})")
