@@ -8,7 +8,7 @@
    - **gate seconds**: per gate, the ``seconds`` of its latest evaluation in ``tm_control.gates``:
      the gate step's whole wall time -- recomputing both sides (SQL aggregates, Cassandra
      fingerprints), DNS look-ups, any Great Expectations import and context it triggers, the GX
-     validation, the JSON + HTML evidence -- up to the ledger row;
+     validation (one Checkpoint), its Data Docs pages and JSON evidence -- up to the ledger row;
    - **copy seconds**: the sum over ``tm_control.chunks`` of ``finished_at - started_at``, for both
      engines: the chunk work the gates verify (rows read from the detached replica / the shared
      cluster, written and verified on the target). The sum of chunk work, not the copy tasks' wall

@@ -141,3 +141,13 @@ def unreachable_primary_standbys() -> Any:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     return LocalStandbys(dataclasses.replace(topo, pg_primary=dataclasses.replace(topo.pg_primary, port=port)))
+
+
+def page_text(path: Any) -> str:
+    """A Great Expectations Data Docs page as its reader sees it: no scripts, styles or tags."""
+    import html
+    import re
+    from pathlib import Path
+
+    text = re.sub(r"<(script|style).*?</\1>", " ", Path(path).read_text(), flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))

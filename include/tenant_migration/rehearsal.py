@@ -227,7 +227,7 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
     import pandas as pd
 
     from tenant_migration.flows.common import reports_dir, safe_name
-    from tenant_migration.validation import gates, gx_gate
+    from tenant_migration.validation import gx_gate
     from tenant_migration.validation.counts import GateFailed
 
     tmap = tmap or profile.named(spec.platform).tenant_map
@@ -245,13 +245,18 @@ def verify_shared_unchanged(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: 
     rows += [{"unit": f"dns:{n}", "source_rows": 1, "target_rows": 1, "source_checksum": str(a),
               "target_checksum": str(now["dns"].get(n))} for n, a in base["dns"].items()]
     frame = pd.DataFrame(rows, columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
-    checks = gx_gate.run_frame_checks("shared_unchanged", frame, gates.comparison_checks("shared_unchanged"), "unit")
-    gate = gx_gate.finish_gate("shared_unchanged", checks, reports_dir() / safe_name(rid), started)
+    # "source": the shared platform before the rehearsal (the baseline); "target": the same now.
+    check = gx_gate.Gate("shared_unchanged", reports_dir() / safe_name(rid))
+    for store, prefix in (("postgres", "postgres:"), ("cassandra", "cql:"), ("dns", "dns:")):
+        part = frame[frame["unit"].str.startswith(prefix)]
+        check.compare(store, part, store, "rows and checksums before and after the rehearsal" if store != "dns"
+                      else "the record's answer before and after the rehearsal")
+    gate = check.finish(started)
     with ep.target.connect(autocommit=True) as tconn:
         ledger.record_gate(tconn, back_run_id(rid), gate.gate, gate.passed, gate.summary(), gate.evidence(),
-                           str(gate.html_path))
+                           str(gate.report))
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report})")
     return {"passed": True, "units": len(rows)}
 
 

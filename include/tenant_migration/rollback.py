@@ -314,8 +314,9 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
     from tenant_migration.cassandra.fingerprint import fingerprint_chunks
     from tenant_migration.flows.common import reports_dir, safe_name
     from tenant_migration.postgres.copy import table_checksum
-    from tenant_migration.validation import gates, gx_gate
+    from tenant_migration.validation import gx_gate
     from tenant_migration.validation.counts import GateFailed
+    from tenant_migration.validation.differences import fingerprint_frame
 
     tmap = tmap or profile.named(spec.platform).tenant_map
     back = way_back(ep)
@@ -329,17 +330,17 @@ def gate_copy_back(ep: Endpoints, spec: RollbackSpec, run_id: str, tmap: TenantM
         chunks = ledger.run_chunks(rconn, run_id, "cassandra")
     with back.swapped.cassandra_source.session() as src, back.swapped.cassandra_target.session() as dst:
         report = fingerprint_chunks(src, dst, tmap, chunks)
-    rows += [{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
-              "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]} for r in report.records()]
+        cassandra = fingerprint_frame(report, src, dst, tmap)
     frame = pd.DataFrame(rows, columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
-    frame[["source_checksum", "target_checksum"]] = frame[["source_checksum", "target_checksum"]].astype(str)
-    checks = gx_gate.run_frame_checks("copy_back", frame, gates.comparison_checks("copy_back"), "unit")
-    gate = gx_gate.finish_gate("copy_back", checks, reports_dir() / safe_name(run_id), started)
+    check = gx_gate.Gate("copy_back", reports_dir() / safe_name(run_id))
+    check.compare("postgres", frame, "postgres", "row counts and row checksums of the dedicated side and the shared one")
+    check.compare("cassandra", cassandra, "cassandra")
+    gate = check.finish(started)
     with back.ledger.connect(autocommit=True) as tconn:
-        ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.html_path))
+        ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.report))
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
-    return {"passed": True, "units": len(rows), "report": str(gate.html_path)}
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report})")
+    return {"passed": True, "units": len(rows) + len(cassandra), "report": str(gate.report)}
 
 
 def finish_rollback(ep: Endpoints, spec: RollbackSpec, run_id: str) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from helpers import admin, copy_on_the_snapshot
 from tenant_migration import ledger, steps
 from tenant_migration.cassandra.catchup import recent_days
 from tenant_migration.postgres import cdc
+from tenant_migration.sample import SAMPLE_MAP
 from tenant_migration.spec import MigrationSpec
+from tenant_migration.tenant_map import load_tenant_map
 from tenant_migration.validation.counts import GateFailed
 
 pytestmark = pytest.mark.integration
@@ -67,10 +69,12 @@ def test_catch_up_gate_passes_on_a_caught_up_target(endpoints, caught_up, target
     passed, _, evidence, report_path = _gate_row(target_admin, run_id, "catch_up")
     assert out["passed"] and passed is True and Path(report_path).exists()
     checks = {c["name"]: c for c in evidence["checks"]}
-    assert set(checks) == {"lag_bytes_under_threshold", "lag_seconds_under_threshold",
-                           "recent_buckets_rows_equal", "recent_buckets_checksums_equal",
-                           "cassandra__every_row_planned"}
+    tables = set(load_tenant_map(SAMPLE_MAP).cassandra_tables)
+    assert {"lag_bytes_under_threshold", "lag_seconds_under_threshold"} < set(checks)
+    assert {n.split(".", 1)[1] for n in checks if n.startswith("recent_buckets.")} == tables
+    assert {n.split("__")[0] for n in checks if n.endswith("__every_row_planned")} == {f"cassandra:{t}" for t in tables}
     assert all(c["success"] for c in checks.values())
+    assert checks["recent_buckets.datapoints"]["observed"].startswith("source ")
 
 
 def test_catch_up_gate_scans_the_targets_recent_buckets(endpoints, caught_up, monkeypatch) -> None:
@@ -132,17 +136,21 @@ def test_catch_up_gate_names_the_chunk_of_a_broken_recent_bucket(endpoints, caug
         else:  # another value, written before the catch-up began: only the checksum can tell
             dst.execute("UPDATE telemetry.datapoints USING TIMESTAMP %s SET value = %s WHERE device_id = %s AND "
                         "property_id = %s AND day = %s AND ts = %s", (wt + 1, 99.0, device, prop, day, ts))
-    with pytest.raises(GateFailed, match=r"recent_buckets_checksums_equal .*offending: cql:datapoints:") as exc:
+    with pytest.raises(GateFailed, match=r"recent_buckets.datapoints .*differ: cql:datapoints:") as exc:
         steps.gate_catch_up(endpoints, spec, run_id)
     passed, _, evidence, report_path = _gate_row(target_admin, run_id, "catch_up")
     assert passed is False and report_path in str(exc.value)
     failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
-    bad = failed["recent_buckets_checksums_equal"]["numbers"]
+    assert set(failed) == {"recent_buckets.datapoints"}
+    bad = failed["recent_buckets.datapoints"]["details"]["differing_units"]
     assert bad and all(b["unit"].startswith("cql:datapoints:") for b in bad)
+    key = f"device_id={device}, property_id={prop}, day={day}, ts={ts.replace(tzinfo=None)}"  # the driver's form
     if kind == "missing":
-        assert "recent_buckets_rows_equal" in failed and bad[0]["target_rows"] == bad[0]["source_rows"] - 1
+        assert bad[0]["target_rows"] == bad[0]["source_rows"] - 1
+        assert f"datapoints {key}: source " in str(exc.value) and "target '(no row)'" in str(exc.value)
     else:
-        assert "recent_buckets_rows_equal" not in failed
+        assert bad[0]["target_rows"] == bad[0]["source_rows"]
+        assert f"datapoints {key}: value: source " in str(exc.value) and "target 99.0" in str(exc.value)
 
 
 def test_catch_up_gate_fails_with_the_lag_when_the_stream_is_behind(topo, endpoints, caught_up, target_admin) -> None:
@@ -155,13 +163,13 @@ def test_catch_up_gate_fails_with_the_lag_when_the_stream_is_behind(topo, endpoi
         for _ in range(-(-60_000 // n)):
             p.execute("UPDATE platform.devices SET name = name WHERE tenant_id = %s", (TENANT,))
     slow = MigrationSpec(tenant_id=TENANT, catch_up_timeout_s=1, max_lag_bytes=64 * 1024, max_lag_seconds=3600)
-    with pytest.raises(GateFailed, match=r"lag_bytes_under_threshold .*observed 1, offending: postgres:cdc") as exc:
+    with pytest.raises(GateFailed, match=r"lag_bytes_under_threshold .*units unexpected: postgres:cdc") as exc:
         steps.gate_catch_up(endpoints, slow, run_id)
-    lag = re.search(r'"lag_bytes": (\d+)', str(exc.value))
+    lag = re.search(r"units unexpected: postgres:cdc \((\d+)\)", str(exc.value))
     assert lag and int(lag.group(1)) > 64 * 1024
     passed, _, evidence, _ = _gate_row(target_admin, run_id, "catch_up")
     failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
-    assert passed is False and failed["lag_bytes_under_threshold"]["numbers"][0]["lag_bytes"] > 64 * 1024
+    assert passed is False and failed["lag_bytes_under_threshold"]["unexpected"] == ["postgres:cdc"]
     # Given the time, the same gate catches up and passes: re-running re-evaluates the data as it is.
     assert steps.gate_catch_up(endpoints, spec, run_id)["passed"]
 

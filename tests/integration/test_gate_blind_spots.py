@@ -120,9 +120,11 @@ def test_the_final_gate_sees_rows_whose_tenant_is_null(topo, endpoints, platform
     gate = _final(topo, tmap, rid, TENANT, tmp_path)
     failed = _failed(gate)
     assert not gate.passed and set(failed) == {"accounts__only_this_tenant", "items__only_this_tenant"}
-    assert failed["accounts__only_this_tenant"]["observed"] == 1
-    assert [r[0] for r in failed["accounts__only_this_tenant"]["sample"]] == [3]  # the rows, as evidence
-    assert sorted(r[0] for r in failed["items__only_this_tenant"]["sample"]) == [13, 14]
+    assert failed["accounts__only_this_tenant"]["observed"].startswith("1 violating rows: ")
+    # The rows, as evidence: their key, whose they are (nobody: NULL) and whose they should be.
+    sample = failed["accounts__only_this_tenant"]["details"]["sample"]
+    assert [list(r.values()) for r in sample] == [[3, None, TENANT]]
+    assert sorted(next(iter(r.values())) for r in failed["items__only_this_tenant"]["details"]["sample"]) == [13, 14]
     assert "accounts__only_this_tenant" in gate.summary()
 
 
@@ -133,11 +135,11 @@ def test_a_table_missing_from_the_plan_fails_post_copy_final_and_the_report(topo
     _plan_postgres_done(topo, endpoints, tmap, rid, TENANT)  # ... and no Cassandra plan at all
     final = _final(topo, tmap, rid, TENANT, tmp_path)
     missing = _failed(final)["ledger__every_table_planned"]
-    assert not final.passed and [list(r) for r in missing["sample"]] == [["cassandra readings"]]
+    assert not final.passed and missing["details"]["sample"] == [{"unplanned_table": "cassandra readings"}]
     frame = pd.DataFrame([], columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
     with admin(topo, "target") as conn:
         post_copy = gates.post_copy_gate(frame, tmp_path, coverage=(conn, gates.plan_coverage_check(conn, tmap, rid)))
-    assert not post_copy.passed and "offending: cassandra readings" in post_copy.summary()
+    assert not post_copy.passed and "unplanned_table=cassandra readings" in post_copy.summary()
     with pytest.raises(RuntimeError, match="no plan for the tenant map's table\\(s\\): cassandra readings"):
         steps.report(endpoints, MigrationSpec(tenant_id=TENANT), rid, None, tmap=tmap)
     with endpoints.target.connect() as t:

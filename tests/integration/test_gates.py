@@ -1,5 +1,6 @@
 """Gates built with Great Expectations: each passes on sound data and fails, with evidence naming
-the table and the offending keys, when the data was broken on purpose."""
+the table and the offending keys, when the data was broken on purpose -- in the ledger, in the
+error, and on the gate's Data Docs page (table, key and both values)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import admin, ledger_runs
+from helpers import admin, ledger_runs, page_text
 
 from tenant_migration import steps
 from tenant_migration.sample import SAMPLE_MAP, dns_records
@@ -101,8 +102,12 @@ def _copied_both(endpoints) -> tuple[MigrationSpec, str]:
 
 def test_preflight_gate_passes_on_sound_data(endpoints, reset, reports) -> None:
     pre = steps.preflight(endpoints, MigrationSpec(tenant_id=TENANT, dry_run=True), f"gate/{uuid.uuid4().hex[:8]}")
-    html = Path(pre["report"]).read_text()
-    assert "passed" in html and "FAIL" not in html
+    text = page_text(pre["report"])
+    assert "Status: Succeeded" in text and "Status: Failed" not in text
+    # What was compared, with its numbers: the checks of the source, each with its count.
+    assert "device_registrations: key (registration_id) unique among the tenant's rows" in text
+    assert "0 violating rows" in text
+    assert Path(pre["report"]).parts[-8:-5] == ("data_docs", "local_site", "validations")
 
 
 @pytest.mark.parametrize(
@@ -125,7 +130,10 @@ def test_preflight_gate_fails_naming_table_and_row(endpoints, reset, target_admi
     evidence = json.loads(next(reports.rglob("gate_preflight.json")).read_text())
     failed = [c for c in evidence["checks"] if not c["success"]]
     assert [c["name"] for c in failed] == [check]
-    assert failed[0]["observed"] == 1
+    assert failed[0]["observed"].startswith("1 violating rows: registration_id=")
+    assert failed[0]["details"]["violations"] == 1
+    page = page_text(evidence["report"])
+    assert f"registration_id={reg_id}" in page and "Status: Failed" in page
 
 
 def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoints, reset, target_admin, reports) -> None:
@@ -135,18 +143,22 @@ def test_final_gate_catches_a_row_of_another_tenant_on_the_target(topo, endpoint
     with target_admin.transaction():
         target_admin.execute("SET LOCAL session_replication_role = replica")
         target_admin.execute("INSERT INTO platform.api_keys VALUES (%s, %s, %s, %s, %s, %s)", foreign)
-    with pytest.raises(GateFailed, match=rf"api_keys__only_this_tenant .*observed 1, offending: {foreign[0]}"):
+    with pytest.raises(GateFailed, match=rf"api_keys__only_this_tenant .*1 violating rows: api_key_id={foreign[0]}"):
         steps.gate_final(endpoints, spec, run_id)
     row = target_admin.execute("SELECT passed, report_path FROM tm_control.gates WHERE run_id = %s AND gate = 'final'",
                                (run_id,)).fetchone()
     assert row[0] is False and Path(row[1]).exists()
+    # The page names the table, the row's key, whose it is and whose it should be.
+    page = page_text(row[1])
+    assert f"api_keys: every row on the target belongs to tenant {TENANT}" in page
+    assert f"api_key_id={foreign[0]}, owner_tenant={OTHER}, expected_tenant={TENANT}" in page
 
 
 @pytest.mark.parametrize(("kind", "expected"), [
     pytest.param("none", None, id="passes on the copied tenant"),
-    pytest.param("registrations off", r"registrations__back_on .*observed 1, offending: registrations@tm_target\b",
+    pytest.param("registrations off", r"registrations__back_on .*1 of \d+ units unexpected: registrations@tm_target \(1\)",
                  id="registrations still suspended on the target"),
-    pytest.param("chunk not done", r"ledger__every_chunk_done .*observed 1, offending: pg:users:",
+    pytest.param("chunk not done", r"ledger__every_chunk_done .*1 violating rows: chunk_id=pg:users:\d+, status=pending",
                  id="a chunk of the run not done in the ledger"),
 ])
 def test_final_gate_checks_registrations_and_the_ledger(endpoints, reset, target_admin, reports, kind: str,
@@ -185,16 +197,14 @@ def test_final_gate_catches_a_cassandra_partition_of_another_tenant_on_the_targe
         dst.execute("INSERT INTO telemetry.datapoints (device_id, property_id, day, ts, value, quality) "
                     "VALUES (%s, %s, '2026-01-02', '2026-01-02 03:04:05+0000', 1.5, 0)", (device, prop))
     label = f"datapoints(device_id={device}, property_id={prop}, day=2026-01-02)"
-    with pytest.raises(GateFailed, match="cassandra__only_this_tenant") as exc:
+    with pytest.raises(GateFailed, match="cassandra:datapoints__only_this_tenant") as exc:
         steps.gate_final(endpoints, spec, run_id)
     assert label in str(exc.value)
     passed, _, evidence, report_path = _gate_row(target_admin, run_id, "final")
     failed = [c for c in evidence["checks"] if not c["success"]]
-    assert passed is False and [c["name"] for c in failed] == ["cassandra__only_this_tenant"]
-    assert failed[0]["unexpected"] == [label]
-    assert [{k: n[k] for k in ("unit", "foreign_partitions", "offending")} for n in failed[0]["numbers"]] == [
-        {"unit": "cassandra:datapoints", "foreign_partitions": 1, "offending": label}]
-    assert label in Path(report_path).read_text()
+    assert passed is False and [c["name"] for c in failed] == ["cassandra:datapoints__only_this_tenant"]
+    assert failed[0]["details"] == {"violations": 1, "sample": [f"{label}: tenant {OTHER} on the source"]}
+    assert f"1 violating rows: {label}: tenant {OTHER} on the source" in page_text(report_path)
 
 
 # ------------------------------------------------------------------------------ post-flip (moto)
@@ -225,7 +235,7 @@ def test_post_flip_gate_passes_when_every_record_answers_the_target(endpoints, f
     assert out["passed"] and passed is True
     assert {c["name"] for c in evidence["checks"]} == {"records_answer_target", "drain_ran", "late_partitions_compared"}
     assert all(c["success"] for c in evidence["checks"])
-    assert Path(report_path).exists() and "passed" in Path(report_path).read_text()
+    assert Path(report_path).exists() and "Status: Succeeded" in page_text(report_path)
 
 
 def test_post_flip_gate_names_a_record_still_answering_the_source(endpoints, flipped, target_admin, reports) -> None:
@@ -239,7 +249,7 @@ def test_post_flip_gate_names_a_record_still_answering_the_source(endpoints, fli
     dns.point_records(r53, zid, [stale], to_tenant=False)
     assert dns.resolve(r53, zid, stale.name)[1] == stale.shared_target
 
-    with pytest.raises(GateFailed, match=rf"records_answer_target .*observed 1, offending: {re.escape(stale.name)}") as exc:
+    with pytest.raises(GateFailed, match=rf"records_answer_target .*1 of \d+ units unexpected: {re.escape(stale.name)}") as exc:
         steps.gate_post_flip(endpoints, spec, run_id, slug, DRAINED)
     assert stale.shared_target in str(exc.value), "the message says what the record answers"
     passed, summary, evidence, report_path = _gate_row(target_admin, run_id, "post_flip")
@@ -247,18 +257,16 @@ def test_post_flip_gate_names_a_record_still_answering_the_source(endpoints, fli
     failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
     assert set(failed) == {"records_answer_target"}
     assert failed["records_answer_target"]["unexpected"] == [stale.name]
-    assert failed["records_answer_target"]["numbers"] == [
-        {"unit": stale.name, "answer": stale.shared_target, "expected": stale.tenant_target}]
     on_disk = json.loads((reports / steps.safe_name(run_id) / "gate_post_flip.json").read_text())
     assert on_disk["passed"] is False and on_disk["failures"] == evidence["failures"]
     assert report_path in str(exc.value)
-    page = Path(report_path).read_text()
-    assert "FAILED" in page and stale.name in page
+    page = page_text(report_path)
+    assert "Status: Failed" in page and stale.name in page and stale.shared_target in page and stale.tenant_target in page
 
 
 def test_post_flip_gate_fails_when_the_drain_never_ran(endpoints, flipped, target_admin) -> None:
     spec, run_id, slug = flipped
-    with pytest.raises(GateFailed, match=r"drain_ran .*observed 0"):
+    with pytest.raises(GateFailed, match=r"drain_ran .*1 violating rows: no pass of the straggler drain"):
         steps.gate_post_flip(endpoints, spec, run_id, slug, {"cassandra_passes": []})
     assert _gate_row(target_admin, run_id, "post_flip")[0] is False
 
@@ -273,32 +281,50 @@ def copied(endpoints, reset, reports):
         yield copied
 
 
-def _break_target(kind: str, endpoints, target_admin, topo) -> str:
-    """Break the copied target on purpose; return the prefix of the unit the gate must name."""
+def _break_target(kind: str, endpoints, target_admin, topo) -> tuple[str, str, list[str]]:
+    """Break the copied target on purpose; return the prefix of the unit the gate must name, the
+    key of the differing row as the page spells it, and what the page must show of both values."""
+    if kind == "missing row":
+        key = target_admin.execute("SELECT api_key_id FROM platform.api_keys WHERE tenant_id = %s "
+                                   "ORDER BY api_key_id LIMIT 1", (TENANT,)).fetchone()[0]
+        with target_admin.transaction():
+            target_admin.execute("SET LOCAL session_replication_role = replica")
+            target_admin.execute("DELETE FROM platform.api_keys WHERE api_key_id = %s", (key,))
+        return "pg:api_keys:", f"api_keys api_key_id={key}", ["target '(no row)'", f"'tenant_id': {TENANT}"]
     if kind == "changed value":
-        target_admin.execute("UPDATE platform.devices SET name = name || ' (edited)' WHERE device_id = "
-                             "(SELECT min(device_id) FROM platform.devices WHERE tenant_id = %s)", (TENANT,))
-        return "pg:devices:"
+        key, name = target_admin.execute("UPDATE platform.devices SET name = name || ' (edited)' WHERE device_id = "
+                                         "(SELECT min(device_id) FROM platform.devices WHERE tenant_id = %s) "
+                                         "RETURNING device_id, name", (TENANT,)).fetchone()
+        before = name.removesuffix(" (edited)")
+        return "pg:devices:", f"devices device_id={key}", [f"name: source {before!r}, target {name!r}"]
     if kind == "foreign row":
         with admin(topo, "primary") as p:
             foreign = p.execute("SELECT * FROM platform.api_keys WHERE tenant_id = %s LIMIT 1", (OTHER,)).fetchone()
         with target_admin.transaction():
             target_admin.execute("SET LOCAL session_replication_role = replica")
             target_admin.execute("INSERT INTO platform.api_keys VALUES (%s, %s, %s, %s, %s, %s)", foreign)
-        return "pg:api_keys:"
-    if kind == "cassandra partition":
-        # A whole partition of the tenant missing on the target (one the plan names).
-        with endpoints.cassandra_target.session() as dst:
-            row = next(r for r in dst.execute("SELECT device_id, property_id, day FROM telemetry.datapoints LIMIT 1"))
-            dst.execute("DELETE FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s", row)
-        return "cql:datapoints:"
-    # A Cassandra cell changed on the target (newer writetime, still before the detach watermark).
+        return "pg:api_keys:", f"api_keys api_key_id={foreign[0]}", ["source '(no row)'", f"'tenant_id': {OTHER}"]
     with endpoints.cassandra_target.session() as dst:
-        row = next(r for r in dst.execute("SELECT device_id, property_id, day, ts, WRITETIME(value) "
+        row = next(r for r in dst.execute("SELECT device_id, property_id, day, ts, value, WRITETIME(value) "
                                           "FROM telemetry.datapoints LIMIT 1"))
+        device, prop, day, ts, value, wt = row
+        key = f"datapoints device_id={device}, property_id={prop}, day={day}, ts={ts}"
+        if kind == "cassandra partition":
+            # A whole partition of the tenant missing on the target (one the plan names).
+            dst.execute("DELETE FROM telemetry.datapoints WHERE device_id = %s AND property_id = %s AND day = %s",
+                        (device, prop, day))
+            return "cql:datapoints:", f"datapoints device_id={device}, property_id={prop}, day={day}", [
+                "target '(no row)'"]
+        if kind == "cassandra cell":
+            # A Cassandra cell changed on the target (newer writetime, still before the detach watermark).
+            dst.execute("UPDATE telemetry.datapoints USING TIMESTAMP %s SET value = %s WHERE device_id = %s "
+                        "AND property_id = %s AND day = %s AND ts = %s", (wt + 1, 1e9, device, prop, day, ts))
+            return "cql:datapoints:", key, [f"value: source {value!r}, target 1000000000.0",
+                                            f"writetime(value): source {wt}, target {wt + 1}"]
+        # The same value, written again at another time: only the write time differs.
         dst.execute("UPDATE telemetry.datapoints USING TIMESTAMP %s SET value = %s WHERE device_id = %s "
-                    "AND property_id = %s AND day = %s AND ts = %s", (row[4] + 1, 1e9, *row[:4]))
-    return "cql:datapoints:"
+                    "AND property_id = %s AND day = %s AND ts = %s", (wt + 7, value, device, prop, day, ts))
+        return "cql:datapoints:", key, [f"writetime(value): source {wt}, target {wt + 7}"]
 
 
 def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin) -> None:
@@ -306,8 +332,19 @@ def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin)
     out = steps.gate_post_copy(endpoints, spec, run_id)
     passed, _, evidence, report_path = _gate_row(target_admin, run_id, "post_copy")
     assert out["passed"] and passed is True and evidence["seconds"] > 0
+    tmap = load_tenant_map(SAMPLE_MAP)
     units = {c["name"]: c for c in evidence["checks"]}
-    assert set(units) == {"post_copy_rows_equal", "post_copy_checksums_equal", "ledger__every_table_planned"}
+    assert set(units) == ({f"postgres.{t}" for t in tmap.tables} | {f"cassandra.{t}" for t in tmap.cassandra_tables}
+                          | {"ledger__every_table_planned"})
+    # Both sides' numbers, for a passing gate too: rows on each side, equal.
+    rows = target_admin.execute("SELECT count(*) FROM platform.devices").fetchone()[0]
+    assert units["postgres.devices"]["observed"].startswith(f"source {rows:,} rows, target {rows:,} rows; ")
+    assert units["postgres.devices"]["details"]["source_rows"] == rows
+    assert " partitions; " in units["cassandra.datapoints"]["observed"]
+    assert evidence["data_docs"].keys() == {"post_copy.postgres", "post_copy.cassandra", "post_copy.plan"}
+    page = page_text(evidence["data_docs"]["post_copy.postgres"])
+    assert "postgres table devices: row counts and row checksums equal on source and target" in page
+    assert f"source {rows:,} rows, target {rows:,} rows" in page
     assert Path(report_path).exists()
 
 
@@ -356,27 +393,39 @@ def test_post_copy_looks_the_target_up_above_the_scan_limit(endpoints, copied, m
 
 
 @pytest.mark.parametrize("kind", [
+    pytest.param("missing row", id="a PostgreSQL row missing on the target"),
     pytest.param("changed value", id="a changed PostgreSQL value (counts equal, checksum not)"),
     pytest.param("foreign row", id="another tenant's row in a chunk's range on the target"),
     pytest.param("cassandra cell", id="a changed Cassandra cell"),
+    pytest.param("cassandra write time", id="a Cassandra cell with another write time, same value"),
     pytest.param("cassandra partition", id="a Cassandra partition missing on the target"),
 ])
-def test_post_copy_gate_fails_naming_the_chunk(endpoints, copied, target_admin, topo, kind: str) -> None:
+def test_post_copy_gate_fails_naming_table_key_and_both_values(endpoints, copied, target_admin, topo,
+                                                               kind: str) -> None:
     spec, run_id = copied
-    prefix = _break_target(kind, endpoints, target_admin, topo)
-    with pytest.raises(GateFailed, match=rf"post_copy_checksums_equal .*offending: {re.escape(prefix)}") as exc:
+    prefix, key, values = _break_target(kind, endpoints, target_admin, topo)
+    store, table = ("cassandra" if prefix.startswith("cql:") else "postgres"), prefix.split(":")[1]
+    with pytest.raises(GateFailed, match=rf"{store}\.{table} .*differ: {re.escape(prefix)}") as exc:
         steps.gate_post_copy(endpoints, spec, run_id)
+    assert key in str(exc.value), "the error names the differing key"
     passed, _, evidence, report_path = _gate_row(target_admin, run_id, "post_copy")
     assert passed is False and report_path in str(exc.value) and Path(report_path).exists()
     failed = {c["name"]: c for c in evidence["checks"] if not c["success"]}
-    bad = failed["post_copy_checksums_equal"]["numbers"]
+    assert set(failed) == {f"{store}.{table}"}
+    details = failed[f"{store}.{table}"]["details"]
+    bad = details["differing_units"]
     assert len(bad) == 1 and bad[0]["unit"].startswith(prefix)
     assert bad[0]["source_checksum"] != bad[0]["target_checksum"]
     if kind == "foreign row":
         assert bad[0]["target_rows"] == bad[0]["source_rows"] + 1
-        assert "post_copy_rows_equal" in failed
-    elif kind == "cassandra partition":
-        assert bad[0]["target_rows"] < bad[0]["source_rows"] and "post_copy_rows_equal" in failed
-        assert bad[0]["mismatched"].startswith("datapoints(device_id=")  # the partition, by its key
+    elif kind in ("missing row", "cassandra partition"):
+        assert bad[0]["target_rows"] < bad[0]["source_rows"]
     else:
-        assert bad[0]["target_rows"] == bad[0]["source_rows"] and "post_copy_rows_equal" not in failed
+        assert bad[0]["target_rows"] == bad[0]["source_rows"]
+    assert any(key.split(" ", 1)[1] in d["key"] for d in details["differences"]), details["differences"]
+    # The gate's Data Docs page: the table, the key and both sides' values.
+    assert report_path == evidence["data_docs"][f"post_copy.{store}"]
+    page = page_text(report_path)
+    assert f"{store} table {table}:" in page and key in page
+    for value in values:
+        assert value in page, value

@@ -178,10 +178,12 @@ def test_skeleton_migrates_one_tenant_exactly(topo, endpoints, clean_target, tar
     assert result["gate"]["passed"]
     assert result["cql"]["tables"]["datapoints"]["rows"] > 0
     report = Path(result["gate"]["report"])
-    evidence = json.loads(report.with_suffix(".json").read_text())
-    assert evidence["passed"] and {c["name"] for c in evidence["checks"]} == {
-        "post_copy_rows_equal", "post_copy_checksums_equal", "ledger__every_table_planned"}
-    assert "Great Expectations" in report.read_text()
+    run_folder = next(p for p in report.parents if p.name == "gx").parent  # the run's GX project's folder
+    evidence = json.loads((run_folder / "gate_post_copy.json").read_text())
+    assert evidence["passed"] and {c["name"] for c in evidence["checks"]} == (
+        {f"postgres.{t}" for t in TMAP.tables} | {f"cassandra.{t}" for t in TMAP.cassandra_tables}
+        | {"ledger__every_table_planned"})
+    assert "Great Expectations" in report.read_text() and str(report) in evidence["data_docs"].values()
     # DNS points at the tenant's dedicated endpoints, before pointed at the shared platform.
     for name, chain in result["flip"]["after"].items():
         assert ".vpc-" in chain[1]
@@ -268,7 +270,7 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         target_admin.execute(
             "DELETE FROM platform.rule_actions WHERE (rule_id, action_no) = "
             "(SELECT rule_id, action_no FROM platform.rule_actions LIMIT 1)")
-        with pytest.raises(GateFailed, match=r"post_copy_rows_equal .*observed 1, offending: pg:rule_actions:0000") as exc:
+        with pytest.raises(GateFailed, match=r"postgres.rule_actions .*1 differ: pg:rule_actions:0000") as exc:
             steps.gate_post_copy(endpoints, spec, run_id)
     finally:
         # The gate failed on purpose: release the replica instead of keeping it for a resume (ADR 7).
@@ -278,9 +280,10 @@ def test_gate_fails_with_evidence_when_a_target_row_is_missing(endpoints, clean_
         "ORDER BY attempt DESC LIMIT 1", (run_id,)).fetchone()
     assert row[0] is False
     failed = {c["name"]: c for c in row[1]["checks"] if not c["success"]}
-    assert set(failed) == {"post_copy_rows_equal", "post_copy_checksums_equal"}
-    numbers = failed["post_copy_rows_equal"]["numbers"]
+    assert set(failed) == {"postgres.rule_actions"}
+    numbers = failed["postgres.rule_actions"]["details"]["differing_units"]
     assert [n["unit"] for n in numbers] == ["pg:rule_actions:0000"]
+    assert failed["postgres.rule_actions"]["details"]["differences"][0]["target"] == "(no row)"
     assert numbers[0]["source_rows"] == numbers[0]["target_rows"] + 1
     assert str(row[2]) in str(exc.value) and Path(row[2]).exists()
 

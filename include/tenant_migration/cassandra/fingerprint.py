@@ -220,7 +220,7 @@ def _compare(a: dict[tuple[Any, ...], PartitionPrint], b: dict[tuple[Any, ...], 
     for pk in sorted(set(a) | set(b), key=repr):
         pa, pb = a.get(pk, empty), b.get(pk, empty)
         if pa != pb:
-            bad.append({"chunk_id": chunk_id, "table": shape.table, "partition": partition_label(shape, pk),
+            bad.append({"chunk_id": chunk_id, "table": shape.table, "partition": partition_label(shape, pk), "pk": pk,
                         "source_rows": pa.rows, "target_rows": pb.rows,
                         "source_hash": f"{pa.digest:016x}", "target_hash": f"{pb.digest:016x}"})
     fp = ChunkFingerprint(

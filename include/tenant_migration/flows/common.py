@@ -86,7 +86,7 @@ def fingerprint(ep: Endpoints, tmap: TenantMap, tenant_id: int, prof: Profile) -
 
 
 def record_gate_result(tconn: psycopg.Connection, run_id: str, gate: GateResult) -> None:
-    ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.html_path))
+    ledger.record_gate(tconn, run_id, gate.gate, gate.passed, gate.summary(), gate.evidence(), str(gate.report))
 
 
 class KeptForResume(RuntimeError):

@@ -30,13 +30,17 @@ log = logging.getLogger(__name__)
 
 
 
-def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap, tenant_id: int) -> Any:
+def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap, tenant_id: int,
+                        ep: Endpoints | None = None) -> Any:
     """Per Cassandra table of the tenant map, on the target: partitions read and partitions whose
     base key (device, property...) is no row of the target's PostgreSQL (which the final gate
-    checks holds the tenant only, devices registered after the flip included): a DataFrame."""
+    checks holds the tenant only, devices registered after the flip included): a DataFrame.
+    With ``ep``, each foreign partition named says whose it is on the source replica (asked only
+    when there is one)."""
     import pandas as pd
 
-    from tenant_migration.cassandra.fingerprint import foreign_partitions
+    from tenant_migration.cassandra.fingerprint import foreign_bases
+    from tenant_migration.validation.dedicated import owner_on_source
 
     rows = []
     for name, spec in tmap.cassandra_tables.items():
@@ -45,7 +49,12 @@ def cassandra_ownership(dst: Any, tconn: psycopg.Connection, tmap: TenantMap, te
         owned = set(cql_plan.tenant_bases(tconn, tmap, spec, tenant_id,
                                           cql_plan.converters_for(dst, tmap.keyspace, spec)))
         shape = cql_copy.table_shape(dst, tmap.keyspace, name)
-        seen, foreign, named = foreign_partitions(dst, shape, cql_plan.base_columns(spec, shape.partition_key), owned)
+        seen, foreign, found = foreign_bases(dst, shape, cql_plan.base_columns(spec, shape.partition_key), owned)
+        named = [label for label, _ in found]
+        if found and ep is not None:
+            with ep.replica.connect(autocommit=True) as rconn:
+                named = [f"{label}: {owner_on_source(rconn, tmap, spec.partitions_from_table, spec.partitions_from_columns, base)}"
+                         for label, base in found]
         rows.append({"unit": f"cassandra:{name}", "partitions": seen, "foreign_partitions": foreign,
                      "offending": "; ".join(named)})
     return pd.DataFrame(rows, columns=["unit", "partitions", "foreign_partitions", "offending"])
@@ -147,7 +156,7 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "gate_final") as detail:
             with ep.cassandra_target.session() as dst:
-                owned = cassandra_ownership(dst, tconn, tmap, spec.tenant_id)
+                owned = cassandra_ownership(dst, tconn, tmap, spec.tenant_id, ep)
                 history = history_frame(dst, tconn, tmap, run_id, spec.partial_history_ok)
             late = late_frame(ep, tconn, tmap, run_id)
             after = after_flip_frame(ep, spec, tconn, tmap, run_id)
@@ -156,11 +165,11 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
                                     cassandra=owned, history=history, late=late, after_flip=after,
                                     registrations=regs)
             record_gate_result(tconn, run_id, gate)
-            detail.update({"passed": gate.passed, "report": str(gate.html_path),
+            detail.update({"passed": gate.passed, "report": str(gate.report),
                            "writes_after_flip": after.drop(columns=["offending"]).to_dict("records")})
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
-    return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report})")
+    return {"passed": True, "summary": gate.summary(), "report": str(gate.report)}
 
 
 def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str, Any] | None,
@@ -214,8 +223,11 @@ def report(ep: Endpoints, spec: MigrationSpec, run_id: str, dns_result: dict[str
     lines += [f"  {name:<26} {secs:8.2f} s" for name, secs in steps]
     lines += [f"  copy {eng:<21} {wall:8.2f} s wall  ({n} chunks, {rows} rows, {busy:.2f} s of chunk work)"
               for eng, n, rows, busy, wall in copies]
-    lines += ["", "Gates:"]
+    lines += ["", "Gates (each a Great Expectations Checkpoint; its Data Docs page):"]
     lines += [f"  {g:<26} {'passed' if ok else 'FAILED':<7} {sec or 0:6.2f} s  {path}" for g, ok, sec, path in gate_rows]
+    docs = folder / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    if docs.exists():
+        lines.append(f"  every gate's Validation Results: {docs}")
     if window is not None:
         lines += ["", f"Registrations were suspended for {window:.1f} s."]
     stragglers = straggler_lines(drain_row[1] if drain_row else {}, (final_row[0] or {}) if final_row else {})

@@ -155,9 +155,9 @@ def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, p
     gate = gates.dns_shift_gate(percent, weights, probes, reports_dir() / safe_name(run_id), started)
     record_gate_result(tconn, run_id, gate)
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path}); the records stay at {percent} %: "
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report}); the records stay at {percent} %: "
                          f"clear flip_dns to resume the shift, or run tenant_rollback to go back")
-    return {"passed": True, "report": str(gate.html_path)}
+    return {"passed": True, "report": str(gate.report)}
 
 
 def final_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -411,16 +411,16 @@ def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, d
     frame = pd.DataFrame(rows)
     passes = pd.DataFrame([{"unit": f"pass {i}", "rows": p.get("rows", 0)}
                            for i, p in enumerate(drained.get("cassandra_passes", []), 1)], columns=["unit", "rows"])
-    checks = gx_gate.run_frame_checks("post_flip", frame, [gx_gate.FrameCheck(
+    check = gx_gate.Gate("post_flip", reports_dir() / safe_name(run_id))
+    check.expect("dns", frame, [gx_gate.FrameCheck(
         "records_answer_target", "ExpectColumnPairValuesToBeEqual", {"column_A": "answer", "column_B": "expected"},
-        "every record of the tenant answers the target endpoint")], "unit")
-    checks += gx_gate.run_frame_checks("post_flip", passes, [gx_gate.FrameCheck(
-        "drain_ran", "ExpectTableRowCountToBeBetween", {"min_value": 1},
-        "the straggler drain made at least one pass")], "unit")
+        "every record of the tenant answers the target endpoint")])
+    check.violations("drain", "drain_ran", "the straggler drain made at least one pass", int(passes.empty),
+                     [] if not passes.empty else ["no pass of the straggler drain is recorded"])
     with ep.target.connect(autocommit=True) as tconn:
-        checks += gates.late_checks("post_flip", late_frame(ep, tconn, tmap, run_id))
-        gate = gx_gate.finish_gate("post_flip", checks, reports_dir() / safe_name(run_id), started)
+        gates.late_checks(check, late_frame(ep, tconn, tmap, run_id))
+        gate = check.finish(started)
         record_gate_result(tconn, run_id, gate)
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
-    return {"passed": True, "report": str(gate.html_path)}
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report})")
+    return {"passed": True, "report": str(gate.report)}

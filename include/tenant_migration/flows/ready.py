@@ -41,6 +41,7 @@ from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import dedicated, gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
+from tenant_migration.validation.differences import fingerprint_frame
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
         problems += replica_modes.problems(ep, prof, rconn)
         # The replica's checks only on a catalog that matches the tenant map (else that is the
         # error to show, not a failed query); nothing is written yet.
-        checks = None if mapped else gates.preflight_checks(rconn, tmap, spec.tenant_id, [])
+        check = gx_gate.Gate("preflight", reports_dir() / safe_name(run_id))
+        if not mapped:
+            gates.preflight_checks(check, rconn, tmap, spec.tenant_id, [])
         problems += mapped + cassandra.result() + zone.result() + switch.result()
         skipped: dict[str, int] = {}
         if not problems:
@@ -94,13 +97,12 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
                     problems += dedicated.target_problems(rconn, tconn, dst, tmap, spec.tenant_id)
         if problems:
             raise PreflightError("preflight failed, nothing was written:\n  - " + "\n  - ".join(problems))
-        assert checks is not None
-        gate = gx_gate.finish_gate("preflight", checks, reports_dir() / safe_name(run_id), started)
+        gate = check.finish(started)
         if not gate.passed:
-            raise PreflightError(f"{gate.summary()}\nnothing was written; report: {gate.html_path}")
+            raise PreflightError(f"{gate.summary()}\nnothing was written; Data Docs: {gate.report}")
         out = {"tenant_id": spec.tenant_id, "slug": slug, "platform": prof.name, "empty_keys_skipped": skipped}
         if spec.dry_run:
-            return {**out, "dry_run": True, "report": str(gate.html_path)}
+            return {**out, "dry_run": True, "report": str(gate.report)}
         new = ledger.start_run(tconn, run_id, spec.tenant_id, fingerprint(ep, tmap, spec.tenant_id, prof),
                                {**spec.to_dict(), "profile": prof.document})
         record_gate_result(tconn, run_id, gate)
@@ -425,7 +427,6 @@ def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
     Devices keep writing to the shared cluster during the copy: only cells written at or before
     the detach watermark are compared (newer ones are the catch-up's, checked by its gate).
     """
-    import pandas as pd
 
     with ep.target.connect(autocommit=True) as tconn:
         chunks = ledger.run_chunks(tconn, run_id, "cassandra")
@@ -433,13 +434,7 @@ def cassandra_fingerprints(ep: Endpoints, run_id: str, tmap: TenantMap) -> Any:
     watermark = int(commit_time.timestamp() * 1_000_000) if commit_time else None
     with ep.cassandra_sessions() as (src, dst):
         report = fingerprint_chunks(src, dst, tmap, chunks, max_writetime=watermark, scan_target=True)
-    frame = pd.DataFrame([{
-        "unit": f"{r['chunk_id']}", "source_rows": r["source_rows"], "target_rows": r["target_rows"],
-        "source_checksum": r["source_hash"], "target_checksum": r["target_hash"],
-        "mismatched": ", ".join(r["mismatched"][:20]),
-    } for r in report.records()], columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum",
-                                           "mismatched"])
-    return frame
+        return fingerprint_frame(report, src, dst, tmap, watermark)
 
 
 def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -449,7 +444,6 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     """
     if spec.dry_run:
         return {"skipped": "dry run"}
-    import pandas as pd
 
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
@@ -461,14 +455,14 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
             # Cassandra's fingerprints (driver I/O + Python hashing) while PostgreSQL scans.
             cql = pool.submit(cassandra_fingerprints, ep, run_id, tmap)
             frame = gates.post_copy_frame(rconn, tconn, tmap, spec.tenant_id, run_id)
-            frame = pd.concat([frame, cql.result()], ignore_index=True)
             gate = gates.post_copy_gate(frame, reports_dir() / safe_name(run_id), started,
-                                        coverage=(tconn, gates.plan_coverage_check(tconn, tmap, run_id)))
+                                        coverage=(tconn, gates.plan_coverage_check(tconn, tmap, run_id)),
+                                        cassandra=cql.result())
             record_gate_result(tconn, run_id, gate)
-            detail.update({"passed": gate.passed, "report": str(gate.html_path), "seconds": round(gate.seconds, 3)})
+            detail.update({"passed": gate.passed, "report": str(gate.report), "seconds": round(gate.seconds, 3)})
     if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
-    return {"passed": True, "summary": gate.summary(), "report": str(gate.html_path)}
+        raise GateFailed(f"{gate.summary()} (Data Docs: {gate.report})")
+    return {"passed": True, "summary": gate.summary(), "report": str(gate.report)}
 
 
 def create_cdc_slot(ep: Endpoints, spec: MigrationSpec, run_id: str) -> dict[str, Any]:

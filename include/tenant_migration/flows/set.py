@@ -31,6 +31,7 @@ from tenant_migration.spec import MigrationSpec
 from tenant_migration.tenant_map import TenantMap
 from tenant_migration.validation import gates, gx_gate
 from tenant_migration.validation.counts import GateFailed
+from tenant_migration.validation.differences import fingerprint_frame
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ def late_frame(ep: Endpoints, tconn: psycopg.Connection, tmap: TenantMap, run_id
     upto = int(flipped.timestamp() * 1_000_000) if flipped else None
     with ep.cassandra_sessions() as (src, dst):
         report = fingerprint_chunks(src, dst, tmap, late, max_writetime=upto)
-    return pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
-                          "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
-                         for r in report.records()], columns=columns)
+        return fingerprint_frame(report, src, dst, tmap, upto)
 
 
 def plan_late_partitions(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap,
@@ -237,30 +236,29 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
             coverage = coverage_frame(tconn, s_src, tmap, spec.tenant_id, run_id)
             report = fingerprint_chunks(s_src, s_dst, tmap, chunks, days=days, max_writetime=upto,
                                         scan_target=True, held=ledger.partitions_by_table(tconn, run_id))
+            recent = fingerprint_frame(report, s_src, s_dst, tmap, upto)
             cassandra.close()  # both clusters shut down before the verdict, as the other gates do
             lag_frame = pd.DataFrame([{"unit": "postgres:cdc", "lag_bytes": lag["lag_bytes"],
                                        "lag_seconds": lag["lag_seconds"]}])
-            recent = pd.DataFrame([{"unit": r["chunk_id"], "source_rows": r["source_rows"], "target_rows": r["target_rows"],
-                                    "source_checksum": r["source_hash"], "target_checksum": r["target_hash"]}
-                                   for r in report.records()],
-                                  columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
-            checks = gx_gate.run_frame_checks(gate_name, lag_frame, [
+            gate = gx_gate.Gate(gate_name, reports_dir() / safe_name(run_id))
+            gate.expect("change_stream", lag_frame, [
                 gx_gate.FrameCheck("lag_bytes_under_threshold", "ExpectColumnValuesToBeBetween",
                                    {"column": "lag_bytes", "min_value": 0, "max_value": spec.max_lag_bytes},
                                    f"change capture lag at most {spec.max_lag_bytes} bytes"),
                 gx_gate.FrameCheck("lag_seconds_under_threshold", "ExpectColumnValuesToBeBetween",
                                    {"column": "lag_seconds", "min_value": 0, "max_value": spec.max_lag_seconds},
                                    f"change capture lag at most {spec.max_lag_seconds} s"),
-            ], "unit")
-            checks += gx_gate.run_frame_checks(gate_name, recent, gates.comparison_checks("recent_buckets"), "unit")
-            checks += gates.coverage_checks(gate_name, coverage)
+            ])
+            gate.compare("recent_buckets", recent, "cassandra",
+                         "rows, partitions and fingerprints of (key, value, write time) of the recent day buckets")
+            gates.coverage_checks(gate, coverage)
             if seqs is not None:
-                checks += gates.sequence_checks(gate_name, seqs)
-            gate = gx_gate.finish_gate(gate_name, checks, reports_dir() / safe_name(run_id), started)
-            record_gate_result(tconn, run_id, gate)
-    if not gate.passed:
-        raise GateFailed(f"{gate.summary()} (report: {gate.html_path})")
-    return {"passed": True, "lag": lag, "report": str(gate.html_path)}
+                gates.sequence_checks(gate, seqs)
+            result = gate.finish(started)
+            record_gate_result(tconn, run_id, result)
+    if not result.passed:
+        raise GateFailed(f"{result.summary()} (Data Docs: {result.report})")
+    return {"passed": True, "lag": lag, "report": str(result.report)}
 
 
 def measure_cdc_lag(src: psycopg.Connection, tconn: psycopg.Connection, run_id: str) -> dict[str, Any]:

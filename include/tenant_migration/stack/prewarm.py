@@ -42,8 +42,10 @@ MODULES = (
 )
 # Then, called: Great Expectations, imported the way the gates import it (scipy and altair
 # deferred, ADR 5). Each gate task paid it otherwise: 2.1-2.5 s of every gate's time under
-# standalone on a calm machine, more on a loaded one. Import only: no GX context is built here.
-CALLS = ("tenant_migration.validation.gx_gate:import_gx",)
+# standalone on a calm machine, more on a loaded one. Then one scratch Data Docs site, built in a
+# temporary folder and removed: the gates' own expectations registered and GX's ~60 page templates
+# compiled (``gx_gate._SharedTemplates``), 0.2 s of every gate's docs build otherwise.
+CALLS = ("tenant_migration.validation.gx_gate:import_gx", "tenant_migration.validation.gx_gate:prewarm_data_docs")
 
 _warmed = False
 # Set in ``airflow dags test``, which runs every task in its own process (``task_starting``).

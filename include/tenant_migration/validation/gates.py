@@ -24,14 +24,7 @@ from psycopg import sql
 from tenant_migration.postgres.catalog import ForeignKey, columns, foreign_keys, schema_drift
 from tenant_migration.postgres.sequences import sequence_uses
 from tenant_migration.tenant_map import TenantMap
-from tenant_migration.validation.gx_gate import (
-    FrameCheck,
-    GateResult,
-    SqlCheck,
-    finish_gate,
-    run_frame_checks,
-    run_sql_checks,
-)
+from tenant_migration.validation.gx_gate import FrameCheck, Gate, GateResult, SqlCheck
 
 
 def _cols(alias: str, cols: tuple[str, ...]) -> sql.Composed:
@@ -127,25 +120,21 @@ def preflight_gate(replica: psycopg.Connection, target: psycopg.Connection, tmap
     (``drift`` when the caller already computed it), one GX validation per frame."""
     started = time.monotonic() if started is None else started
     problems = schema_drift(replica, target, tmap) if drift is None else drift
-    return finish_gate("preflight", preflight_checks(replica, tmap, tenant_id, problems), folder, started)
+    gate = Gate("preflight", folder)
+    preflight_checks(gate, replica, tmap, tenant_id, problems)
+    return gate.finish(started)
 
 
-def preflight_checks(replica: psycopg.Connection, tmap: TenantMap, tenant_id: int,
-                     problems: list[str]) -> list[dict[str, Any]]:
-    """The preflight gate's checks, validated, nothing written yet (``finish_gate`` writes the
-    evidence): the replica's pushed-down checks and schema parity (``problems``: the drift)."""
-    import pandas as pd
-
+def preflight_checks(gate: Gate, replica: psycopg.Connection, tmap: TenantMap, tenant_id: int,
+                     problems: list[str]) -> None:
+    """The preflight gate's checks, added to ``gate`` (its ``finish`` validates them and writes the
+    evidence): the replica's pushed-down checks (suite ``source``: keys, orphans, same tenant) and
+    schema parity (suite ``schema``; ``problems``: the drift)."""
     ctes, sql_checks = preflight_sql_checks(replica, tmap, tenant_id)
-    checks = run_sql_checks("preflight", replica, sql_checks, ctes=ctes)
-    frame = pd.DataFrame({"problem": problems or []}, dtype="object")
-    frame["unit"] = frame["problem"]
-    checks += run_frame_checks("preflight", frame, [FrameCheck(
-        "schema_parity", "ExpectTableRowCountToEqual", {"value": 0},
-        "every tenant-scoped table has the same columns and types on source and target")], "unit")
-    if not frame.empty:
-        checks[-1]["unexpected"] = list(frame["problem"])
-    return checks
+    gate.sql("source", replica, sql_checks, ctes=ctes)
+    gate.violations("schema", "schema_parity",
+                    "every tenant-scoped table has the same columns and types on source and target",
+                    len(problems), list(problems)[:50])
 
 
 def side_checksums(conn: psycopg.Connection, tmap: TenantMap, units: list[tuple[str, dict[str, Any] | None]],
@@ -174,10 +163,15 @@ def post_copy_frame(replica: psycopg.Connection, target: psycopg.Connection, tma
     checksum on both sides, recomputed now -- not read from the ledger: re-running the gate
     re-evaluates the data as it is. The replica (the tenant's rows in the chunk's range) and the
     target (every row in the range: the target is the tenant's own) are scanned at the same time,
-    one thread each, so the gate costs the slower side rather than the sum."""
+    one thread each, so the gate costs the slower side rather than the sum. A chunk that differs
+    gets its differing keys with both sides' values (``differences``: up to ``UNITS`` chunks per
+    table, read only then)."""
+    import json
+
     import pandas as pd
 
     from tenant_migration import ledger
+    from tenant_migration.validation.differences import UNITS, postgres_differences
 
     chunks = ledger.run_chunks(target, run_id, "postgres") if run_id else []
     if chunks:
@@ -190,31 +184,32 @@ def post_copy_frame(replica: psycopg.Connection, target: psycopg.Connection, tma
         on_target = pool.submit(side_checksums, target, tmap, units, tenant_id, whole_range=True)
         on_replica = side_checksums(replica, tmap, units, tenant_id, whole_range=False)
         dst = on_target.result()
-    return pd.DataFrame([{"unit": label, "source_rows": a[0], "target_rows": b[0],
-                          "source_checksum": a[1], "target_checksum": b[1]}
-                         for label, a, b in zip(labels, on_replica, dst, strict=True)],
-                        columns=["unit", "source_rows", "target_rows", "source_checksum", "target_checksum"])
-
-
-def comparison_checks(what: str) -> list[FrameCheck]:
-    return [
-        FrameCheck(f"{what}_rows_equal", "ExpectColumnPairValuesToBeEqual",
-                   {"column_A": "source_rows", "column_B": "target_rows"}, f"{what}: row counts equal on both sides"),
-        FrameCheck(f"{what}_checksums_equal", "ExpectColumnPairValuesToBeEqual",
-                   {"column_A": "source_checksum", "column_B": "target_checksum"},
-                   f"{what}: checksums equal on both sides"),
-    ]
+    rows = []
+    looked: dict[str, int] = {}
+    for label, (table, bounds), a, b in zip(labels, units, on_replica, dst, strict=True):
+        diffs = None
+        if a != b and looked.get(table, 0) < UNITS:
+            looked[table] = looked.get(table, 0) + 1
+            diffs = json.dumps(postgres_differences(replica, target, tmap, tenant_id, table, bounds), default=str)
+        rows.append({"unit": label, "table": table, "source_rows": a[0], "target_rows": b[0],
+                     "source_checksum": a[1], "target_checksum": b[1], "differences": diffs})
+    return pd.DataFrame(rows, columns=["unit", "table", "source_rows", "target_rows", "source_checksum",
+                                       "target_checksum", "differences"])
 
 
 def post_copy_gate(frame: Any, folder: Path, started: float | None = None,
-                   coverage: tuple[psycopg.Connection, SqlCheck] | None = None) -> GateResult:
-    """``coverage``: the target and ``plan_coverage_check`` (every table of the map planned)."""
+                   coverage: tuple[psycopg.Connection, SqlCheck] | None = None, cassandra: Any = None) -> GateResult:
+    """``frame``: PostgreSQL's comparison (``post_copy_frame``); ``cassandra``: Cassandra's
+    (``differences.fingerprint_frame``); ``coverage``: the target and ``plan_coverage_check``
+    (every table of the map planned)."""
     started = time.monotonic() if started is None else started
-    # A failing check carries the offending chunks' numbers on both sides (``run_frame_checks``).
-    checks = run_frame_checks("post_copy", frame, comparison_checks("post_copy"), "unit")
+    gate = Gate("post_copy", folder)
+    gate.compare("postgres", frame, "postgres")
+    if cassandra is not None:
+        gate.compare("cassandra", cassandra, "cassandra")
     if coverage is not None:
-        checks += run_sql_checks("post_copy", coverage[0], [coverage[1]])
-    return finish_gate("post_copy", checks, folder, started)
+        gate.sql("plan", coverage[0], [coverage[1]])
+    return gate.finish(started)
 
 
 def plan_coverage_check(conn: psycopg.Connection, tmap: TenantMap, run_id: str) -> SqlCheck:
@@ -235,9 +230,11 @@ def final_sql_checks(conn: psycopg.Connection, tmap: TenantMap, tenant_id: int, 
     checks = []
     for table, spec in tmap.tables.items():
         # IS NOT TRUE, not NOT: a NULL tenant (or hop) column makes the predicate NULL, and such a
-        # row belongs to nobody -- certainly not to this tenant.
-        q = sql.SQL("SELECT {k} FROM {t} AS t WHERE ({pred}) IS NOT TRUE").format(
-            k=_cols("t", spec.key), t=tmap.qualified(table), pred=tmap.tenant_predicate(table))
+        # row belongs to nobody -- certainly not to this tenant. Each violating row says whose it is.
+        q = sql.SQL("SELECT {k}, {owner} AS owner_tenant, {expected} AS expected_tenant FROM {t} AS t "
+                    "WHERE ({pred}) IS NOT TRUE").format(
+            k=_cols("t", spec.key), owner=tmap.tenant_of(table), expected=sql.Literal(int(tenant_id)),
+            t=tmap.qualified(table), pred=tmap.tenant_predicate(table))
         checks.append(SqlCheck(f"{table}__only_this_tenant",
                                q.as_string(conn).replace("%(tenant_id)s", str(int(tenant_id))),
                                f"{table}: every row on the target belongs to tenant {tenant_id}"))
@@ -263,7 +260,7 @@ def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_
                started: float | None = None, cassandra: Any = None, history: Any = None,
                late: Any = None, after_flip: Any = None, registrations: Any = None) -> GateResult:
     """``cassandra``: per table, the target's partitions and those of no device / property of the
-    tenant (``steps.cassandra_ownership``), validated as a frame: none may be foreign.
+    tenant (``steps.cassandra_ownership``): none may be foreign.
     ``history``: per day-bucketed table, the days planned and the retention window's
     (``steps.history_frame``), each short one a failure unless ``accepted`` says it is intended.
     ``late``: the comparison of the partitions planned after the detach (``steps.late_frame``).
@@ -272,32 +269,26 @@ def final_gate(target: psycopg.Connection, tmap: TenantMap, tenant_id: int, run_
     ``registrations``: per side the profile's switch runs on, whether the tenant's registrations
     are still suspended there (``finish.registrations_frame``): none may be."""
     started = time.monotonic() if started is None else started
-    checks = run_sql_checks("final", target, final_sql_checks(target, tmap, tenant_id, run_id))
+    gate = Gate("final", folder)
+    gate.sql("postgres", target, final_sql_checks(target, tmap, tenant_id, run_id))
     if registrations is not None:
-        checks += run_frame_checks("final", registrations, [FrameCheck(
+        gate.expect("registrations", registrations, [FrameCheck(
             "registrations__back_on", "ExpectColumnValuesToBeBetween", {"column": "suspended", "min_value": 0,
                                                                          "max_value": 0},
-            f"the registrations of tenant {tenant_id} are enabled again on every side that takes traffic")], "unit")
+            f"the registrations of tenant {tenant_id} are enabled again on every side that takes traffic")])
     if late is not None:
-        checks += late_checks("final", late)
+        late_checks(gate, late)
     if after_flip is not None:
-        checks += after_flip_checks("final", after_flip)
+        after_flip_checks(gate, after_flip)
     if cassandra is not None:
-        frame_checks = [FrameCheck(
-            "cassandra__only_this_tenant", "ExpectColumnValuesToBeBetween",
-            {"column": "foreign_partitions", "min_value": 0, "max_value": 0},
-            f"every Cassandra partition on the target belongs to a device of tenant {tenant_id}")]
-        if history is not None:  # the same per-table frame, one validation
-            cassandra = with_history(cassandra, history)
-            frame_checks.append(HISTORY_CHECK)
-        found = run_frame_checks("final", cassandra, frame_checks, "unit")
-        bad = cassandra[cassandra["foreign_partitions"] > 0]
-        if not bad.empty:
-            found[0]["unexpected"] = [p for names in bad["offending"] for p in names.split("; ") if p][:50]
-        checks += found
-    elif history is not None:
-        checks += run_frame_checks("final", with_history(history, history), [HISTORY_CHECK], "unit")
-    return finish_gate("final", checks, folder, started)
+        for row in cassandra.itertuples():
+            gate.violations("cassandra", f"{row.unit}__only_this_tenant",
+                            f"{row.unit}: every partition on the target belongs to a device of tenant {tenant_id} "
+                            f"({row.partitions} partitions)",
+                            int(row.foreign_partitions), [p for p in str(row.offending or "").split("; ") if p][:20])
+    if history is not None:
+        gate.expect("history", with_history(history, history), [HISTORY_CHECK])
+    return gate.finish(started)
 
 
 HISTORY_CHECK = FrameCheck(
@@ -318,73 +309,63 @@ def with_history(frame: Any, history: Any) -> Any:
     return out
 
 
-def sequence_checks(gate: str, frame: Any) -> list[dict[str, Any]]:
+def sequence_checks(gate: Gate, frame: Any) -> None:
     """Every sequence of the migrated tables (``steps.sequence_frame``) past the source's next
-    value and the target column's maximum. None to check: one passing entry says so."""
+    value and the target column's maximum, one check per sequence (none: one check says so)."""
+    describe = "hands out keys past the source's and past the target's rows"
     if frame.empty:
-        return [{"name": "sequences_past_source", "success": True, "observed": 0, "unexpected": [],
-                 "describe": "sequences and identities of the migrated tables: none", "validation": None}]
-    found = run_frame_checks(gate, frame, [FrameCheck(
-        "sequences_past_source", "ExpectColumnValuesToBeBetween", {"column": "short_by", "min_value": 0, "max_value": 0},
-        "every sequence of the migrated tables hands out keys past the source's and past the target's rows")], "unit")
-    bad = frame[frame["short_by"] > 0]
-    if not bad.empty:
-        found[0]["unexpected"] = [f"{r.unit}: target next {r.target_next}, source next {r.source_next}, target max "
-                                  f"{r.target_max}" for r in bad.itertuples()][:50]
-    return found
+        gate.violations("sequences", "sequences_past_source",
+                        f"every sequence of the migrated tables {describe} (the migrated tables have none)", 0, [])
+        return
+    for r in frame.itertuples():
+        gate.violations("sequences", f"{r.unit}__past_source", f"{r.unit} {describe}", int(r.short_by > 0),
+                        [{"sequence": r.unit, "target_next": r.target_next, "source_next": r.source_next,
+                          "target_max": r.target_max}] if r.short_by > 0 else [])
 
 
-def late_checks(gate: str, late: Any) -> list[dict[str, Any]]:
+def late_checks(gate: Gate, late: Any) -> None:
     """The partitions planned after the detach (``steps.late_frame``) equal on both sides. A run
-    that planned none has nothing to compare: one passing entry says so (no validation of an
-    empty frame)."""
+    that planned none has nothing to compare: one check says so."""
     if late.empty:
-        return [{"name": "late_partitions_compared", "success": True, "observed": 0, "unexpected": [],
-                 "describe": "partitions planned after the detach (rows the change stream brought): none planned",
-                 "validation": None}]
-    return run_frame_checks(gate, late, comparison_checks("late_partitions"), "unit")
+        gate.violations("late_partitions", "late_partitions_compared",
+                        "partitions planned after the detach (rows the change stream brought): none planned", 0, [])
+        return
+    gate.compare("late_partitions", late, "cassandra")
 
 
-def after_flip_checks(gate: str, after: Any) -> list[dict[str, Any]]:
+def after_flip_checks(gate: Gate, after: Any) -> None:
     """The tenant's writes the shared platform took after the flip (``steps.after_flip_frame``: per
     Cassandra table and for the change stream) are all on the target. A run that never flipped
-    has nothing to compare: one passing entry says so."""
+    has nothing to compare: one check says so."""
+    describe = "every write of the tenant the shared platform took after the flip (stragglers) is on the target"
     if after.empty:
-        return [{"name": "writes_after_flip_on_target", "success": True, "observed": 0, "unexpected": [],
-                 "describe": "writes of the tenant on the shared platform after the flip: the run never flipped",
-                 "validation": None}]
-    checks = run_frame_checks(gate, after, [FrameCheck(
-        "writes_after_flip_on_target", "ExpectColumnValuesToBeBetween",
-        {"column": "missing", "min_value": 0, "max_value": 0},
-        "every write of the tenant the shared platform took after the flip (stragglers) is on the target")], "unit")
-    bad = after[after["missing"] != 0]
-    if not bad.empty:
-        checks[-1]["unexpected"] = [f"{u}: {o}" for u, o in zip(bad["unit"], bad["offending"], strict=True)]
-    return checks
+        gate.violations("after_flip", "writes_after_flip_on_target", f"{describe}: the run never flipped", 0, [])
+        return
+    for r in after.itertuples():
+        missing = int(r.missing)
+        gate.violations("after_flip", f"{r.unit}__after_flip_on_target",
+                        f"{r.unit}: {describe} ({r.after_flip} after the flip)", abs(missing) if missing else 0,
+                        [p for p in str(r.offending or "").split("; ") if p][:20])
 
 
-def coverage_checks(gate: str, coverage: Any) -> list[dict[str, Any]]:
+def coverage_checks(gate: Gate, coverage: Any) -> None:
     """Every base the target's rows give each Cassandra table (``steps.coverage_frame``) is planned."""
-    checks = run_frame_checks(gate, coverage, [FrameCheck(
-        "cassandra__every_row_planned", "ExpectColumnValuesToBeBetween",
-        {"column": "unplanned", "min_value": 0, "max_value": 0},
-        "every device / property row of the tenant on the target has its Cassandra partitions planned")], "unit")
-    bad = coverage[coverage["unplanned"] > 0]
-    if not bad.empty:
-        checks[-1]["unexpected"] = [f"{u}: {o}" for u, o in zip(bad["unit"], bad["offending"], strict=True)]
-    return checks
+    for r in coverage.itertuples():
+        gate.violations("coverage", f"{r.unit}__every_row_planned",
+                        f"{r.unit}: every device / property row of the tenant on the target has its Cassandra "
+                        "partitions planned", int(r.unplanned), [p for p in str(r.offending or "").split("; ") if p][:20])
 
 
 def dns_shift_gate(percent: int, weights: Any, probes: Any, folder: Path, started: float | None = None) -> GateResult:
     """Between weighted DNS steps: ``weights`` (unit = record, ``target_weight`` read back,
     ``expected``) and ``probes`` (unit = probe, ``ok`` 1 or 0, ``detail``) of the target."""
     started = time.monotonic() if started is None else started
-    gate = f"dns_shift_{percent}"
-    checks = run_frame_checks(gate, weights, [FrameCheck(
+    gate = Gate(f"dns_shift_{percent}", folder)
+    gate.expect("dns", weights, [FrameCheck(
         "records_at_step_weights", "ExpectColumnPairValuesToBeEqual",
         {"column_A": "target_weight", "column_B": "expected"},
-        f"every record of the tenant sends {percent} % of answers to the target")], "unit")
-    checks += run_frame_checks(gate, probes, [FrameCheck(
+        f"every record of the tenant sends {percent} % of answers to the target")])
+    gate.expect("target", probes, [FrameCheck(
         "target_healthy", "ExpectColumnValuesToBeBetween", {"column": "ok", "min_value": 1, "max_value": 1},
-        "the target's PostgreSQL, Cassandra and endpoint records answer")], "unit")
-    return finish_gate(gate, checks, folder, started)
+        "the target's PostgreSQL, Cassandra and endpoint records answer")])
+    return gate.finish(started)

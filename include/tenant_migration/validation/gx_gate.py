@@ -1,28 +1,29 @@
-"""Running a gate with Great Expectations 1.x and leaving evidence an operator can read.
+"""Running a gate as a Great Expectations Checkpoint and leaving evidence an auditor can read.
 
-Design note: suites are built in code at run time, in an ephemeral GX context (never at DAG parse
-time; GX is a heavy import, started in a background thread when a gate begins so that it overlaps
-the gate's own queries). What GX validates is always a small DataFrame of aggregates:
+Design note (ADR 5, ADR 17): a gate (``Gate``) gathers its parts -- per-table comparisons of both
+sides (``compare``), pushed-down checks that count violating rows (``sql``, ``violations``), GX's
+own expectations over small frames (``expect``) -- each under a suite name, and ``finish`` runs
+them as ONE Checkpoint in the run's file-backed GX project (``<reports>/<run>/gx``), whose
+``UpdateDataDocsAction`` builds the Data Docs pages. What GX validates is always a small frame of
+aggregates, never a table:
 - single-store checks (preflight, final) are SQL queries returning the *violating* rows of one
-  check; PostgreSQL counts them all in ONE statement and GX validates the frame of counts (every
-  count zero). A GX query asset would re-run its query once per metric (five times, measured),
-  and one validation per check cost more than the SQL (ADR 5);
+  check; PostgreSQL counts them all in ONE statement, and a failing check's rows are sampled
+  (``LIMIT``) with their column names;
 - cross-store comparisons are frames of per-chunk counts and checksums / fingerprints computed on
-  both sides.
-Each frame gets one suite holding all its expectations and one validation run. No gate reads a
-table into Python: violating rows are sampled (``LIMIT``) only for checks that failed.
-A gate writes its evidence (GX result as JSON, an HTML report, a ledger row) whether it passed or
-failed, then raises ``GateFailed`` whose message names what failed with the numbers and where the
-report is.
+  both sides, with the differing keys and both sides' values for the chunks that differ
+  (``validation.differences``).
+The gates' own expectations (``validation.expectations``) put both sides' numbers in their
+observed value. GX is a heavy import, started in a background thread when a gate begins so that
+it overlaps the gate's own queries (never at DAG parse time). A gate writes its evidence (the GX
+Validation Results and pages, ``gate_<name>.json``) whether it passed or failed; the caller records
+the ledger row and raises ``GateFailed`` naming what failed with the numbers and the page.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import importlib.abc
 import importlib.util
-import itertools
 import json
 import logging
 import os
@@ -72,7 +73,11 @@ class GateResult:
     checks: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     json_path: Path | None = None
-    html_path: Path | None = None
+    # The gate's Data Docs pages (one per suite) and the page to open first: the first failing
+    # suite's, else the first suite's.
+    pages: dict[str, Path] = field(default_factory=dict)
+    report: Path | None = None
+    docs_index: Path | None = None
 
     def summary(self) -> str:
         if self.passed:
@@ -81,14 +86,17 @@ class GateResult:
 
     def evidence(self) -> dict[str, Any]:
         return json_safe({"gate": self.gate, "passed": self.passed, "seconds": round(self.seconds, 3),
-                       "failures": self.failures, "checks": self.checks,
-                       "html_report": str(self.html_path) if self.html_path else None})
+                          "failures": self.failures, "checks": self.checks,
+                          "data_docs": {name: str(p) for name, p in self.pages.items()},
+                          "report": str(self.report) if self.report else None})
 
 
-_CONTEXT: Any = None
-_CONTEXT_LOCK = threading.Lock()
+FRAMES = "tenant_migration gate frames"
+_READY: Any = None
+_CONTEXTS: dict[str, tuple[Any, Any]] = {}
+_CONTEXT_LOCK = threading.RLock()
 _WARMING: threading.Thread | None = None
-_NAMES = itertools.count(1)
+log = logging.getLogger(__name__)
 
 
 # Modules Great Expectations imports at its top level for features no gate uses (statistical
@@ -132,49 +140,139 @@ def import_gx() -> Any:
     return gx
 
 
-def _context() -> tuple[Any, Any]:
-    """The process's ephemeral GX context and its one DataFrame batch definition (built once:
-    every gate in the process reuses both, with uniquely named suites)."""
-    global _CONTEXT
+class _SharedTemplates:
+    """A process-wide Jinja bytecode cache for GX's Data Docs views.
+
+    Every ``DefaultJinjaView`` GX makes (three per docs build: the validation page, the suite's
+    page, the index) builds a new Jinja ``Environment`` and compiles its ~60 templates again:
+    0.2 s of every gate's 0.3 s docs build here. Jinja's own ``bytecode_cache`` hook keeps the
+    compiled templates for the process (and, filled by the scheduler before it forks, for every
+    task process). Same templates, same pages; only the compilation is skipped."""
+
+    def __init__(self) -> None:
+        import jinja2
+
+        class Cache(jinja2.BytecodeCache):
+            def __init__(self) -> None:
+                self.codes: dict[str, Any] = {}
+
+            def load_bytecode(self, bucket: Any) -> None:
+                code = self.codes.get(bucket.key)
+                if code is not None:
+                    bucket.code = code
+
+            def dump_bytecode(self, bucket: Any) -> None:
+                self.codes[bucket.key] = bucket.code
+
+        self.cache = Cache()
+
+    def install(self) -> None:
+        from great_expectations.render.view.view import DefaultJinjaView
+
+        if getattr(DefaultJinjaView.__init__, "_tm_shared", False):
+            return
+        original = DefaultJinjaView.__init__
+        cache = self.cache
+
+        def init(view: Any, *args: Any, **kwargs: Any) -> None:
+            original(view, *args, **kwargs)
+            view.env.bytecode_cache = cache
+
+        init._tm_shared = True  # type: ignore[attr-defined]
+        DefaultJinjaView.__init__ = init  # type: ignore[method-assign,assignment]
+
+
+def _gx_ready() -> Any:
+    """GX imported, the gates' expectations registered (``expectations``: a context reopened in
+    another process drops an expectation whose class it does not know), the templates shared."""
+    global _READY
     with _CONTEXT_LOCK:
-        if _CONTEXT is None:
+        if _READY is None:
             import tqdm
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            gx = import_gx()
+            import tenant_migration.validation.expectations  # noqa: F401  (registers the classes)
 
             # GX creates its progress bars even when they are off, and tqdm's default lock is a
             # multiprocessing one: its first use imports ``multiprocessing.synchronize`` and makes
             # a semaphore (0.5 s in the first gate of a ``dags test`` run, measured). The gates
             # draw no bars from other processes: a thread lock is all tqdm needs here.
             tqdm.tqdm.set_lock(threading.RLock())
+            _SharedTemplates().install()
+            _READY = gx
+        return _READY
 
-            ctx = import_gx().get_context(mode="ephemeral")
-            ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-            # One pandas asset for every frame the process validates: a new data source, asset,
-            # suite and validation definition per validation each saved the context's config
-            # (YAML), about a tenth of a second per validation on this machine.
-            frames = ctx.data_sources.add_pandas("tenant_migration.frames").add_dataframe_asset("frame")
-            _CONTEXT = (ctx, frames.add_batch_definition_whole_dataframe("whole frame"))
-        return _CONTEXT
+
+def run_context(folder: Path) -> tuple[Any, Any]:
+    """The run's file-backed GX context (``<folder>/gx``: its suites, validation definitions,
+    checkpoints, Validation Results and Data Docs, beside the run's other reports) and the batch
+    definition every gate's frame is validated through. Opened once per process and folder; the
+    pandas data source is added by the run's first gate and found by the others."""
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    gx = _gx_ready()
+    key = str(folder.resolve())
+    with _CONTEXT_LOCK:
+        if key not in _CONTEXTS:
+            folder.mkdir(parents=True, exist_ok=True)
+            ctx = gx.get_context(mode="file", project_root_dir=str(folder))
+            if ctx.variables.progress_bars is None or ctx.variables.progress_bars.globally is not False:
+                ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+                ctx.variables.save()
+            try:
+                source = ctx.data_sources.get(FRAMES)
+            except (KeyError, ValueError):
+                source = ctx.data_sources.add_pandas(FRAMES)
+            try:
+                asset = source.get_asset("gate frame")
+            except LookupError:
+                asset = source.add_dataframe_asset("gate frame")
+            try:
+                batch = asset.get_batch_definition("whole frame")
+            except (KeyError, LookupError, ValueError):
+                batch = asset.add_batch_definition_whole_dataframe("whole frame")
+            _CONTEXTS[key] = (ctx, batch)
+        return _CONTEXTS[key]
 
 
 def warm_up_gx() -> None:
-    """Import GX and build the context in a background thread while the gate's own queries run.
+    """Import GX and register the gates' expectations in a background thread while the gate's own
+    queries run.
 
     The import costs seconds of CPU; the gate meanwhile mostly waits on PostgreSQL and Cassandra
     (the driver releases the GIL), so starting it first hides most of it. Idempotent.
     """
     global _WARMING
     with _CONTEXT_LOCK:
-        if _CONTEXT is not None or _WARMING is not None:
+        if _READY is not None or _WARMING is not None:
             return
         _WARMING = threading.Thread(target=_warm, name="gx-warm-up", daemon=True)
         _WARMING.start()
 
 
 def _warm() -> None:
-    # A failure here is not lost: the gate's own ``_context()`` call raises it in the gate's thread.
+    # A failure here is not lost: the gate's own ``run_context()`` call raises it in the gate's thread.
     with contextlib.suppress(Exception):
-        _context()
+        _gx_ready()
+
+
+def prewarm_data_docs() -> None:
+    """Build a one-expectation Data Docs site in a scratch folder: GX, the gates' expectations and
+    the Data Docs templates loaded and compiled before any gate (the scheduler calls it before it
+    forks its workers, ``stack/prewarm.py``; every task process inherits them)."""
+    import tempfile
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="tm-gx-prewarm-") as scratch:
+        gate = Gate("prewarm", Path(scratch))
+        gate.violations("scratch", "nothing", "a scratch check", 0, [])
+        gate.expect("scratch", pd.DataFrame({"unit": ["one"], "value": [0]}), [FrameCheck(
+            "value_zero", "ExpectColumnValuesToBeBetween", {"column": "value", "min_value": 0, "max_value": 0},
+            "a scratch check")])
+        gate.finish(time.monotonic())
+        with _CONTEXT_LOCK:
+            _CONTEXTS.pop(str(Path(scratch).resolve()), None)
 
 
 def count_violations(conn: psycopg.Connection, checks: list[SqlCheck], ctes: str = "") -> dict[str, int]:
@@ -202,140 +300,196 @@ def count_violations(conn: psycopg.Connection, checks: list[SqlCheck], ctes: str
     return {c.name: int(n) for c, n in zip(checks, row, strict=True)}
 
 
-def run_sql_checks(gate: str, conn: psycopg.Connection, checks: list[SqlCheck],
-                   sample_rows: int = 10, ctes: str = "") -> list[dict[str, Any]]:
-    """Validate pushed-down checks: each ``query`` returns its violating rows, PostgreSQL counts
-    them all in one statement, and GX validates the frame of counts (one expectation: every
-    count is zero). Returns one dict per check: name, success, observed count and, for a failing
-    check only, a few violating rows as evidence."""
-    import pandas as pd
-    from psycopg import sql
+class Gate:
+    """One gate: its suites' expectations over one frame of aggregates, run as ONE GX Checkpoint
+    in the run's file-backed context (``run_context``), whose Data Docs action builds the pages.
 
-    if not checks:
-        return []
-    counts = count_violations(conn, checks, ctes)
-    frame = pd.DataFrame({"unit": [c.name for c in checks], "violations": [counts[c.name] for c in checks]})
-    verdict = run_frame_checks(gate, frame, [FrameCheck(
-        "no_violating_rows", "ExpectColumnValuesToBeBetween", {"column": "violations", "min_value": 0, "max_value": 0},
-        "every check returns zero violating rows")], "unit")[0]
-    failing = set(verdict["unexpected"])
-    out: list[dict[str, Any]] = []
-    for check in checks:
-        sample: list[list[Any]] = []
-        if check.name in failing:
-            rows = conn.execute(sql.SQL("{} SELECT * FROM ({}) AS v LIMIT {}").format(
-                sql.SQL(ctes), sql.SQL(check.query), sql.Literal(int(sample_rows)))).fetchall()  # type: ignore[arg-type]
-            sample = [[_jsonable(v) for v in row] for row in rows]
-        out.append({"name": check.name, "describe": check.describe, "success": check.name not in failing,
-                    "observed": counts[check.name], "expected": 0, "sample": sample,
-                    "gx": {"validation": verdict["validation"], "expectation": "expect_column_values_to_be_between",
-                           "column": "violations", "unit": check.name}})
-    if out:
-        out[0]["gx"]["result"] = verdict["gx"]
-    return out
+    The gate's parts are added by store or concern (``compare``, ``sql``, ``violations``,
+    ``expect``), each under a suite name; ``finish`` concatenates the parts into the batch (a
+    ``section`` and ``subject`` column tell them apart), saves one Expectation Suite and one
+    Validation Definition per suite, runs the Checkpoint, and writes the evidence (always, pass or
+    fail). Suites are named ``<gate>.<suite>``; re-running a gate (a cleared task) updates them and
+    adds a new Validation Result beside the earlier ones."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name = name
+        self.folder = folder
+        self.parts: list[Any] = []
+        self.expectations: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {}
+
+    def _add(self, suite: str, check: str, describe: str, expectation: str, kwargs: dict[str, Any]) -> None:
+        self.expectations.setdefault(suite, []).append((check, describe, expectation, kwargs))
+
+    def compare(self, suite: str, frame: Any, store: str, compared: str | None = None) -> None:
+        """One ``ExpectSidesToMatch`` per table of ``frame`` (columns ``unit``, ``table``,
+        ``source_rows``, ``target_rows``, ``source_checksum``, ``target_checksum``; optional
+        ``partitions`` and ``differences``, JSON of the differing keys). ``compared``: what the
+        checksums cover, in words."""
+        if frame.empty:
+            return
+        compared = compared or ("rows, partitions and fingerprints of (key, value, write time)" if store == "cassandra"
+                                else "row counts and row checksums")
+        part = frame.copy()
+        if "table" not in part.columns:
+            part["table"] = [str(u).split(":")[1] if ":" in str(u) else str(u) for u in part["unit"]]
+        part["section"] = f"{suite}"
+        part["subject"] = part["table"]
+        self.parts.append(part.drop(columns=["table"]))
+        for table in dict.fromkeys(part["table"]):
+            self._add(suite, f"{suite}.{table}", f"{store} {table}: {compared} equal on source and target",
+                      "ExpectSidesToMatch", {"section": suite, "subject": table, "store": store, "compared": compared})
+
+    def violations(self, suite: str, check: str, describe: str, count: int, sample: list[Any]) -> None:
+        """One ``ExpectNoViolatingRows``: ``count`` violating rows (partitions, problems) found,
+        ``sample`` of them (bounded by the caller)."""
+        import pandas as pd
+
+        self.parts.append(pd.DataFrame([{"section": suite, "subject": check, "unit": check, "violations": int(count),
+                                         "sample": json.dumps(json_safe(sample), default=str) if sample else None}]))
+        self._add(suite, check, describe, "ExpectNoViolatingRows", {"section": suite, "subject": check,
+                                                                    "describe": describe})
+
+    def sql(self, suite: str, conn: psycopg.Connection, checks: list[SqlCheck], ctes: str = "",
+            sample_rows: int = 10) -> None:
+        """Pushed-down checks: each query returns its violating rows; PostgreSQL counts them all
+        in ONE statement (``count_violations``), and a check that found any is sampled
+        (``sample_rows`` of them, with their column names) for the page."""
+        from psycopg import sql
+
+        counts = count_violations(conn, checks, ctes)
+        for check in checks:
+            sample: list[dict[str, Any]] = []
+            if counts[check.name]:
+                cur = conn.execute(sql.SQL("{} SELECT * FROM ({}) AS v LIMIT {}").format(
+                    sql.SQL(ctes), sql.SQL(check.query), sql.Literal(int(sample_rows))))  # type: ignore[arg-type]
+                names = [d.name for d in cur.description or []]
+                sample = [{n: _jsonable(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+            self.violations(suite, check.name, check.describe, counts[check.name], sample)
+
+    def expect(self, suite: str, frame: Any, checks: list[FrameCheck]) -> None:
+        """GX's own expectations (``FrameCheck``: class name and kwargs) over ``frame``'s rows,
+        restricted to them with a ``row_condition``; failing rows are named by their ``unit``."""
+        section = f"{suite}:{len(self.parts)}"
+        part = frame.copy()
+        part["section"] = section
+        part["subject"] = part["unit"] if "unit" in part.columns else None
+        self.parts.append(part)
+        for check in checks:
+            self._add(suite, check.name, check.describe, check.expectation,
+                      {**check.kwargs, "row_condition": f'section=="{section}"', "condition_parser": "pandas"})
+
+    def finish(self, started: float) -> GateResult:
+        """Run the gate's Checkpoint, build its Data Docs, write ``gate_<name>.json``."""
+        import pandas as pd
+
+        if not self.expectations:
+            raise ValueError(f"gate {self.name} has nothing to check: a gate with no expectation cannot pass")
+        gx = _gx_ready()
+        import great_expectations.expectations as gxe
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        from tenant_migration.validation import expectations as own
+
+        ctx, batch = run_context(self.folder)
+        # Object columns: a part's integers stay integers beside another part's missing values
+        # (a float column would show 900 as 900.0 on the page).
+        frame = pd.concat([p.astype(object) for p in self.parts], ignore_index=True, sort=False) if self.parts else pd.DataFrame(
+            {"section": [], "subject": [], "unit": []})
+        definitions = []
+        described: dict[tuple[str, str], str] = {}
+        for suite_name, items in self.expectations.items():
+            suite = gx.ExpectationSuite(name=f"{self.name}.{suite_name}")
+            for check, describe, expectation, kwargs in items:
+                cls = getattr(own, expectation, None) or getattr(gxe, expectation)
+                suite.add_expectation(cls(**kwargs, meta={"check": check, "describe": describe}))
+                described[(suite.name, check)] = describe
+            suite = ctx.suites.add_or_update(suite)
+            definitions.append(ctx.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=suite.name, data=batch, suite=suite)))
+        checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=self.name, validation_definitions=definitions,
+            actions=[UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["unit"],
+                           "partial_unexpected_count": 20}))
+        outcome = checkpoint.run(batch_parameters={"dataframe": frame})
+        checks: list[dict[str, Any]] = []
+        pages: dict[str, Path] = {}
+        failing_pages: list[Path] = []
+        for identifier, result in outcome.run_results.items():
+            suite_name = result.suite_name
+            page = _page(ctx, identifier)
+            if page is not None:
+                pages[suite_name] = page
+            for r in result.results:
+                meta = r.expectation_config.meta or {}
+                entry = _entry(suite_name, meta.get("check", r.expectation_config.type),
+                               meta.get("describe", ""), r)
+                checks.append(entry)
+                if not entry["success"] and page is not None and page not in failing_pages:
+                    failing_pages.append(page)
+        index = self.folder / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        report = failing_pages[0] if failing_pages else next(iter(pages.values()), None)
+        return _finish(self.name, checks, self.folder, started, pages, report, index if index.exists() else None)
 
 
-def run_frame_checks(gate: str, frame: Any, checks: list[FrameCheck], id_column: str) -> list[dict[str, Any]]:
-    """Validate a DataFrame of aggregates with ONE suite holding every check's expectation and ONE
-    validation run; failing rows are named by ``id_column``."""
-    if not checks:
-        return []
-    gx = import_gx()
-    import great_expectations.expectations as gxe
+def _page(ctx: Any, identifier: Any) -> Path | None:
+    """The Data Docs page of one Validation Result, as a local path."""
+    from urllib.parse import unquote, urlparse
 
-    _, frames = _context()
-    name = f"{gate}.{next(_NAMES)}"
-    suite = gx.ExpectationSuite(name=name)
-    for check in checks:
-        suite.add_expectation(getattr(gxe, check.expectation)(**check.kwargs, meta={"check": check.name}))
-    batch = frames.get_batch(batch_parameters={"dataframe": frame})
-    # BASIC first (observed values, counts); COMPLETE -- the offending units' ids -- only when a
-    # check failed: on the same frame, so the same verdict, and a passing gate (nearly every one)
-    # does not pay GX's unexpected-index metrics (~30 % of a validation here).
-    res = batch.validate(suite, result_format="BASIC")
-    if not res.success:
-        res = batch.validate(suite, result_format={"result_format": "COMPLETE",
-                                                   "unexpected_index_column_names": [id_column]})
-    by_check = {r.expectation_config.meta["check"]: r for r in res.results}
-    out: list[dict[str, Any]] = []
-    for check in checks:
-        r = by_check[check.name]
-        result = r.result
-        bad_ids: list[Any] = []
-        for item in result.get("unexpected_index_list") or []:
-            bad_ids.append(item.get(id_column) if isinstance(item, dict) else item)
-        entry = {"name": check.name, "describe": check.describe, "success": bool(r.success),
-                 "observed": result.get("observed_value", result.get("unexpected_count")),
-                 "unexpected": [_jsonable(x) for x in bad_ids][:50], "validation": name,
-                 "gx": _trim(r.describe_dict())}
-        if bad_ids and id_column in frame.columns:
-            # The offending units' own numbers (both sides, the answer and what was expected...).
-            bad = frame[frame[id_column].isin(bad_ids)].head(50)
-            entry["numbers"] = json_safe(bad.astype(object).where(bad.notna(), None).to_dict(orient="records"))
-        out.append(entry)
-    return out
+    for site in ctx.get_docs_sites_urls(resource_identifier=identifier, only_if_exists=False):
+        url = site.get("site_url")
+        if url and url.startswith("file://"):
+            return Path(unquote(urlparse(url).path))
+    return None
 
 
-def finish_gate(gate: str, checks: list[dict[str, Any]], folder: Path, started: float) -> GateResult:
-    """Assemble the result and write the JSON and HTML evidence (always, pass or fail)."""
-    failures = []
-    for c in checks:
-        if c["success"]:
-            continue
-        named = c.get("unexpected") or [row[0] for row in c.get("sample", [])][:10]
-        numbers = [{k: v for k, v in row.items() if k != "unit"} for row in c.get("numbers", [])[:3]]
-        failures.append(f"{c['name']} ({c['describe']}): observed {c['observed']}"
-                        + (f", offending: {', '.join(map(str, named[:10]))}" if named else "")
-                        + (f" {json.dumps(numbers, default=str)}" if numbers else ""))
+def _entry(suite: str, check: str, describe: str, r: Any) -> dict[str, Any]:
+    """One expectation's result as the ledger and the failure message carry it: both sides'
+    numbers (the observed value) and, for GX's own expectations, the units that failed."""
+    result = r.result or {}
+    observed = result.get("observed_value")
+    units = [item.get("unit") if isinstance(item, dict) else item for item in result.get("unexpected_index_list") or []]
+    if observed is None:
+        if "unexpected_count" in result:
+            observed = f"{result.get('unexpected_count')} of {result.get('element_count')} units unexpected"
+            values = result.get("partial_unexpected_list") or []
+            if units:
+                observed += ": " + ", ".join(f"{u} ({v})" for u, v in zip(units, values, strict=False))
+        elif r.exception_info and r.exception_info.get("raised_exception"):
+            observed = f"the expectation raised: {r.exception_info.get('exception_message')}"
+    return json_safe({"name": check, "suite": suite, "describe": describe, "success": bool(r.success),
+                      "expectation": r.expectation_config.type, "observed": observed,
+                      "unexpected": [_jsonable(u) for u in units][:50], "details": result.get("details")})
+
+
+def _finish(gate: str, checks: list[dict[str, Any]], folder: Path, started: float, pages: dict[str, Path],
+            report: Path | None, index: Path | None) -> GateResult:
+    failures = [f"{c['name']} ({c['describe']}): {_short(c['observed'])}" for c in checks if not c["success"]]
     result = GateResult(gate=gate, passed=not failures, failures=failures, checks=checks,
-                        seconds=time.monotonic() - started)
+                        seconds=time.monotonic() - started, pages=pages, report=report, docs_index=index)
     folder.mkdir(parents=True, exist_ok=True)
     result.json_path = folder / f"gate_{gate}.json"
-    result.html_path = folder / f"gate_{gate}.html"
     result.json_path.write_text(json.dumps(result.evidence(), indent=2, default=str))
-    result.html_path.write_text(render_html(result))
+    log.info("gate %s %s: Data Docs %s", gate, "passed" if result.passed else "FAILED", report)
+    for suite, page in pages.items():
+        log.info("  suite %s: %s", suite, page)
     return result
+
+
+def _short(value: Any, limit: int = 800) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def raise_if_failed(result: GateResult) -> None:
     if not result.passed:
-        raise GateFailed(f"{result.summary()} (report: {result.html_path})")
-
-
-def render_html(result: GateResult) -> str:
-    rows = []
-    for c in result.checks:
-        status = "PASS" if c["success"] else "FAIL"
-        detail = c.get("unexpected") or c.get("sample") or ""
-        rows.append(
-            f"<tr class='{status.lower()}'><td>{status}</td><td>{html.escape(c['name'])}</td>"
-            f"<td>{html.escape(c['describe'])}</td><td>{html.escape(str(c['observed']))}</td>"
-            f"<td><code>{html.escape(json.dumps(detail, default=str)[:2000])}</code></td></tr>"
-        )
-    verdict = "passed" if result.passed else "FAILED"
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>Gate {html.escape(result.gate)}: {verdict}</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
-        ".fail{background:#fdd}.pass{background:#dfd}</style></head><body>"
-        f"<h1>Gate {html.escape(result.gate)}: {verdict}</h1>"
-        f"<p>{len(result.checks)} checks in {result.seconds:.2f}s. Validated with Great Expectations.</p>"
-        "<table><tr><th>status</th><th>check</th><th>what it asserts</th><th>observed</th><th>evidence</th></tr>"
-        + "".join(rows) + "</table></body></html>"
-    )
+        raise GateFailed(f"{result.summary()} (Data Docs: {result.report})")
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (int, float, str, bool)) or value is None:
         return value
     return str(value)
-
-
-def _trim(d: dict[str, Any]) -> dict[str, Any]:
-    """Keep GX's result small in the ledger: drop the full unexpected lists."""
-    text = json.dumps(d, default=str)
-    return d if len(text) < 20000 else {"success": d.get("success"), "statistics": d.get("statistics")}
 
 
 def json_safe(value: Any) -> Any:

@@ -174,8 +174,8 @@ def test_rollback_from_the_middle_of_a_shift_converges_to_the_source(endpoints, 
 
 
 @pytest.mark.parametrize(("where", "expected"), [
-    pytest.param("weights", r"records_at_step_weights .*offending: ", id="a record's weights changed behind its back"),
-    pytest.param("target", r"target_healthy .*offending: postgres target", id="the tenant's row missing on the target"),
+    pytest.param("weights", r"records_at_step_weights .*units unexpected: ", id="a record's weights changed behind its back"),
+    pytest.param("target", r"target_healthy .*units unexpected: postgres target", id="the tenant's row missing on the target"),
 ])
 def test_gate_between_steps_stops_the_shift_with_evidence(endpoints, run, target_admin, monkeypatch, where: str,
                                                           expected: str) -> None:

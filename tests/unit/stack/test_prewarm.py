@@ -52,7 +52,7 @@ def test_dags_test_imports_great_expectations_in_the_background(monkeypatch) -> 
 
     def import_module(name: str) -> SimpleNamespace:
         imported.append(name)
-        return SimpleNamespace(import_gx=lambda: called.append(name))
+        return SimpleNamespace(import_gx=lambda: called.append(name), prewarm_data_docs=lambda: called.append(name))
     monkeypatch.setattr(prewarm.importlib, "import_module", import_module)
     frozen: list[bool] = []
     monkeypatch.setattr(prewarm.gc, "freeze", lambda: frozen.append(True))
@@ -72,7 +72,7 @@ def test_warm_imports_every_module_and_runs_every_call_once(monkeypatch) -> None
 
     def import_module(name: str) -> SimpleNamespace:
         imported.append(name)
-        return SimpleNamespace(import_gx=lambda: called.append(name))
+        return SimpleNamespace(import_gx=lambda: called.append(name), prewarm_data_docs=lambda: called.append(name))
     monkeypatch.setattr(prewarm, "_warmed", False)
     monkeypatch.setattr(prewarm.importlib, "import_module", import_module)
     assert prewarm.warm() == []
@@ -86,6 +86,8 @@ def test_great_expectations_is_warmed_the_way_the_gates_import_it() -> None:
 
     module, _, function = prewarm.CALLS[0].partition(":")
     assert module == gx_gate.__name__ and getattr(gx_gate, function) is gx_gate.import_gx
+    module, _, function = prewarm.CALLS[1].partition(":")
+    assert module == gx_gate.__name__ and getattr(gx_gate, function) is gx_gate.prewarm_data_docs
 
 
 def test_warm_never_raises_and_names_what_failed(monkeypatch) -> None:
@@ -97,7 +99,7 @@ def test_warm_never_raises_and_names_what_failed(monkeypatch) -> None:
     def boom(name: str) -> SimpleNamespace:
         if name == "psycopg":
             raise ImportError(name)
-        return SimpleNamespace(import_gx=lambda: fail(name))
+        return SimpleNamespace(import_gx=lambda: fail(name), prewarm_data_docs=lambda: fail(name))
 
     monkeypatch.setattr(prewarm, "_warmed", False)
     monkeypatch.setattr(prewarm.importlib, "import_module", boom)
