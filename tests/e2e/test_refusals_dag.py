@@ -12,8 +12,10 @@ fault's and only the fault's."""
 from __future__ import annotations
 
 import importlib
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,15 +121,22 @@ def refusals(topo, endpoints, tiny_dataset, tmp_path_factory) -> Iterator[tuple[
 
 
 @pytest.mark.timeout(300)
-def test_the_sound_platform_passes_the_dry_run(topo, refusals) -> None:
+def test_the_sound_platform_passes_the_dry_run(topo, refusals, capfd) -> None:
     """With the form's default ``require_approval``: a dry run flips nothing, so asks no approval
-    (before, it waited on the approval task for a human)."""
+    (before, it waited on the approval task for a human). The preflight gate's task log names its
+    Data Docs page, in the run's own GX project."""
     _, dag = refusals
+    capfd.readouterr()
     dagrun = dag.test(run_conf={"tenant_id": TENANT, "platform": "sound", "dry_run": True,
                                 **{k: v for k, v in FAST.items() if k != "require_approval"}})
+    out = capfd.readouterr()
     states = {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
     assert str(dagrun.state) == "success", states
     assert states["go.approve_flip"] == "skipped" and states["go.skip_approval"] == "success", states
+    found = re.search(r"gate preflight passed: Data Docs (\S+/gx/uncommitted/data_docs/local_site/validations/"
+                      r"preflight/.+?\.html)", out.out + out.err)
+    assert found, (out.out + out.err)[-3000:]
+    assert Path(found.group(1)).exists()
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))

@@ -107,7 +107,7 @@ def test_preflight_gate_passes_on_sound_data(endpoints, reset, reports) -> None:
     # What was compared, with its numbers: the checks of the source, each with its count.
     assert "device_registrations: key (registration_id) unique among the tenant's rows" in text
     assert "0 violating rows" in text
-    assert Path(pre["report"]).parts[-8:-5] == ("data_docs", "local_site", "validations")
+    assert Path(pre["report"]).parts[-7:-3] == ("data_docs", "local_site", "validations", "preflight")
 
 
 @pytest.mark.parametrize(
@@ -341,8 +341,9 @@ def test_post_copy_gate_passes_on_an_exact_copy(endpoints, copied, target_admin)
     assert units["postgres.devices"]["observed"].startswith(f"source {rows:,} rows, target {rows:,} rows; ")
     assert units["postgres.devices"]["details"]["source_rows"] == rows
     assert " partitions; " in units["cassandra.datapoints"]["observed"]
-    assert evidence["data_docs"].keys() == {"post_copy.postgres", "post_copy.cassandra", "post_copy.plan"}
-    page = page_text(evidence["data_docs"]["post_copy.postgres"])
+    assert evidence["data_docs"] == {"post_copy": report_path} and evidence["report"] == report_path
+    assert {c["part"] for c in evidence["checks"]} == {"postgres", "cassandra", "plan"}
+    page = page_text(report_path)
     assert "postgres table devices: row counts and row checksums equal on source and target" in page
     assert f"source {rows:,} rows, target {rows:,} rows" in page
     assert Path(report_path).exists()
@@ -424,7 +425,7 @@ def test_post_copy_gate_fails_naming_table_key_and_both_values(endpoints, copied
         assert bad[0]["target_rows"] == bad[0]["source_rows"]
     assert any(key.split(" ", 1)[1] in d["key"] for d in details["differences"]), details["differences"]
     # The gate's Data Docs page: the table, the key and both sides' values.
-    assert report_path == evidence["data_docs"][f"post_copy.{store}"]
+    assert report_path == evidence["data_docs"]["post_copy"]
     page = page_text(report_path)
     assert f"{store} table {table}:" in page and key in page
     for value in values:

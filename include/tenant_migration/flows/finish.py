@@ -152,7 +152,7 @@ def gate_final(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap 
         return {"skipped": "dry run"}
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     with ep.target.connect() as tconn:
         with step(tconn, run_id, "gate_final") as detail:
             with ep.cassandra_target.session() as dst:

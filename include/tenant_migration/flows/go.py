@@ -122,7 +122,7 @@ def gate_dns_shift(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, p
 
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns_plans(spec, slug)
@@ -401,7 +401,7 @@ def gate_post_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, d
 
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     rows = []

@@ -54,7 +54,7 @@ def preflight(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap |
     tmap = tmap or prof.tenant_map
     began = datetime.now(UTC)
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     problems: list[str] = []
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect() as tconn, \
             ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
@@ -447,7 +447,7 @@ def gate_post_copy(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
 
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.replica.connect(autocommit=True) as rconn, ep.target.connect(autocommit=True) as tconn:
         with step(tconn, run_id, "gate_post_copy") as detail, \

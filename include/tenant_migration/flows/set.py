@@ -207,7 +207,7 @@ def gate_catch_up(ep: Endpoints, spec: MigrationSpec, run_id: str, gate_name: st
 
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
-    gx_gate.warm_up_gx()
+    gx_gate.warm_up_gx(reports_dir() / safe_name(run_id))
     # The primary kept taking writes while the tasks between the catch-up and this gate ran
     # (warm-up, load check, scheduling): the target is that far behind. Bring it up to this moment
     # first, then measure. A stream that cannot get there within catch_up_timeout_s is not raised

@@ -121,8 +121,10 @@ def test_sequences_are_set_past_the_source_before_the_flip(topo, endpoints, plat
                              "ORDER BY attempt DESC LIMIT 1", (run_id,)).fetchone()[0]
         failed = [c for c in gate["checks"] if not c["success"]]
         assert [c["name"] for c in failed] == ["sequences_past_source"]
-        assert any(f"sequence:{name}.note_ids (notes.note_id): target next 12, source next " in u
-                   for u in failed[0]["unexpected"]), failed[0]["unexpected"]
+        sample = failed[0]["details"]["sample"]
+        assert any(s["sequence"] == f"sequence:{name}.note_ids (notes.note_id)" and s["target_next"] == 12
+                   and s["source_next"] > 12 for s in sample), sample
+        assert f"sequence=sequence:{name}.note_ids (notes.note_id), target_next=12, source_next=" in failed[0]["observed"]
 
         steps.final_catch_up(endpoints, spec, run_id, tmap)  # the runbook's clear of final_catch_up
         assert steps.gate_pre_flip(endpoints, spec, run_id, tmap)["passed"]

@@ -35,7 +35,7 @@ def test_equal_sides_pass_with_both_sides_numbers_on_the_page(tmp_path) -> None:
     assert result.checks[0]["observed"].startswith("source 20 rows, target 20 rows; 2 units compared, checksums equal")
     # The run's own GX project: a Validation Result stored, the suite's page and the index built.
     assert list((tmp_path / "gx" / "uncommitted" / "validations").rglob("*.json"))
-    assert result.report == result.pages["post_copy.postgres"] and result.report.exists()
+    assert result.report == result.pages["post_copy"] and result.report.exists()
     assert result.docs_index is not None and result.docs_index.exists()
     text = page_text(result.report)
     assert "postgres table devices: row counts and row checksums equal on source and target" in text
@@ -87,8 +87,9 @@ def test_gx_expectations_name_the_failing_units(tmp_path) -> None:
     assert not lag["success"] and lag["unexpected"] == ["postgres:cdc"]
     assert "postgres:cdc (900)" in lag["observed"]
     assert readings["success"] and readings["observed"].startswith("source 3 rows, target 3 rows in 2 partitions")
-    assert set(result.pages) == {"catch_up.lag", "catch_up.cassandra"}
-    assert result.report == result.pages["catch_up.lag"]
+    assert set(result.pages) == {"catch_up"} and result.report == result.pages["catch_up"]
+    assert [c["part"] for c in result.checks] == ["lag", "cassandra"]
+    assert "cassandra table readings: rows, partitions and fingerprints" in page_text(result.report)
 
 
 def test_a_rerun_gate_keeps_both_validation_results(tmp_path) -> None:
@@ -137,3 +138,23 @@ def test_great_expectations_is_imported_with_scipy_deferred_and_the_finder_remov
                          env={"GX_ANALYTICS_ENABLED": "false", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["_LazyModule", "0.5", "module"]
+
+
+def test_a_gate_in_another_process_reopens_the_runs_project(tmp_path) -> None:
+    """Each gate task is a process of its own: the second opens the project the first made (its
+    settings read back from YAML) and adds its Validation Result and page beside the first's."""
+    code = (
+        "import sys, pandas as pd\n"
+        "from pathlib import Path\n"
+        "from tenant_migration.validation import gx_gate\n"
+        "gate = gx_gate.Gate(sys.argv[2], Path(sys.argv[1]))\n"
+        "gate.violations('checks', 'one', 'a check', 0, [])\n"
+        "result = gate.finish(0.0)\n"
+        "assert result.passed and result.report.exists(), result\n"
+    )
+    for name in ("preflight", "post_copy"):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path), name], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    pages = {p.parts[-4] for p in (tmp_path / "gx" / "uncommitted" / "data_docs" / "local_site" / "validations").rglob("*.html")}
+    assert pages == {"preflight", "post_copy"}
