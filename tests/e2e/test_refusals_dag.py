@@ -12,6 +12,7 @@ fault's and only the fault's."""
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -121,11 +122,12 @@ def refusals(topo, endpoints, tiny_dataset, tmp_path_factory) -> Iterator[tuple[
 
 
 @pytest.mark.timeout(300)
-def test_the_sound_platform_passes_the_dry_run(topo, refusals, capfd) -> None:
+def test_the_sound_platform_passes_the_dry_run(topo, refusals, capfd, caplog) -> None:
     """With the form's default ``require_approval``: a dry run flips nothing, so asks no approval
     (before, it waited on the approval task for a human). The preflight gate's task log names its
     Data Docs page, in the run's own GX project."""
     _, dag = refusals
+    caplog.set_level(logging.INFO, logger="tenant_migration")
     capfd.readouterr()
     dagrun = dag.test(run_conf={"tenant_id": TENANT, "platform": "sound", "dry_run": True,
                                 **{k: v for k, v in FAST.items() if k != "require_approval"}})
@@ -134,8 +136,8 @@ def test_the_sound_platform_passes_the_dry_run(topo, refusals, capfd) -> None:
     assert str(dagrun.state) == "success", states
     assert states["go.approve_flip"] == "skipped" and states["go.skip_approval"] == "success", states
     found = re.search(r"gate preflight passed: Data Docs (\S+/gx/uncommitted/data_docs/local_site/validations/"
-                      r"preflight/.+?\.html)", out.out + out.err)
-    assert found, (out.out + out.err)[-3000:]
+                      r"preflight/.+?\.html)", caplog.text + out.out + out.err)
+    assert found, (caplog.text + out.out + out.err)[-3000:]
     assert Path(found.group(1)).exists()
 
 
