@@ -111,28 +111,41 @@ def difference_line(d: dict[str, Any]) -> str:
     return f"{head}: source {d.get('source')!r}, target {d.get('target')!r}"
 
 
-class ExpectSidesToMatch(BatchExpectation):
-    """Every unit (chunk) of one table holds the same rows on source and target: row counts equal
-    and checksums (PostgreSQL) or fingerprints of key, value and write time (Cassandra) equal."""
+class _GateExpectation(BatchExpectation):
+    """What the gates' expectations share: the rows of their section (``SectionRows``), and a
+    sentence of their kwargs as the page's statement of what is expected (``_sentence``)."""
 
     section: str
     subject: str
-    store: str
-    compared: str
 
     metric_dependencies: ClassVar[tuple[str, ...]] = (SECTION_ROWS,)
-    success_keys: ClassVar[tuple[str, ...]] = ("section", "subject", "store", "compared")
     domain_keys: ClassVar[tuple[str, ...]] = ("batch_id",)
     args_keys: ClassVar[tuple[str, ...]] = ("section", "subject")
+
+    @classmethod
+    def _sentence(cls, kw: dict[str, Any]) -> str:
+        raise NotImplementedError
 
     @classmethod
     @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
     def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None, runtime_configuration: Any = None,
                                **kwargs: Any) -> list[RenderedStringTemplateContent]:
         cfg = configuration or (result.expectation_config if result else None)
-        kw = cfg.kwargs if cfg else {}
-        return [_template(f"{kw.get('store', '')} table {kw.get('subject', '')}: {kw.get('compared', '')} "
-                          "equal on source and target")]
+        return [_template(cls._sentence(cfg.kwargs if cfg else {}))]
+
+
+class ExpectSidesToMatch(_GateExpectation):
+    """Every unit (chunk) of one table holds the same rows on source and target: row counts equal
+    and checksums (PostgreSQL) or fingerprints of key, value and write time (Cassandra) equal."""
+
+    store: str
+    compared: str
+
+    success_keys: ClassVar[tuple[str, ...]] = ("section", "subject", "store", "compared")
+
+    @classmethod
+    def _sentence(cls, kw: dict[str, Any]) -> str:
+        return f"{kw.get('store', '')} table {kw.get('subject', '')}: {kw.get('compared', '')} equal on source and target"
 
     def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
                   execution_engine: Any = None) -> dict[str, Any]:
@@ -166,25 +179,16 @@ class ExpectSidesToMatch(BatchExpectation):
                                        "differences": diffs[:50]}}}
 
 
-class ExpectNoViolatingRows(BatchExpectation):
+class ExpectNoViolatingRows(_GateExpectation):
     """A check that counts violating rows (or partitions, problems) finds none."""
 
-    section: str
-    subject: str
     describe: str
 
-    metric_dependencies: ClassVar[tuple[str, ...]] = (SECTION_ROWS,)
     success_keys: ClassVar[tuple[str, ...]] = ("section", "subject", "describe")
-    domain_keys: ClassVar[tuple[str, ...]] = ("batch_id",)
-    args_keys: ClassVar[tuple[str, ...]] = ("section", "subject")
 
     @classmethod
-    @renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)
-    def _prescriptive_renderer(cls, configuration: Any = None, result: Any = None, runtime_configuration: Any = None,
-                               **kwargs: Any) -> list[RenderedStringTemplateContent]:
-        cfg = configuration or (result.expectation_config if result else None)
-        kw = cfg.kwargs if cfg else {}
-        return [_template(f"{kw.get('describe', '')} (no violating rows: {kw.get('subject', '')})")]
+    def _sentence(cls, kw: dict[str, Any]) -> str:
+        return f"{kw.get('describe', '')} (no violating rows: {kw.get('subject', '')})"
 
     def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
                   execution_engine: Any = None) -> dict[str, Any]:
