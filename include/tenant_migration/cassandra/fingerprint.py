@@ -375,20 +375,13 @@ def fingerprint_chunks(source: Session, target: Session, tmap: TenantMap, chunks
     return report
 
 
-def foreign_partitions(session: Session, shape: TableShape, base_columns: Sequence[str],
-                       owned: set[tuple[Any, ...]], limit: int = 20) -> tuple[int, int, list[str]]:
+def foreign_bases(session: Session, shape: TableShape, base_columns: Sequence[str], owned: set[tuple[Any, ...]],
+                  limit: int = 20) -> tuple[int, int, list[tuple[str, tuple[Any, ...]]]]:
     """On a cluster that should hold one tenant only (the target): its partitions of ``shape`` whose
     base key (``base_columns``, the partition key without the day bucket) is not in ``owned``.
     One paged ``SELECT DISTINCT`` of the partition keys (the first row of each partition is read,
-    not the partition). Returns (partitions read, foreign partitions, the first ``limit`` named)."""
-    seen, foreign, found = foreign_bases(session, shape, base_columns, owned, limit)
-    return seen, foreign, [label for label, _ in found]
-
-
-def foreign_bases(session: Session, shape: TableShape, base_columns: Sequence[str], owned: set[tuple[Any, ...]],
-                  limit: int = 20) -> tuple[int, int, list[tuple[str, tuple[Any, ...]]]]:
-    """``foreign_partitions`` with each of the first ``limit`` foreign partitions' base key (as
-    the driver read it, dates plain): (label, base) pairs, to look up whose they are."""
+    not the partition). Returns (partitions read, foreign partitions, the first ``limit`` as
+    (label, base key as the driver read it, dates plain) pairs, to look up whose they are)."""
     from cassandra.query import SimpleStatement
 
     pk = ", ".join(cql_ident(c) for c in shape.partition_key)
