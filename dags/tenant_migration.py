@@ -32,7 +32,7 @@ def _call(fn, context: dict, *args):
     return runtime.call(fn, context, *args)
 
 
-@dag(dag_id="tenant_migration", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+@dag(dag_id="tenant_migration", description="Live-migrate ONE tenant (the form's tenant_id) from the shared platform to its dedicated deployment: Ready (detached replica, chunked copy), Set (catch-up, warm-up, load check), Go (registrations suspended, DNS flip, drain); every transition gated.", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
      params=MIGRATION_PARAMS, doc_md=runbook("tenant_migration"), tags=["tenant-migration"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_migration() -> None:

@@ -46,7 +46,7 @@ def _call(fn, context: dict, *args):
     return call(fn, context, *args)
 
 
-@dag(dag_id="tenant_rehearsal", schedule="@weekly", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
+@dag(dag_id="tenant_rehearsal", description="Weekly proof of the plan on the test-pool tenant: migrate it to the target, flip DNS, roll it back, and report the Migration Day durations.", schedule="@weekly", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rehearsal"), tags=["tenant-migration", "rehearsal"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_rehearsal() -> None:

@@ -42,12 +42,14 @@ def _call(fn, context: dict, *args):
     from tenant_migration import runtime
     from tenant_migration.endpoints import Endpoints
 
+    ep = Endpoints.from_airflow()
+    runtime.announce(ep, context, fn, runtime.run_key(context) + "/back")
     with runtime.fail_fast(), rollback.refusals_fail():
         spec = rollback.parse_rollback_spec(dict(context["params"]))
-        return fn(Endpoints.from_airflow(), spec, runtime.run_key(context) + "/back", *args)
+        return fn(ep, spec, runtime.run_key(context) + "/back", *args)
 
 
-@dag(dag_id="tenant_rollback", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
+@dag(dag_id="tenant_rollback", description="Return a migrated tenant to the shared platform: copy its data back, flip DNS back (asks for the tenant's slug to confirm).", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rollback"), tags=["tenant-migration", "rollback"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_rollback() -> None:

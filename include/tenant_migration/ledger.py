@@ -170,6 +170,20 @@ def run_spec(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
     return dict(row[0]) if row and row[0] else {}
 
 
+def run_slug(conn: psycopg.Connection, run_id: str) -> str | None:
+    """The tenant's slug as the run's preflight found it (a rollback's ``<run>/back`` reads its
+    migration's); None before a preflight passed, or without a ledger. Creates nothing."""
+    row = conn.execute("SELECT to_regclass('tm_control.events') IS NOT NULL").fetchone()
+    if not (row and row[0]):
+        return None
+    forward = run_id.removesuffix("/back")
+    found = conn.execute(
+        "SELECT detail->>'slug' FROM tm_control.events WHERE run_id = ANY(%s) AND step = 'preflight' "
+        "AND kind = 'finished' AND detail ? 'slug' ORDER BY (run_id = %s) DESC, at DESC LIMIT 1",
+        ([run_id, forward], run_id)).fetchone()
+    return str(found[0]) if found and found[0] else None
+
+
 def run_row(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
     cur = conn.execute("SELECT * FROM tm_control.runs WHERE run_id = %s", (run_id,))
     row = cur.fetchone()

@@ -111,19 +111,20 @@ def call(fn: Callable[..., Any], context: dict[str, Any], *args: Any) -> Any:
     the task's wall time."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from tenant_migration.runtime import fail_fast, run_key, task_starting
+    from tenant_migration.runtime import announce, fail_fast, run_key, task_starting
 
-    task_starting()
     module = fn.__module__
     kind = "steps" if module.startswith("tenant_migration.flows.") else module.rsplit(".", 1)[-1]
     if kind not in ("steps", "rollback", "rehearsal"):
         raise ValueError(f"not a step of the migration, the rollback or the rehearsal: {module}.{fn.__name__}")
     rid = run_key(context)
+    ep = Endpoints.from_airflow()
+    announce(ep, context, fn, back_run_id(rid) if kind == "rollback" else rid)
+    task_starting()
     ti = context["ti"]
     with fail_fast():
         rspec = parse_rehearsal_spec(dict(context["params"]))
     spec: Any = {"steps": rspec.migration_spec(), "rollback": rspec.rollback_spec(rid), "rehearsal": rspec}[kind]
-    ep = Endpoints.from_airflow()
     started, ok = time.monotonic(), False
     try:
         with fail_fast():

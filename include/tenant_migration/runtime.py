@@ -6,6 +6,7 @@ Imported only inside task bodies (never at DAG parse time).
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from tenant_migration.ledger import LedgerError
 from tenant_migration.spec import InvalidParams, MigrationSpec, parse_spec
 
 T = TypeVar("T")
+
+log = logging.getLogger("tenant_migration.task")
 
 # Errors that a retry cannot fix: the task fails at once with the message, no retry.
 PERMANENT: tuple[type[BaseException], ...] = (InvalidParams, LedgerError)
@@ -60,9 +63,57 @@ def task_starting() -> None:
         prewarm.task_starting()
 
 
+def phase_of(fn: Callable[..., Any]) -> str:
+    """The part of the plan a step belongs to: its module's name (``ready``, ``set``, ``go``,
+    ``finish`` for the migration's steps; ``rollback``; ``rehearsal``)."""
+    return fn.__module__.rsplit(".", 1)[-1]
+
+
+def _platform_name(requested: Any) -> str:
+    if requested:
+        return str(requested)
+    try:
+        from tenant_migration import profile
+
+        names = profile.available(profile.profiles_dir())
+    except Exception as exc:  # the step itself reports a broken profiles folder
+        return f"(not resolved: {type(exc).__name__})"
+    return names[0] if len(names) == 1 else f"(not chosen: the deployment has {names or 'none'})"
+
+
+def task_line(context: dict[str, Any], phase: str, run_id: str, slug: str | None, slug_note: str = "") -> str:
+    """The one line a task's log starts with: whose migration, which platform, where in the plan."""
+    params = dict(context.get("params") or {})
+    ti = context.get("ti")
+    task = getattr(ti, "task_id", None) or "?"
+    map_index = getattr(ti, "map_index", -1)
+    if isinstance(map_index, int) and map_index >= 0:
+        task = f"{task}[{map_index}]"
+    tenant = params.get("tenant_id")
+    who = f"tenant {tenant if tenant is not None else '(none given)'} " + (
+        f"({slug})" if slug else f"(slug not known yet{slug_note})")
+    return f"{who} | platform {_platform_name(params.get('platform'))} | phase {phase} | task {task} | run {run_id}"
+
+
+def announce(ep: Endpoints, context: dict[str, Any], fn: Callable[..., Any], run_id: str) -> None:
+    """Log ``task_line`` as the task's first line; the slug comes from the ledger (the run's
+    preflight). Never fails the task: an unreachable ledger is said in the line."""
+    from tenant_migration import ledger
+
+    slug, note = None, ""
+    try:
+        with ep.target.connect(autocommit=True) as conn:
+            slug = ledger.run_slug(conn, run_id)
+    except Exception as exc:
+        note = f"; the ledger on {ep.target.label} did not answer: {type(exc).__name__}"
+    log.info("%s", task_line(context, phase_of(fn), run_id, slug, note))
+
+
 def call(fn: Callable[..., T], context: dict[str, Any], *args: Any) -> T:
     """Run one library step with endpoints and spec resolved from the task context."""
+    ep = Endpoints.from_airflow()
+    announce(ep, context, fn, run_key(context))
     task_starting()
     with fail_fast():
         spec = spec_of(dict(context["params"]))
-        return fn(Endpoints.from_airflow(), spec, run_key(context), *args)
+        return fn(ep, spec, run_key(context), *args)

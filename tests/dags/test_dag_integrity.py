@@ -66,6 +66,12 @@ def test_every_param_is_documented(dagbag) -> None:
             assert p.schema.get("type"), f"{dag.dag_id}: param {name} has no type"
 
 
+def test_every_dag_has_a_description(dagbag) -> None:
+    # The DAG list shows it: what the DAG does, in a sentence the operator reads before triggering.
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.description and len(dag.description) > 40, dag_id
+
+
 def test_every_dag_has_a_runbook(dagbag) -> None:
     for dag in dagbag.dags.values():
         assert dag.doc_md and "Runbook" in dag.doc_md, f"{dag.dag_id} has no runbook in doc_md"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 from helpers import admin, ledger_runs
 
@@ -23,8 +26,10 @@ def _states(dagrun) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dagrun.get_task_instances()}
 
 
-def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None:
+def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports, caplog, capfd) -> None:
     # With the weighted shift as the form sends it (the direct flip runs end to end in test_zero_downtime).
+    caplog.set_level(logging.INFO, logger="tenant_migration")
+    capfd.readouterr()
     dagrun = dag.test(run_conf={"tenant_id": TENANT, **FAST, "dns_shift_percent_steps": "50,100",
                                 "dns_shift_dwell_s": 1})
     states = _states(dagrun)
@@ -50,6 +55,16 @@ def test_dag_migrates_a_tenant_end_to_end(dag, topo, endpoints, reports) -> None
         assert dns.resolve(r53, zid, plan.name)[1] == plan.tenant_target
     summaries = list(reports.rglob("summary.txt"))
     assert summaries and "DNS answer before and after" in summaries[0].read_text()
+    # Every task's log names whose migration it is: the slug once the preflight found it.
+    out = capfd.readouterr()
+    text = caplog.text + out.out + out.err
+    run = rf"run tenant_migration/{re.escape(dagrun.run_id)}"
+    assert re.search(rf"tenant {TENANT} \(slug not known yet\) \| platform \S+ \| phase ready \| task preflight \| {run}",
+                     text), text[-3000:]
+    for phase, task in (("ready", r"ready\.copy_cassandra_batch\[0\]"), ("set", r"set\.gate_catch_up"),
+                        ("finish", "gate_final")):
+        assert re.search(rf"tenant {TENANT} \({slug}\) \| platform \S+ \| phase {phase} \| task {task} \| {run}",
+                         text), (task, text[-3000:])
 
 
 def test_dag_refuses_an_unknown_tenant_and_writes_nothing(dag, topo, reports) -> None:
