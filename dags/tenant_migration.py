@@ -32,12 +32,19 @@ def _call(fn, context: dict, *args):
     return runtime.call(fn, context, *args)
 
 
+def _opening(fn, context: dict) -> dict:
+    """The step that opens the run; then the run's note names its tenant and platform."""
+    from tenant_migration import run_note
+
+    return run_note.note_run(context, _call(fn, context))
+
+
 @dag(dag_id="tenant_migration", description="Live-migrate ONE tenant (the form's tenant_id) from the shared platform to its dedicated deployment: Ready (detached replica, chunked copy), Set (catch-up, warm-up, load check), Go (registrations suspended, DNS flip, drain); every transition gated.", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
      params=MIGRATION_PARAMS, doc_md=runbook("tenant_migration"), tags=["tenant-migration"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_migration() -> None:
     @task(**RETRY)
-    def preflight(**ctx) -> dict: return _call(ready.preflight, ctx)
+    def preflight(**ctx) -> dict: return _opening(ready.preflight, ctx)
     @task(**RETRY)
     def create_cdc_slot(**ctx) -> dict: return _call(ready.create_cdc_slot, ctx)
     @task(**RETRY)

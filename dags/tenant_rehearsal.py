@@ -46,6 +46,13 @@ def _call(fn, context: dict, *args):
     return call(fn, context, *args)
 
 
+def _opening(fn, context: dict) -> dict:
+    """The step that opens the run; then the run's note names its tenant and platform."""
+    from tenant_migration import run_note
+
+    return run_note.note_run(context, _call(fn, context))
+
+
 @dag(dag_id="tenant_rehearsal", description="Weekly proof of the plan on the test-pool tenant: migrate it to the target, flip DNS, roll it back, and report the Migration Day durations.", schedule="@weekly", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rehearsal"), tags=["tenant-migration", "rehearsal"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
@@ -53,7 +60,7 @@ def tenant_rehearsal() -> None:
     @task(**RETRY)
     def begin_rehearsal(**ctx) -> dict: return _call(rehearsal.begin_rehearsal, ctx)
     @task(**RETRY)
-    def preflight(**ctx) -> dict: return _call(ready.preflight, ctx)
+    def preflight(**ctx) -> dict: return _opening(ready.preflight, ctx)
     @task(**RETRY)
     def create_cdc_slot(**ctx) -> dict: return _call(ready.create_cdc_slot, ctx)
     @task(**RETRY)

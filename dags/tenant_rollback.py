@@ -49,12 +49,19 @@ def _call(fn, context: dict, *args):
         return fn(ep, spec, runtime.run_key(context) + "/back", *args)
 
 
+def _opening(fn, context: dict) -> dict:
+    """The step that opens the run; then the run's note names its tenant and platform."""
+    from tenant_migration import run_note
+
+    return run_note.note_run(context, _call(fn, context))
+
+
 @dag(dag_id="tenant_rollback", description="Return a migrated tenant to the shared platform: copy its data back, flip DNS back (asks for the tenant's slug to confirm).", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rollback"), tags=["tenant-migration", "rollback"], max_active_runs=1,
      default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
 def tenant_rollback() -> None:
     @task(**CUTOVER)
-    def check_rollback(**ctx) -> dict: return _call(rollback.check_rollback, ctx)
+    def check_rollback(**ctx) -> dict: return _opening(rollback.check_rollback, ctx)
     @task(**CUTOVER)
     def flip_dns_back(checked: dict, **ctx) -> dict: return _call(rollback.flip_dns_back, ctx, checked["slug"])
     @task(**RETRY)

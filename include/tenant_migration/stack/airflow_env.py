@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tenant_migration.connections import (
+    CONN_AIRFLOW_API,
     CONN_AWS,
     CONN_CASSANDRA_SOURCE,
     CONN_CASSANDRA_TARGET,
@@ -31,7 +32,11 @@ from tenant_migration.stack.topology import REPO_ROOT, Topology
 ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
 AIRFLOW_ADMIN = "airflow_admin"  # the UI/REST user of the local Airflow (simple auth manager)
 AIRFLOW_DB = "airflow_db"  # Airflow's login role on its metadata server (ADR 8)
-SECRETS = (*ROLES, AIRFLOW_ADMIN, AIRFLOW_DB)
+# The REST user the tasks write run notes as (``run_note``): the simple auth manager's ``user``
+# role (it may edit DAG runs; no connection, variable, pool or user admin).
+AIRFLOW_NOTES = "airflow_run_notes"
+RUN_NOTES_USER = "tm_run_notes"
+SECRETS = (*ROLES, AIRFLOW_ADMIN, AIRFLOW_DB, AIRFLOW_NOTES)
 # The connection ids it writes are the migration's own (``tenant_migration.connections``).
 
 
@@ -103,6 +108,14 @@ def connections(topo: Topology) -> dict[str, dict[str, Any]]:
         CONN_TARGET: pg(t.host, t.port, "migration_writer"),
         CONN_CASSANDRA_SOURCE: cassandra(cs.host, cs.native_port),
         CONN_CASSANDRA_TARGET: cassandra(ct.host, ct.native_port),
+        CONN_AIRFLOW_API: {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": topo.airflow_api_port,
+            "schema": "http",
+            "login": RUN_NOTES_USER,
+            "password": load_secrets(topo)[AIRFLOW_NOTES],
+        },
         CONN_AWS: {
             "conn_type": "aws",
             "login": "testing",
@@ -126,7 +139,7 @@ def environment(topo: Topology) -> dict[str, str]:
         "AIRFLOW__API__PORT": str(topo.airflow_api_port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{topo.airflow_api_port}/execution/",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{topo.airflow_api_port}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"admin:admin,{RUN_NOTES_USER}:user",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
@@ -158,7 +171,8 @@ def write_files(topo: Topology) -> Path:
     users = topo.airflow_home / "simple_auth_manager_passwords.json"
     fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"admin": load_secrets(topo)[AIRFLOW_ADMIN]}, fh)
+        secrets = load_secrets(topo)
+        json.dump({"admin": secrets[AIRFLOW_ADMIN], RUN_NOTES_USER: secrets[AIRFLOW_NOTES]}, fh)
     # Airflow imports $AIRFLOW_HOME/config/airflow_local_settings.py in every process: the
     # scheduler warms its LocalExecutor workers' imports there (stack/prewarm.py).
     (topo.airflow_home / "config").mkdir(exist_ok=True)
