@@ -304,7 +304,7 @@ def test_load_check_and_warm_up_come_from_the_profile(other_run, monkeypatch: py
         def to_dict(self) -> dict[str, Any]:
             return {}
 
-    def pg(conn: Any, tmap: Any, tenant_id: int, queries: Any = None) -> Report:
+    def pg(conn: Any, tmap: Any, tenant_id: int, queries: Any = None, tally: Any = None) -> Report:
         seen["queries"] = [q.as_string(None) for q in queries]
         seen["schema"] = tmap.schema
         return Report()

@@ -136,17 +136,22 @@ def catch_up(
     max_passes: int = 5,
     opts: CopyOptions | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    limiter: TokenBucket | None = None,
+    on_pass: Callable[[int, list[date]], None] | None = None,
 ) -> list[PassStats]:
     """Re-copy the buckets at or after ``watermark - safety_margin`` until their fingerprints match.
 
     ``chunks`` is the tenant's plan (``plan.plan_tenant``); only its bases are used. Returns the
-    stats of every pass; the last one says whether it converged.
+    stats of every pass; the last one says whether it converged. ``on_pass(n, days)`` is told as
+    each pass begins (progress); ``limiter.taken`` counts the rows read.
     """
     opts = opts or CopyOptions()
-    limiter = TokenBucket(opts.rows_per_second)
+    limiter = limiter or TokenBucket(opts.rows_per_second)
     passes: list[PassStats] = []
     for n in range(1, max_passes + 1):
         days = recent_days(watermark - safety_margin, now())
+        if on_pass is not None:
+            on_pass(n, days)
         recent = RecentPartitions(source, tmap, chunks, days, opts.in_limit)
         started = time.monotonic()
         # Devices keep writing while we copy: a pass has converged when every cell written before

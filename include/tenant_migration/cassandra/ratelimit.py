@@ -34,6 +34,7 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
         self.waited = 0.0
+        self.taken = 0.0  # every token asked for, limited or not: the rows read so far (progress)
 
     def acquire(self, n: float) -> float:
         """Take ``n`` tokens, sleeping until they are available; returns the seconds slept.
@@ -41,9 +42,14 @@ class TokenBucket:
         A request larger than the burst is allowed (a large page must not deadlock): it drives the
         balance negative and the following callers wait it off.
         """
-        if self.rate is None or n <= 0:
+        if n <= 0:
+            return 0.0
+        if self.rate is None:
+            with self._lock:
+                self.taken += n
             return 0.0
         with self._lock:
+            self.taken += n
             now = self._clock()
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
             self._last = now

@@ -76,6 +76,7 @@ def warm_up(
     sample: int = 200,
     opts: CopyOptions | None = None,
     today: date | None = None,
+    tally: Any = None,
 ) -> WarmupReport:
     """Read every hot partition of the tenant on ``target`` once; p50/p99 of single-partition reads
     on a cold sample before and a disjoint sample after."""
@@ -99,6 +100,9 @@ def warm_up(
             times += _timed(target, stmts[table], [k for t, k in sel if t == table])
         return LatencyStats.of(times)
 
+    if tally is not None:  # progress.Tally: hot partitions read of those to read
+        tally.done, tally.rows, tally.planned, tally.unit = 0.0, 0, float(len(keys)), "hot partitions read"
+        tally.note = "Cassandra partitions of the newest buckets"
     before = measure(before_keys)
     warmed = 0
     for table, stmt in stmts.items():
@@ -107,5 +111,7 @@ def warm_up(
                                                     results_generator=True):
             if ok:
                 warmed += sum(1 for _ in res)
+            if tally is not None:
+                tally.add(1)
     after = measure(after_keys)
     return WarmupReport(len(keys), warmed, before, after, time.monotonic() - started)

@@ -130,3 +130,36 @@ def until_quiet(one_pass: Callable[[int], Seen], *, min_seconds: float, quiet_se
         if result.seconds < min_seconds:
             wait = min(wait, min_seconds - result.seconds)
         sleep(max(0.0, min(wait, max_seconds - result.seconds)))
+
+
+class DrainWatch:
+    """The drain's progress for a ``progress.Ticker`` (fed by ``until_quiet``'s ``on_pass``):
+    seconds drained of the earliest end (``min_seconds``, or ``quiet_seconds`` after the last new
+    write, whichever is later), with what the last pass saw."""
+
+    def __init__(self, min_seconds: float, quiet_seconds: float, max_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.min_s, self.quiet_s, self.max_s, self.clock = min_seconds, quiet_seconds, max_seconds, clock
+        self.began = clock()
+        self.last: DrainPass | None = None
+        self.last_new_at = 0.0
+        self.rows = 0
+
+    def on_pass(self, p: DrainPass) -> None:
+        self.last, self.rows = p, self.rows + p.seen.rows_copied
+        if p.new_writes:
+            self.last_new_at = p.at_s
+
+    def read(self) -> Any:
+        from tenant_migration.progress import Reading
+
+        at = self.clock() - self.began
+        end = min(self.max_s, max(self.min_s, self.last_new_at + self.quiet_s))
+        if self.last is None:
+            note = "first pass running"
+        else:
+            seen = self.last.seen
+            note = (f"pass {self.last.pass_no}: {seen.late_cells:,} Cassandra cells on the shared side after the flip, "
+                    f"{seen.changes:,} relational changes; quiet for {max(0.0, at - self.last_new_at):.0f} s of the "
+                    f"{self.quiet_s:.0f} s needed; gives up at {self.max_s:.0f} s")
+        return Reading(min(at, end), end, "s drained", self.rows, note)

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration import ledger
+from tenant_migration import ledger, progress
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cutover import dns, registrations
 from tenant_migration.endpoints import Endpoints
@@ -369,10 +369,17 @@ def drain_stragglers(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tena
                          "changes, %s", p.pass_no, p.at_s, p.seen.late_cells, p.seen.changes,
                          "new writes" if p.new_writes else "quiet")
 
+            watch = drain.DrainWatch(spec.drain_seconds, spec.drain_quiet_s, spec.drain_max_s)
+
+            def passed(p: drain.DrainPass) -> None:
+                on_pass(p)
+                watch.on_pass(p)
+
             try:
-                result = drain.until_quiet(one_pass, min_seconds=spec.drain_seconds, quiet_seconds=spec.drain_quiet_s,
-                                           max_seconds=spec.drain_max_s, poll_seconds=_drain_poll(spec),
-                                           on_pass=on_pass)
+                with progress.Ticker("drain_stragglers", watch.read):
+                    result = drain.until_quiet(one_pass, min_seconds=spec.drain_seconds,
+                                               quiet_seconds=spec.drain_quiet_s, max_seconds=spec.drain_max_s,
+                                               poll_seconds=_drain_poll(spec), on_pass=passed)
             except drain.DrainNotQuiet as exc:
                 ledger.record_event(tconn, run_id, "drain_not_quiet", "info", exc.result.to_dict())
                 raise

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from tenant_migration import ledger, profile, sizing
+from tenant_migration import ledger, profile, progress, sizing
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra import schema as cql_schema
@@ -328,6 +328,11 @@ def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     return [c.chunk_id for c in chunks if c.chunk_id not in done]
 
 
+def _progress_conn(ep: Endpoints) -> Any:
+    """How a progress ticker reaches the ledger: a connection of its own, opened in its thread."""
+    return lambda: ep.target.connect(autocommit=True, application_name="tenant_migration progress")
+
+
 def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_ids: list[str],
                         tmap: TenantMap | None = None) -> dict[str, Any]:
     """Copy the given PostgreSQL chunks, one atomic target transaction each: one mapped task's work.
@@ -337,7 +342,11 @@ def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_i
     tmap = tmap or profile_of(spec).tenant_map
     started = time.monotonic()
     ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
-    results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
+    with ep.target.connect(autocommit=True) as tconn:
+        wanted = set(chunk_ids)
+        planned = [c for c in ledger.run_chunks(tconn, run_id, "postgres") if c.chunk_id in wanted]
+    with progress.chunk_ticker("copy_postgres_batch", _progress_conn(ep), run_id, "postgres", planned):
+        results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
     skipped = sum(int(r.skipped) for r in results)
     return {"chunks": len(chunk_ids), "copied": len(results) - skipped, "skipped": skipped,
             "rows": sum(r.rows for r in results), "seconds": round(time.monotonic() - started, 3)}
@@ -351,7 +360,8 @@ def copy_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     copy_shared_tables(ep, spec, run_id, tmap)
     ep = replica_modes.copy_source(ep, profile_of(spec), run_id)
     with ep.target.connect(autocommit=True) as tconn:
-        with step(tconn, run_id, "copy_postgres") as detail:
+        with step(tconn, run_id, "copy_postgres") as detail, progress.chunk_ticker(
+                "copy_postgres", _progress_conn(ep), run_id, "postgres", None):
             results = pg_copy.copy_pending_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, spec.chunk_rows)
             out: dict[str, Any] = {}
             for r in results:
@@ -386,7 +396,8 @@ def copy_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Tenant
     tmap = tmap or profile_of(spec).tenant_map
     plan_cassandra(ep, spec, run_id, tmap)
     with ep.target.connect(autocommit=True) as tconn:
-        with step(tconn, run_id, "copy_cassandra") as detail:
+        with step(tconn, run_id, "copy_cassandra") as detail, progress.chunk_ticker(
+                "copy_cassandra", _progress_conn(ep), run_id, "cassandra", None):
             report = cql_copy.copy_pending(ep, run_id, tmap, cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
             detail.update(report.to_dict())
     return report.to_dict()
@@ -415,8 +426,9 @@ def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_
         missing = wanted - {c.chunk_id for c in chunks}
         if missing:
             raise PreflightError(f"chunks not in the ledger of run {run_id}: {sorted(missing)[:5]}")
-        report = cql_copy.copy_chunks(ep, run_id, tmap, cql_plan.copy_order(chunks),
-                                      cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+        with progress.chunk_ticker("copy_cassandra_batch", _progress_conn(ep), run_id, "cassandra", chunks):
+            report = cql_copy.copy_chunks(ep, run_id, tmap, cql_plan.copy_order(chunks),
+                                          cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
         ledger.record_event(tconn, run_id, "copy_cassandra", "info", {"chunks": len(chunks), **report.to_dict()})
     return report.to_dict()
 

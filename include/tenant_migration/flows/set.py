@@ -12,10 +12,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenant_migration import ledger
+from tenant_migration import ledger, progress
 from tenant_migration.cassandra import copy as cql_copy
 from tenant_migration.cassandra import plan as cql_plan
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
+from tenant_migration.cassandra.ratelimit import TokenBucket
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.flows.common import (
     detach_lsn,
@@ -115,11 +116,48 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
             row = src.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             until = row[0] if row else None
         name_ = step_name or ("final_catch_up" if until_now else "catch_up_postgres")
-        with step(tconn, run_id, name_) as detail:
+        stream = StreamProgress(ep, run_id, until)
+        with step(tconn, run_id, name_) as detail, progress.Ticker(name_, stream.read, close=stream.close):
             report = cdc.catch_up(src, tconn, tmap, spec.tenant_id, run_id, name, start_lsn,
                                   max_lag_bytes=spec.max_lag_bytes, timeout=spec.catch_up_timeout_s, until_lsn=until)
             detail.update(report.to_dict())
     return report.to_dict()
+
+
+class StreamProgress:
+    """The change stream's progress for a ``progress.Ticker``: WAL applied (the ledger's
+    ``cdc_progress``) of the WAL to apply (to ``until`` or the primary's current position), the
+    tenant's changes applied, and how far behind the newest applied commit is. Own connections,
+    opened in the ticker's thread."""
+
+    def __init__(self, ep: Endpoints, run_id: str, until: str | None) -> None:
+        self.ep, self.run_id, self.until = ep, run_id, until
+        self.conns: dict[str, psycopg.Connection] = {}
+
+    def _conn(self, which: str) -> psycopg.Connection:
+        c = self.conns.get(which)
+        if c is None or c.closed:
+            dsn = self.ep.target if which == "target" else self.ep.source_cdc
+            c = self.conns[which] = dsn.connect(autocommit=True, application_name="tenant_migration progress")
+        return c
+
+    def read(self) -> progress.Reading:
+        prog = cdc.read_progress(self._conn("target"), self.run_id)
+        if prog is None:
+            return progress.Reading(0, None, "WAL bytes", note="the change stream has not started")
+        row = self._conn("source").execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        head = cdc.lsn_to_int(self.until or (row[0] if row else prog.applied_lsn))
+        start, applied = cdc.lsn_to_int(prog.start_lsn), cdc.lsn_to_int(prog.applied_lsn)
+        note = f"lag {max(0, head - applied):,} bytes"
+        if prog.applied_commit_time is not None:
+            behind = (datetime.now(UTC) - prog.applied_commit_time).total_seconds()
+            note += f", newest applied commit {progress.duration(behind)} old"
+        return progress.Reading(applied - start, max(head, applied) - start, "WAL bytes", prog.changes_applied,
+                                note + f" ({prog.txns_applied:,} transactions applied)", rows_unit="changes")
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.close()
 
 
 def sequence_frame(src: psycopg.Connection, tconn: psycopg.Connection, tmap: TenantMap) -> Any:
@@ -148,15 +186,56 @@ def catch_up_cassandra(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: Te
             # are planned and copied first; later ones are the gate's and the final catch-up's.
             detail["late_partitions"] = plan_late_partitions(ep, spec, run_id, tmap, "catch_up_cassandra")
             chunks = ledger.run_chunks(tconn, run_id, "cassandra")
-            with ep.cassandra_sessions() as (src, dst):
-                passes = cql_catchup.catch_up(src, dst, tmap, chunks, watermark,
-                                              opts=cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
+            opts = cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency)
+            watch = RecopyProgress(TokenBucket(opts.rows_per_second), rows_by_day(tconn, run_id, chunks),
+                                   CATCH_UP_PASSES)
+            with ep.cassandra_sessions() as (src, dst), progress.Ticker("catch_up_cassandra", watch.read):
+                passes = cql_catchup.catch_up(src, dst, tmap, chunks, watermark, opts=opts, max_passes=CATCH_UP_PASSES,
+                                              limiter=watch.limiter, on_pass=watch.pass_started)
             out = {"passes": [p.to_dict() for p in passes], "converged": bool(passes and passes[-1].converged),
                    "late_partitions": detail["late_partitions"]}
             detail.update(out)
     if not out["converged"]:
         raise GateFailed(f"cassandra catch-up did not converge in {len(passes)} passes: {passes[-1].to_dict()}")
     return out
+
+
+CATCH_UP_PASSES = 5  # the Cassandra catch-up's passes before it gives up (the gate then fails)
+
+
+def rows_by_day(tconn: psycopg.Connection, run_id: str, chunks: list[ledger.Chunk]) -> dict[str, float]:
+    """The rows the copy moved per day bucket (ISO date; ``""`` for tables without one), spread
+    evenly over each chunk's days: the ledger's estimate of what a re-copy of some buckets reads."""
+    copied = {r["chunk_id"]: float(r["rows_copied"] or 0) for r in ledger.chunk_rows(tconn, run_id)
+              if r["engine"] == "cassandra"}
+    out: dict[str, float] = {}
+    for c in chunks:
+        days = list((c.bounds or {}).get("days") or [""])
+        for d in days:
+            out[str(d)] = out.get(str(d), 0.0) + copied.get(c.chunk_id, 0.0) / len(days)
+    return out
+
+
+class RecopyProgress:
+    """A re-copy of the recent buckets in passes (the Cassandra catch-up), for a
+    ``progress.Ticker``: rows read (the pass's rate limiter counts them) of the rows the ledger says
+    those buckets held when copied."""
+
+    def __init__(self, limiter: Any, by_day: dict[str, float], max_passes: int) -> None:
+        self.limiter, self.by_day, self.max_passes = limiter, by_day, max_passes
+        self.n, self.base, self.estimate, self.days = 0, 0.0, 0.0, ""
+
+    def pass_started(self, n: int, days: list[Any]) -> None:
+        self.n, self.base = n, float(self.limiter.taken)
+        self.estimate = sum(self.by_day.get(d.isoformat(), 0.0) for d in days) + self.by_day.get("", 0.0)
+        self.days = f"{min(days)} .. {max(days)}" if days else "no day bucket"
+
+    def read(self) -> progress.Reading:
+        if not self.n:
+            return progress.Reading(0, None, "rows read", note="planning the recent buckets")
+        return progress.Reading(float(self.limiter.taken), self.base + self.estimate, "rows read",
+                                note=f"pass {self.n} of at most {self.max_passes} over buckets {self.days} "
+                                     "(planned: the rows the copy found there)")
 
 
 def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | None = None) -> dict[str, Any]:
@@ -170,11 +249,13 @@ def warm_up(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantMap | N
     tmap = tmap or prof.tenant_map
     # One query per table of the map, then the profile's own (the app's hottest lookups).
     queries = pg_warmup.sample_queries(tmap) + [sql.Composed([sql.SQL(q)]) for q in prof.doc.warmup.postgres]  # type: ignore[arg-type]
+    tally = progress.Tally(unit="relations prewarmed")
     with ep.target.connect(autocommit=True) as tconn:
-        with step(tconn, run_id, "warm_up") as detail:
-            pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id, queries=queries).to_dict()
+        with step(tconn, run_id, "warm_up") as detail, progress.Ticker("warm_up", tally.reading):
+            pg_report = pg_warmup.warm_up(tconn, tmap, spec.tenant_id, queries=queries, tally=tally).to_dict()
             with ep.cassandra_target.session() as dst:
-                cql_report = cql_warmup.warm_up(dst, tmap, ledger.run_chunks(tconn, run_id, "cassandra")).to_dict()
+                cql_report = cql_warmup.warm_up(dst, tmap, ledger.run_chunks(tconn, run_id, "cassandra"),
+                                                tally=tally).to_dict()
             detail.update({"postgres": pg_report, "cassandra": cql_report})
     return {"postgres": pg_report, "cassandra": cql_report}
 

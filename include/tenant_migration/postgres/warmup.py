@@ -106,6 +106,7 @@ def warm_up(
     tenant_id: int,
     read_through: int = 3,
     queries: list[sql.Composed] | None = None,
+    tally: Any = None,
 ) -> WarmupReport:
     """Prewarm the tenant's relations on the target and return hit ratios before and after.
 
@@ -122,9 +123,13 @@ def warm_up(
     before = measure(conn, queries, tenant_id)
     blocks: dict[str, int] = {}
     rels = relations(conn, tmap)
+    if tally is not None:  # progress.Tally: relations prewarmed of those to prewarm
+        tally.planned, tally.unit, tally.note = float(len(rels)), "relations prewarmed", "PostgreSQL buffers"
     for name, _size in rels:
         row = conn.execute("SELECT pg_prewarm(%s::regclass, 'buffer')", (name,)).fetchone()
         blocks[name] = int(row[0]) if row else 0
+        if tally is not None:
+            tally.add(1)
     tables = [name for name, _ in rels if name.split(".")[-1].strip('"') in tmap.tables][:read_through]
     for name in tables:
         # Reads every column's value (TOAST included), which prewarm of the heap alone does not.
