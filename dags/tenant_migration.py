@@ -12,6 +12,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 
+from tenant_migration.alerts import WebhookNotifier
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import MIGRATION_PARAMS
 
@@ -41,7 +42,8 @@ def _opening(fn, context: dict) -> dict:
 
 @dag(dag_id="tenant_migration", description="Live-migrate ONE tenant (the form's tenant_id) from the shared platform to its dedicated deployment: Ready (detached replica, chunked copy), Set (catch-up, warm-up, load check), Go (registrations suspended, DNS flip, drain); every transition gated.", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
      params=MIGRATION_PARAMS, doc_md=runbook("tenant_migration"), tags=["tenant-migration"], max_active_runs=1,
-     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
+     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2),
+                   "on_failure_callback": [WebhookNotifier()]})
 def tenant_migration() -> None:
     @task(**RETRY)
     def preflight(**ctx) -> dict: return _opening(ready.preflight, ctx)

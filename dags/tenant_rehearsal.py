@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from tenant_migration.alerts import WebhookNotifier
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import migration_params, scheduled_platform_param
 
@@ -35,8 +36,8 @@ PARAMS = {
     # The migration's own params, with short waits: the prediction uses Migration Day's settings.
     "platform": scheduled_platform_param(),
     **migration_params("chunk_rows", "max_tasks", "cassandra_days", "max_ttl_wait_s", "drain_seconds", "drain_quiet_s",
-                       "dns_zone", "target_endpoint_prefix", max_ttl_wait_s=5, drain_seconds=5, drain_quiet_s=3,
-                       cassandra_days=4),
+                       "dns_zone", "target_endpoint_prefix", "time_budget_minutes", max_ttl_wait_s=5, drain_seconds=5,
+                       drain_quiet_s=3, cassandra_days=4, time_budget_minutes=120),
 }
 
 
@@ -55,7 +56,8 @@ def _opening(fn, context: dict) -> dict:
 
 @dag(dag_id="tenant_rehearsal", description="Weekly proof of the plan on the test-pool tenant: migrate it to the target, flip DNS, roll it back, and report the Migration Day durations.", schedule="@weekly", start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rehearsal"), tags=["tenant-migration", "rehearsal"], max_active_runs=1,
-     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
+     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2),
+                   "on_failure_callback": [WebhookNotifier()]})
 def tenant_rehearsal() -> None:
     @task(**RETRY)
     def begin_rehearsal(**ctx) -> dict: return _call(rehearsal.begin_rehearsal, ctx)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import Param, dag, task
 
+from tenant_migration.alerts import WebhookNotifier
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import migration_params
 
@@ -58,7 +59,8 @@ def _opening(fn, context: dict) -> dict:
 
 @dag(dag_id="tenant_rollback", description="Return a migrated tenant to the shared platform: copy its data back, flip DNS back (asks for the tenant's slug to confirm).", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS,
      doc_md=runbook("tenant_rollback"), tags=["tenant-migration", "rollback"], max_active_runs=1,
-     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2)})
+     default_args={"owner": "data-infra", "execution_timeout": timedelta(hours=2),
+                   "on_failure_callback": [WebhookNotifier()]})
 def tenant_rollback() -> None:
     @task(**CUTOVER)
     def check_rollback(**ctx) -> dict: return _opening(rollback.check_rollback, ctx)

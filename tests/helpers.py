@@ -151,3 +151,49 @@ def page_text(path: Any) -> str:
 
     text = re.sub(r"<(script|style).*?</\1>", " ", Path(path).read_text(), flags=re.S)
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)))
+
+
+class WebhookReceiver:
+    """A small local HTTP server that records every POST it gets (path, headers, body) and answers
+    ``status``: the on-call webhook's stand-in for the alert tests. ``with WebhookReceiver() as r``."""
+
+    def __init__(self, status: int = 204) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status = status
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def connection(self, secret: str, endpoint: str = "/hooks/migration") -> dict[str, Any]:
+        """The ``tm_alerts`` Airflow connection that points at this receiver."""
+        return {"conn_type": "http", "host": "127.0.0.1", "port": self.port, "schema": "http", "password": secret,
+                "extra": {"endpoint": endpoint}}
+
+    def alerts(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(r["body"]) for r in self.received]
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()

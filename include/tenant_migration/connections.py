@@ -14,3 +14,4 @@ CONN_CASSANDRA_SOURCE = "tm_cassandra_source"
 CONN_CASSANDRA_TARGET = "tm_cassandra_target"
 CONN_AWS = "tm_aws"
 CONN_AIRFLOW_API = "tm_airflow_api"  # Airflow's own REST API, as a user that may edit DAG runs (run notes)
+CONN_ALERTS = "tm_alerts"  # the on-call webhook (http: host, port, schema; password = signing secret; extra endpoint)

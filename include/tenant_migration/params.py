@@ -68,6 +68,9 @@ MIGRATION_PARAMS = {
                              description="The catch-up gate fails above this lag."),
     "catch_up_timeout_s": Param(900, type="integer", minimum=1, title="Catch-up timeout (s)",
                                 description="A catch-up that has not converged by then fails (and can be retried)."),
+    "time_budget_minutes": Param(480, type="integer", minimum=0, maximum=10080, title="Time budget (min)",
+                                 description="An alert goes to the on-call webhook (connection tm_alerts) once the "
+                                             "run has been going longer than this; 0: no budget."),
     "suspension_minutes": Param(30, type="integer", minimum=1, maximum=1440, title="Suspension expiry (min)",
                                 description="Registrations come back by themselves after this, even if Airflow dies."),
     "lowered_ttl": Param(30, type="integer", minimum=1, title="Lowered DNS TTL (s)",

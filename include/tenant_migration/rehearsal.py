@@ -67,13 +67,15 @@ class RehearsalSpec:
     drain_quiet_s: int = 3  # the test pool writes nothing after the flip: the drain ends soon after its minimum
     dns_zone: str = "iot.example.test."
     target_endpoint_prefix: str = "vpc"
+    time_budget_minutes: int = 120  # an unattended weekly run: over this, the on-call webhook hears of it
 
     def migration_spec(self) -> MigrationSpec:
         return parse_spec({"tenant_id": self.tenant_id, "platform": self.platform, "chunk_rows": self.chunk_rows, "max_tasks": self.max_tasks,
                            "cassandra_days": self.cassandra_days,
                            "partial_history_ok": self.cassandra_days != 0, "max_ttl_wait_s": self.max_ttl_wait_s,
                            "drain_seconds": self.drain_seconds, "drain_quiet_s": self.drain_quiet_s, "dns_zone": self.dns_zone,
-                           "target_endpoint_prefix": self.target_endpoint_prefix, "require_approval": False})
+                           "target_endpoint_prefix": self.target_endpoint_prefix, "require_approval": False,
+                           "time_budget_minutes": self.time_budget_minutes})
 
     def rollback_spec(self, migration_run_id: str) -> RollbackSpec:
         return RollbackSpec(self.tenant_id, self.tenant_slug, migration_run_id, self.dns_zone,
@@ -111,6 +113,7 @@ def call(fn: Callable[..., Any], context: dict[str, Any], *args: Any) -> Any:
     the task's wall time."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from tenant_migration import alerts
     from tenant_migration.runtime import announce, fail_fast, run_key, task_starting
 
     module = fn.__module__
@@ -127,7 +130,7 @@ def call(fn: Callable[..., Any], context: dict[str, Any], *args: Any) -> Any:
     spec: Any = {"steps": rspec.migration_spec(), "rollback": rspec.rollback_spec(rid), "rehearsal": rspec}[kind]
     started, ok = time.monotonic(), False
     try:
-        with fail_fast():
+        with fail_fast(), alerts.watch(ep, context, back_run_id(rid) if kind == "rollback" else rid):
             out = fn(ep, spec, back_run_id(rid) if kind == "rollback" else rid, *args)
         ok = True
         return out

@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from tenant_migration import alerts, task_context
 from tenant_migration.endpoints import Endpoints
 from tenant_migration.ledger import LedgerError
 from tenant_migration.spec import InvalidParams, MigrationSpec, parse_spec
+from tenant_migration.task_context import platform_label
 
 T = TypeVar("T")
 
@@ -51,7 +53,7 @@ def spec_of(params: dict[str, Any]) -> MigrationSpec:
 
 def run_key(context: dict[str, Any]) -> str:
     """The ledger's run id: the DAG run id, stable across retries and manual clears."""
-    return f"{context['dag'].dag_id}/{context['run_id']}"
+    return task_context.run_key(context)
 
 
 def task_starting() -> None:
@@ -69,18 +71,6 @@ def phase_of(fn: Callable[..., Any]) -> str:
     return fn.__module__.rsplit(".", 1)[-1]
 
 
-def _platform_name(requested: Any) -> str:
-    if requested:
-        return str(requested)
-    try:
-        from tenant_migration import profile
-
-        names = profile.available(profile.profiles_dir())
-    except Exception as exc:  # the step itself reports a broken profiles folder
-        return f"(not resolved: {type(exc).__name__})"
-    return names[0] if len(names) == 1 else f"(not chosen: the deployment has {names or 'none'})"
-
-
 def task_line(context: dict[str, Any], phase: str, run_id: str, slug: str | None, slug_note: str = "") -> str:
     """The one line a task's log starts with: whose migration, which platform, where in the plan."""
     params = dict(context.get("params") or {})
@@ -92,7 +82,7 @@ def task_line(context: dict[str, Any], phase: str, run_id: str, slug: str | None
     tenant = params.get("tenant_id")
     who = f"tenant {tenant if tenant is not None else '(none given)'} " + (
         f"({slug})" if slug else f"(slug not known yet{slug_note})")
-    return f"{who} | platform {_platform_name(params.get('platform'))} | phase {phase} | task {task} | run {run_id}"
+    return f"{who} | platform {platform_label(params.get('platform'))} | phase {phase} | task {task} | run {run_id}"
 
 
 def announce(ep: Endpoints, context: dict[str, Any], fn: Callable[..., Any], run_id: str) -> None:
@@ -116,4 +106,5 @@ def call(fn: Callable[..., T], context: dict[str, Any], *args: Any) -> T:
     task_starting()
     with fail_fast():
         spec = spec_of(dict(context["params"]))
-        return fn(ep, spec, run_key(context), *args)
+        with alerts.watch(ep, context, run_key(context)):
+            return fn(ep, spec, run_key(context), *args)

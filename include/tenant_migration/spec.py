@@ -50,6 +50,7 @@ class MigrationSpec:
     load_min_rate_pct: int = 95
     dns_shift_percent_steps: tuple[int, ...] = ()  # empty: the direct flip
     dns_shift_dwell_s: int = 300
+    time_budget_minutes: int = 480  # the run's time budget: over it, an alert (alerts.py); 0: none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +149,7 @@ def parse_spec(params: dict[str, Any]) -> MigrationSpec:
         min_task_seconds=_int(params, "min_task_seconds", MigrationSpec.min_task_seconds, 0, 86_400),
         load_rate=_int(params, "load_rate", MigrationSpec.load_rate, 0, 1_000_000),
         load_seconds=_int(params, "load_seconds", MigrationSpec.load_seconds, 1, 3600),
+        time_budget_minutes=_int(params, "time_budget_minutes", MigrationSpec.time_budget_minutes, 0, 7 * 24 * 60),
         load_max_p99_ms=_int(params, "load_max_p99_ms", MigrationSpec.load_max_p99_ms, 1, 60_000),
         load_min_rate_pct=_int(params, "load_min_rate_pct", MigrationSpec.load_min_rate_pct, 1, 100),
         dns_shift_percent_steps=_percent_steps(params, "dns_shift_percent_steps"),
