@@ -13,6 +13,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 
 from tenant_migration.alerts import WebhookNotifier
+from tenant_migration.evidence import attach as evidence_links
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import MIGRATION_PARAMS
 
@@ -148,4 +149,4 @@ def tenant_migration() -> None:
     reattached >> dropped
 
 
-tenant_migration()
+evidence_links(tenant_migration())

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Param, TaskGroup, dag, task
 
 from tenant_migration.alerts import WebhookNotifier
+from tenant_migration.evidence import attach as evidence_links
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import migration_params, scheduled_platform_param
 
@@ -167,4 +168,4 @@ def tenant_rehearsal() -> None:
     finished >> verify_shared_unchanged() >> purged >> write_report()
 
 
-tenant_rehearsal()
+evidence_links(tenant_rehearsal())

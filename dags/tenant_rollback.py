@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from airflow.sdk import Param, dag, task
 
 from tenant_migration.alerts import WebhookNotifier
+from tenant_migration.evidence import attach as evidence_links
 from tenant_migration.lazy import lazy_module, runbook
 from tenant_migration.params import migration_params
 
@@ -79,4 +80,4 @@ def tenant_rollback() -> None:
     flip_dns_back(checked) >> [copy_back_postgres(), copy_back_cassandra()] >> gate_copy_back() >> finish_rollback()
 
 
-tenant_rollback()
+evidence_links(tenant_rollback())

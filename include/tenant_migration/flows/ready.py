@@ -3,6 +3,7 @@ stores, the post-copy gate, the replica reattached (steps of ``dags/tenant_migra
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -328,6 +329,19 @@ def plan_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     return [c.chunk_id for c in chunks if c.chunk_id not in done]
 
 
+def record_batch(tconn: psycopg.Connection, run_id: str, engine: str, chunk_ids: list[str]) -> None:
+    """Which chunks one mapped copy task holds, named by its first (a run's batches are disjoint):
+    what the batch's "Chunks of this batch" link lists (``evidence``). Once per batch."""
+    if not chunk_ids:
+        return
+    seen = tconn.execute("SELECT 1 FROM tm_control.events WHERE run_id = %s AND step = 'copy_batch' AND "
+                         "detail->>'first' = %s AND detail->'chunk_ids' = %s::jsonb LIMIT 1",
+                         (run_id, chunk_ids[0], json.dumps(chunk_ids))).fetchone()
+    if seen is None:
+        ledger.record_event(tconn, run_id, "copy_batch", "info",
+                            {"engine": engine, "first": chunk_ids[0], "chunk_ids": list(chunk_ids)})
+
+
 def _progress_conn(ep: Endpoints) -> Any:
     """How a progress ticker reaches the ledger: a connection of its own, opened in its thread."""
     return lambda: ep.target.connect(autocommit=True, application_name="tenant_migration progress")
@@ -345,6 +359,7 @@ def copy_postgres_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_i
     with ep.target.connect(autocommit=True) as tconn:
         wanted = set(chunk_ids)
         planned = [c for c in ledger.run_chunks(tconn, run_id, "postgres") if c.chunk_id in wanted]
+        record_batch(tconn, run_id, "postgres", chunk_ids)
     with progress.chunk_ticker("copy_postgres_batch", _progress_conn(ep), run_id, "postgres", planned):
         results = pg_copy.copy_chunks(ep.replica, ep.target, tmap, run_id, spec.tenant_id, chunk_ids)
     skipped = sum(int(r.skipped) for r in results)
@@ -426,6 +441,7 @@ def copy_cassandra_batch(ep: Endpoints, spec: MigrationSpec, run_id: str, chunk_
         missing = wanted - {c.chunk_id for c in chunks}
         if missing:
             raise PreflightError(f"chunks not in the ledger of run {run_id}: {sorted(missing)[:5]}")
+        record_batch(tconn, run_id, "cassandra", chunk_ids)
         with progress.chunk_ticker("copy_cassandra_batch", _progress_conn(ep), run_id, "cassandra", chunks):
             report = cql_copy.copy_chunks(ep, run_id, tmap, cql_plan.copy_order(chunks),
                                           cql_copy.CopyOptions(concurrency=spec.cassandra_concurrency))
