@@ -73,7 +73,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit tests/dags
 
 lint: venv
-	$(VENV)/bin/ruff check dags include tests bench
+	$(VENV)/bin/ruff check dags include plugins tests bench
 	$(VENV)/bin/mypy include/tenant_migration
 
 lock:

@@ -97,12 +97,22 @@ class BatchChunksLink(BaseOperatorLink):
 
 def attach(dag: Any) -> Any:
     """Give each gate task and copy batch of ``dag`` its link (mapped tasks included); returns it."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
     for task in dag.tasks:
         s = short(task.task_id)
         links: list[BaseOperatorLink] = [GateEvidenceLink()] if is_gate_task(task.task_id) else []
         links += [BatchChunksLink()] if s in BATCH_TASKS else []
-        if links:
-            task.operator_extra_links = [*getattr(task, "operator_extra_links", ()), *links]
+        if not links:
+            continue
+        task.operator_extra_links = [*getattr(task, "operator_extra_links", ()), *links]
+        base: Any = getattr(task, "operator_class", None)
+        if isinstance(task, MappedOperator) and isinstance(base, type):
+            # A mapped task runs as a fresh instance of its operator class (``unmap``), which knows
+            # only the class's links: the worker would store none. The same class, with the links.
+            task.operator_class = type(base.__name__, (base,), {
+                "__module__": base.__module__, "__qualname__": base.__qualname__,
+                "operator_extra_links": (*getattr(base, "operator_extra_links", ()), *links)})
     return dag
 
 
