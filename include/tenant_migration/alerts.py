@@ -38,9 +38,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseNotifier
 
+from tenant_migration import evidence
 from tenant_migration.connections import CONN_ALERTS
 from tenant_migration.task_context import platform_label, run_key
 
@@ -76,13 +78,16 @@ class Alert:
     task: str
     reason: str
     runbook: str
+    url: str = ""  # the task instance in the Airflow UI
+    evidence: str = ""  # a gate's evidence (its extra link's page), when the task is a gate
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def text(self) -> str:
         who = f"tenant {self.tenant_id} ({self.slug or 'slug not known'}) | platform {self.platform}"
+        where = f" | open: {self.evidence or self.url}" if (self.evidence or self.url) else ""
         return (f"[{self.kind}] {who} | run {self.dag_id}/{self.run_id} | task {self.task}: {self.reason} | "
-                f"runbook: {self.runbook}")
+                f"runbook: {self.runbook}{where}")
 
     def body(self) -> dict[str, Any]:
         return {**asdict(self), "text": self.text}
@@ -219,10 +224,14 @@ def alert_of(context: dict[str, Any], kind: str, reason: str) -> Alert:
     task = getattr(ti, "task_id", None) or "?"
     map_index = getattr(ti, "map_index", -1)
     label = f"{task}[{map_index}]" if isinstance(map_index, int) and map_index >= 0 else task
-    dag_id = context["dag"].dag_id
+    dag_id, run_id = context["dag"].dag_id, str(context.get("run_id"))
     tenant, slug, platform = _who(context)
-    return Alert(kind, tenant, slug, platform, dag_id, str(context.get("run_id")), label, one_line(reason),
-                 runbook_row(dag_id, task, reason))
+    ui = f"{evidence.base_url()}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/tasks/{quote(task, safe='')}"
+    if isinstance(map_index, int) and map_index >= 0:
+        ui += f"/mapped/{map_index}"
+    proof = evidence.gate_url(dag_id, run_id, task) if kind == "gate_failed" and evidence.is_gate_task(task) else ""
+    return Alert(kind, tenant, slug, platform, dag_id, run_id, label, one_line(reason),
+                 runbook_row(dag_id, task, reason), ui, proof)
 
 
 class WebhookNotifier(BaseNotifier):

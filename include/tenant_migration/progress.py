@@ -164,8 +164,10 @@ class Ticker:
                 self.meter.add(first.done, float(first.rows or 0))
             except Exception as exc:  # the first tick says it again, in the log
                 log.debug("progress %s: first reading failed: %s", self.what, type(exc).__name__)
-            while not self._stop.wait(self.every):
+            wait = self.every - seed  # the first line ``every`` seconds after the start, then every ``every``
+            while not self._stop.wait(wait):
                 self.tick()
+                wait = self.every
         finally:
             if self.close is not None:
                 with contextlib.suppress(Exception):  # a reading connection already gone

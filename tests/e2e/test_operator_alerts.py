@@ -156,6 +156,7 @@ def test_the_operator_sees_the_tenant_the_evidence_and_gets_paged(airflow, recei
     auth = {"Authorization": f"Bearer {airflow.token}"}
     links = airflow.call("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/ready.gate_post_copy/links")
     url = links["extra_links"]["Gate evidence"]
+    assert gate[0]["evidence"] == url and gate[0]["text"].endswith(f"| open: {url}")  # the page from the pager
     assert httpx.get(url, timeout=30).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer not-a-token"}, timeout=30).status_code in (401, 403)
     hop = httpx.get(url, headers=auth, timeout=30)

@@ -133,6 +133,8 @@ def test_the_notifier_sends_on_a_failed_task_and_never_raises(receiver, monkeypa
     (body,) = receiver.alerts()
     assert body["kind"] == "gate_failed" and body["task"] == "ready.copy_postgres_batch[2]"
     assert body["reason"] == "copy failed" and body["runbook"].startswith("`copy_*_batch`")
+    assert body["url"].endswith("/dags/tenant_migration/runs/manual__1/tasks/ready.copy_postgres_batch/mapped/2")
+    assert body["evidence"] == "" and body["text"].endswith("| open: " + body["url"])
     receiver.status = 500
     alerts.WebhookNotifier().notify(context)  # logged, not raised
     assert "alert not sent (gate_failed)" in caplog.text

@@ -125,3 +125,21 @@ def test_without_a_connection_the_log_says_so(monkeypatch) -> None:
 
     monkeypatch.setattr(BaseHook, "get_connection", classmethod(missing))
     assert run_note.set_note("d", "r", "line") == "run note not set: no Airflow connection 'tm_airflow_api' (LookupError)"
+
+
+def test_no_api_server_and_no_metadata_database_is_said(monkeypatch) -> None:
+    import socket
+
+    from airflow.sdk import BaseHook
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = SimpleNamespace(host="127.0.0.1", port=port, schema="http", login="tm_run_notes", password="x")
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: conn))
+    monkeypatch.setattr(run_note, "_set_in_process", lambda *a: None)
+    out = run_note.set_note("d", "r", "line")
+    assert out == (f"run note not set: the Airflow API at http://127.0.0.1:{port} does not answer (no api-server; "
+                   "not under dags test)")
+    monkeypatch.setattr(run_note, "_set_in_process", lambda *a: "run note set (in-process, under dags test): line")
+    assert run_note.set_note("d", "r", "line").startswith("run note set (in-process")
