@@ -197,3 +197,48 @@ class WebhookReceiver:
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def rogue_trigger(topo: Topology, name: str, table: str, when: str, body: str, timing: str = "BEFORE") -> Any:
+    """A trigger a deployment script left on the target (``ENABLE ALWAYS``: it fires in the copy's
+    replica sessions too): ``<timing> INSERT ON <table> ... WHEN (<when>)`` runs ``body`` (plpgsql,
+    before ``RETURN NEW``). A context manager; dropped at its end (a test may drop it sooner)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def installed() -> Any:
+        with admin(topo, "target") as t:
+            t.execute(f"CREATE OR REPLACE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                      f"BEGIN {body} RETURN NEW; END $$")
+            t.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            t.execute(f"CREATE TRIGGER {name} {timing} INSERT ON {table} FOR EACH ROW WHEN ({when}) "
+                      f"EXECUTE FUNCTION public.{name}()")
+            t.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name}")
+        try:
+            yield
+        finally:
+            with admin(topo, "target") as t:
+                t.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                t.execute(f"DROP FUNCTION IF EXISTS public.{name}()")
+
+    return installed()
+
+
+def alert_receiver(monkeypatch: Any, secret: str) -> Any:
+    """A ``WebhookReceiver`` that ``tm_alerts`` resolves to in this process (the hook lookup
+    patched at its seam): ``with alert_receiver(monkeypatch, secret) as r``."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    @contextmanager
+    def receiving() -> Any:
+        from airflow.sdk import BaseHook
+
+        with WebhookReceiver() as r:
+            conn = r.connection(secret)
+            found = SimpleNamespace(host=conn["host"], port=conn["port"], schema=conn["schema"], password=secret,
+                                    extra_dejson=conn["extra"])
+            monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: found))
+            yield r
+
+    return receiving()

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import admin
+from helpers import rogue_trigger as leftover_trigger
 
 from tenant_migration import ledger
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
@@ -58,20 +59,10 @@ def rogue_trigger(topo, tiny_dataset) -> Iterator[int]:
     with admin(topo, "primary") as p:
         victim = p.execute("SELECT max(p.property_id) FROM platform.properties p JOIN platform.devices d "
                            "USING (device_id) WHERE d.tenant_id = %s", (TENANT,)).fetchone()[0]
-    with admin(topo, "target") as t:
-        t.execute("CREATE OR REPLACE FUNCTION public.tm_test_rogue() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                  "BEGIN NEW.unit := COALESCE(NEW.unit, '') || ' (rewritten)'; RETURN NEW; END $$")
-        t.execute("DROP TRIGGER IF EXISTS tm_test_rogue ON platform.properties")
-        t.execute(f"CREATE TRIGGER tm_test_rogue BEFORE INSERT ON platform.properties FOR EACH ROW "
-                  f"WHEN (NEW.property_id = {int(victim)}) EXECUTE FUNCTION public.tm_test_rogue()")
-        # Fires whatever session_replication_role says (the copy runs as a replica session).
-        t.execute("ALTER TABLE platform.properties ENABLE ALWAYS TRIGGER tm_test_rogue")
-    try:
+    # Fires whatever session_replication_role says (the copy runs as a replica session).
+    with leftover_trigger(topo, "tm_test_rogue", "platform.properties", f"NEW.property_id = {int(victim)}",
+                          "NEW.unit := COALESCE(NEW.unit, '') || ' (rewritten)';"):
         yield int(victim)
-    finally:
-        with admin(topo, "target") as t:
-            t.execute("DROP TRIGGER IF EXISTS tm_test_rogue ON platform.properties")
-            t.execute("DROP FUNCTION IF EXISTS public.tm_test_rogue()")
 
 
 def _replica_and_slot(topo, run_id: str) -> tuple[str, int]:

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import WebhookReceiver, admin
+from helpers import WebhookReceiver, admin, rogue_trigger
 
 from tenant_migration import alerts
 from tenant_migration.sample import data
@@ -77,20 +77,10 @@ def broken_gate(topo, tiny_dataset) -> Iterator[int]:
         prop, device = p.execute("SELECT p.property_id, p.device_id FROM platform.properties p JOIN platform.devices d "
                                  "USING (device_id) WHERE d.tenant_id = %s ORDER BY p.property_id DESC LIMIT 1",
                                  (TENANT,)).fetchone()
-    with admin(topo, "target") as t:
-        t.execute("CREATE OR REPLACE FUNCTION public.tm_test_rogue_device() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                  "BEGIN UPDATE platform.devices SET name = name || ' (rewritten)' WHERE device_id = NEW.device_id; "
-                  "RETURN NEW; END $$")
-        t.execute("DROP TRIGGER IF EXISTS tm_test_rogue_device ON platform.properties")
-        t.execute(f"CREATE TRIGGER tm_test_rogue_device AFTER INSERT ON platform.properties FOR EACH ROW "
-                  f"WHEN (NEW.property_id = {int(prop)}) EXECUTE FUNCTION public.tm_test_rogue_device()")
-        t.execute("ALTER TABLE platform.properties ENABLE ALWAYS TRIGGER tm_test_rogue_device")
-    try:
+    with rogue_trigger(topo, "tm_test_rogue_device", "platform.properties", f"NEW.property_id = {int(prop)}",
+                       "UPDATE platform.devices SET name = name || ' (rewritten)' WHERE device_id = NEW.device_id;",
+                       timing="AFTER"):
         yield int(device)
-    finally:
-        with admin(topo, "target") as t:
-            t.execute("DROP TRIGGER IF EXISTS tm_test_rogue_device ON platform.properties")
-            t.execute("DROP FUNCTION IF EXISTS public.tm_test_rogue_device()")
 
 
 def _spend_the_budget(topo, run_key: str, timeout: float = 300) -> None:

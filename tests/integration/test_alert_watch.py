@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from helpers import WebhookReceiver
+from helpers import alert_receiver
 
 from tenant_migration import alerts, ledger
 
@@ -24,13 +24,7 @@ SECRET = "watch-secret-Q1"
 
 @pytest.fixture
 def receiver(monkeypatch) -> Any:
-    with WebhookReceiver() as r:
-        conn = r.connection(SECRET)
-        found = SimpleNamespace(host=conn["host"], port=conn["port"], schema=conn["schema"], password=SECRET,
-                                extra_dejson=conn["extra"])
-        from airflow.sdk import BaseHook
-
-        monkeypatch.setattr(BaseHook, "get_connection", classmethod(lambda cls, conn_id: found))
+    with alert_receiver(monkeypatch, SECRET) as r:
         monkeypatch.setattr(alerts, "_who", lambda context: (TENANT, "watch-test", "sample"))
         yield r
 
