@@ -16,14 +16,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from helpers import admin
+from helpers import admin, unpaused_standalone
 from helpers import rogue_trigger as leftover_trigger
 
 from tenant_migration import ledger
 from tenant_migration.cassandra.fingerprint import fingerprint_chunks
 from tenant_migration.postgres.copy import table_checksum
 from tenant_migration.sample import SAMPLE_MAP
-from tenant_migration.stack.airflow_rest import AirflowRest, start_standalone, stop
+from tenant_migration.stack.airflow_rest import AirflowRest
 from tenant_migration.tenant_map import load_tenant_map
 
 pytestmark = pytest.mark.e2e
@@ -41,13 +41,7 @@ TEARDOWNS = (("ready.reattach_replica", -1), ("drop_cdc_slot", -1))
 
 @pytest.fixture(scope="module")
 def airflow(topo, tmp_path_factory) -> Iterator[AirflowRest]:
-    proc, api = start_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log")
-    try:
-        api.wait_for_dag(DAG)
-        api.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
-        yield api
-    finally:
-        stop(proc)
+    yield from unpaused_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log", DAG)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import admin
+from helpers import admin, unpaused_standalone
 
 from tenant_migration.cutover import dns
 from tenant_migration.sample import aws, data, dns_records
@@ -34,7 +34,7 @@ from tenant_migration.sample.fleet.simulator import FleetConfig, FleetStats
 from tenant_migration.sample.fleet.verify import verify
 from tenant_migration.spec import MigrationSpec
 from tenant_migration.stack import moto
-from tenant_migration.stack.airflow_rest import AirflowRest, start_standalone, stop
+from tenant_migration.stack.airflow_rest import AirflowRest
 
 pytestmark = pytest.mark.e2e
 
@@ -50,16 +50,7 @@ FORM = {"tenant_id": TENANT, "require_approval": False, "lowered_ttl": 2, "max_t
 
 @pytest.fixture(scope="module")
 def airflow(topo, tmp_path_factory) -> Iterator[AirflowRest]:
-    proc, api = start_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log")
-    try:
-        api.wait_for_dag(DAG)
-        # A run an earlier, interrupted session left running would hold the DAG (max_active_runs=1).
-        for run in api.call("GET", f"/dags/{DAG}/dagRuns?state=running&state=queued")["dag_runs"]:
-            api.call("PATCH", f"/dags/{DAG}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
-        api.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
-        yield api
-    finally:
-        stop(proc)
+    yield from unpaused_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log", DAG)
 
 
 class FleetRun:

@@ -16,19 +16,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from helpers import WebhookReceiver, admin, rogue_trigger
+from helpers import WebhookReceiver, admin, rogue_trigger, unpaused_standalone
 
 from tenant_migration import alerts
 from tenant_migration.sample import data
 from tenant_migration.stack.airflow_env import load_secrets
-from tenant_migration.stack.airflow_rest import AirflowRest, start_standalone, stop
+from tenant_migration.stack.airflow_rest import AirflowRest
 
 pytestmark = pytest.mark.e2e
 
@@ -49,22 +48,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 @pytest.fixture(scope="module")
 def airflow(topo, receiver, tmp_path_factory) -> Iterator[AirflowRest]:
     """The standalone with ``tm_alerts`` pointing at the receiver (as a deployment sets it)."""
-    key = "AIRFLOW_CONN_TM_ALERTS"
-    before = os.environ.get(key)
-    os.environ[key] = json.dumps(receiver.connection(SECRET))
-    try:
-        proc, api = start_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log")
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-    try:
-        api.wait_for_dag(DAG)
-        api.call("PATCH", f"/dags/{DAG}", {"is_paused": False})
-        yield api
-    finally:
-        stop(proc)
+    yield from unpaused_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log", DAG,
+                                   env={"AIRFLOW_CONN_TM_ALERTS": json.dumps(receiver.connection(SECRET))})
 
 
 @pytest.fixture

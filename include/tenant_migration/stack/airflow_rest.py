@@ -83,13 +83,15 @@ def _token(base: str, password: str) -> str:
     return str(resp.json()["access_token"])
 
 
-def start_standalone(topo: Topology, log_path: Path, timeout: float = 300) -> tuple[subprocess.Popen[bytes], AirflowRest]:
-    """Start ``airflow standalone`` in its own process group (stopped with ``stop``) and log in."""
+def start_standalone(topo: Topology, log_path: Path, timeout: float = 300,
+                     env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], AirflowRest]:
+    """Start ``airflow standalone`` in its own process group (stopped with ``stop``) and log in.
+    ``env``: more environment for it (an ``AIRFLOW_CONN_*`` a test adds, for instance)."""
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tenant_migration.stack", "run", "--", str(Path(sys.executable).with_name("airflow")),
          "standalone"],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{topo.airflow_api_port}"
     password = json.loads((topo.airflow_home / "simple_auth_manager_passwords.json").read_text())["admin"]
     deadline = time.monotonic() + timeout
