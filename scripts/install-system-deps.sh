@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the machine packages the local stack needs, only when something is missing:
 # PostgreSQL 15 server (+ contrib for pg_prewarm), Java 17, Maven, util-linux (setpriv), a C
-# compiler (the chunk copier's checksum tool, include/tenant_migration/postgres/rowsum.c).
+# compiler (the chunk copier's checksum tool, include/tenant_migration/postgres/rowsum.c), Chromium
+# (the browser test of the UI page drives it headless through playwright).
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v setpriv >/dev/null || missing+=(util-linux)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)
 
 if ((${#missing[@]} == 0)); then
   exit 0
