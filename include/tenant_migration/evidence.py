@@ -7,7 +7,7 @@
   batch**: its chunks from the ledger -- status, rows, partitions, attempts, time, last error.
 
 The worker computes each link's URL as the task ends (success or failure) and Airflow keeps it in
-XCom; the URL points at the plugin ``plugins/tenant_migration_evidence.py``, mounted on the
+XCom; the URL points at the plugin ``plugins/tenant_migration_ui.py``, mounted on the
 api-server under ``/tenant-migration`` behind Airflow's own authentication (DAG run read access),
 which reads the ledger and serves only files under the reports folder.
 

@@ -121,6 +121,7 @@ def catch_up_postgres(ep: Endpoints, spec: MigrationSpec, run_id: str, until_now
             report = cdc.catch_up(src, tconn, tmap, spec.tenant_id, run_id, name, start_lsn,
                                   max_lag_bytes=spec.max_lag_bytes, timeout=spec.catch_up_timeout_s, until_lsn=until)
             detail.update(report.to_dict())
+            stream.read()  # the lag as the catch-up leaves it: one more point of the page's lag plot
     return report.to_dict()
 
 
@@ -146,12 +147,17 @@ class StreamProgress:
         if prog is None:
             return progress.Reading(0, None, "WAL bytes", note="the change stream has not started")
         row = self._conn("source").execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        head = cdc.lsn_to_int(self.until or (row[0] if row else prog.applied_lsn))
+        current = cdc.lsn_to_int(row[0]) if row else cdc.lsn_to_int(prog.applied_lsn)
+        head = cdc.lsn_to_int(self.until) if self.until else current
         start, applied = cdc.lsn_to_int(prog.start_lsn), cdc.lsn_to_int(prog.applied_lsn)
         note = f"lag {max(0, head - applied):,} bytes"
+        behind = None
         if prog.applied_commit_time is not None:
             behind = (datetime.now(UTC) - prog.applied_commit_time).total_seconds()
             note += f", newest applied commit {progress.duration(behind)} old"
+        # A sample of the lag behind the primary for the page's plot (``live.lag_series``).
+        ledger.record_event(self._conn("target"), self.run_id, "cdc_lag", "info",
+                            {"lag_bytes": max(0, current - applied), "behind_s": behind})
         return progress.Reading(applied - start, max(head, applied) - start, "WAL bytes", prog.changes_applied,
                                 note + f" ({prog.txns_applied:,} transactions applied)", rows_unit="changes")
 

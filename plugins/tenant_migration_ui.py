@@ -1,5 +1,10 @@
-"""The pages behind the tasks' extra links (``tenant_migration.evidence``), on the api-server under
-``/tenant-migration``:
+"""The "Tenant migrations" page and the pages behind the tasks' extra links, on the api-server
+under ``/tenant-migration`` (a "Tenant migrations" entry in the UI's navigation opens the first):
+
+- ``GET /tenant-migration/`` (``?run=<ledger run>``): every run of the migration, rehearsal and
+  rollback DAGs, and one run's progress per store, rate and lag plots, gates, suspension countdown
+  and DNS, refreshed every 5 s while the run is live (``tenant_migration.live``);
+- ``GET /tenant-migration/api/runs``, ``GET /tenant-migration/api/run?dag_id=&run=``: the same as JSON;
 
 - ``GET /tenant-migration/gate?dag_id=&run_id=&task_id=[&list=1]``: the gate's newest Data Docs page
   (a redirect), or the table of its attempts (several gates, ``list=1``, or no page kept);
@@ -40,6 +45,44 @@ def _reports() -> Path:
     from tenant_migration.flows.common import reports_dir
 
     return reports_dir()
+
+
+@app.get("/", dependencies=READ_RUNS, response_class=HTMLResponse)
+def live_page() -> str:
+    from tenant_migration import live
+
+    return live.page()
+
+
+@app.get("/api/runs", dependencies=READ_RUNS)
+def api_runs(limit: int = Query(50, ge=1, le=500)) -> list[dict]:
+    from tenant_migration import live
+
+    with _ledger() as conn:
+        return live.runs(conn, limit)
+
+
+@app.get("/api/run", dependencies=READ_RUNS)
+def api_run(dag_id: str = Query(...), run: str = Query(...)) -> dict:
+    """One run; ``dag_id`` names its DAG (the auth manager checks the caller may read its runs)."""
+    from tenant_migration import evidence, live
+    from tenant_migration.endpoints import Endpoints
+
+    if not run.startswith(dag_id + "/"):
+        raise HTTPException(404, f"run {run!r} is not a run of {dag_id}")
+    with _ledger() as conn:
+        detail = live.run_detail(conn, run)
+        spec = live.run_spec(conn, run) if detail else {}
+    if detail is None:
+        raise HTTPException(404, f"no run {run!r} in the ledger")
+    reports = _reports()
+    for g in detail["gates"]:
+        g["href"] = evidence.report_href(g.pop("report_path"), reports, dag_id)
+    try:
+        detail["dns"] = live.dns_now(Endpoints.from_airflow(), detail, spec)
+    except Exception as exc:  # the page still shows the rest
+        detail["dns"] = f"DNS not read: {type(exc).__name__}"
+    return detail
 
 
 @app.get("/gate", dependencies=READ_RUNS, response_model=None)
@@ -84,6 +127,10 @@ def report_file(dag_id: str, path: str) -> FileResponse:
     return FileResponse(wanted)
 
 
-class TenantMigrationEvidence(AirflowPlugin):
-    name = "tenant_migration_evidence"
-    fastapi_apps = [{"app": app, "url_prefix": "/tenant-migration", "name": "Tenant migration evidence"}]
+class TenantMigrationUI(AirflowPlugin):
+    name = "tenant_migration_ui"
+    fastapi_apps = [{"app": app, "url_prefix": "/tenant-migration", "name": "Tenant migrations"}]
+    # In the navigation; the UI shows the page in a frame at /plugin/tenant-migrations, same origin:
+    # the session cookie reaches the app's auth.
+    external_views = [{"name": "Tenant migrations", "href": "/tenant-migration/", "destination": "nav",
+                       "url_route": "tenant-migrations", "category": "browse"}]
