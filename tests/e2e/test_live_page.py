@@ -85,8 +85,12 @@ def test_the_page_needs_a_login_and_shows_no_secret(airflow, topo) -> None:
         assert httpx.get(base + path, headers={"Authorization": "Bearer forged"}, timeout=30).status_code in (401, 403)
     ok = httpx.get(base + "/tenant-migration/api/runs", headers={"Authorization": f"Bearer {airflow.token}"}, timeout=30)
     assert ok.status_code == 200
-    assert not [s for s in load_secrets(topo).values() if s in ok.text]
-    assert "postgresql://" not in ok.text and "password" not in ok.text.lower()
+    _no_secret(topo, ok.text)
+
+
+def _no_secret(topo, body: str) -> None:
+    assert not [s for s in load_secrets(topo).values() if s in body]
+    assert "postgresql://" not in body and "password" not in body.lower()
 
 
 def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, tiny_dataset, shots) -> None:
@@ -120,6 +124,16 @@ def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, ti
         "succeeded" in live_text, "the run ended before the page could show it live"
     if "live, refreshed every 5 s" in live_text:
         assert re.search(r"phase (ready|set|go|finish)", live_text), live_text[:500]
+
+    # The critical window: registrations suspended, the countdown to the platform's own expiry runs.
+    countdown = frame.locator("#countdown", has_text="until registrations come back by themselves")
+    countdown.wait_for(timeout=300_000)
+    first = countdown.inner_text()
+    page.wait_for_timeout(2100)
+    later = frame.locator("#countdown").inner_text()
+    page.screenshot(path=str(shots / "1b-registrations-suspended.png"), full_page=True)
+    if "until registrations come back" in later:  # still suspended 2 s later: it counted down
+        assert later != first, (first, later)
 
     # The run ends; the page follows by itself (no reload).
     assert airflow.wait_run(DAG, run_id) == "success"
@@ -155,5 +169,9 @@ def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, ti
     page.goto(f"{airflow.base}/tenant-migration/?run={key}", wait_until="load")
     page.wait_for_selector("body[data-loaded='1']")
     load_s = time.monotonic() - started
+    detail = httpx.get(f"{airflow.base}/tenant-migration/api/run", params={"dag_id": DAG, "run": key},
+                       headers={"Authorization": f"Bearer {airflow.token}"}, timeout=30)
+    assert detail.status_code == 200 and detail.json()["tenant_id"] == TENANT
+    _no_secret(topo, detail.text)
     print(f"screenshots: {live_shot} {done_shot} {gate_shot}; page load {load_s:.2f} s")
 
