@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -110,9 +111,11 @@ def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, ti
     page.click("button:has-text('Sign in')")
     page.wait_for_url(re.compile(r"^(?!.*auth/login).*$"), timeout=60_000)
 
-    # The page, from the UI's own navigation entry (framed, same origin).
+    # The page, from the UI's own navigation: Browse -> Tenant migrations (framed, same origin).
     _wait_ledger_chunks(topo, key)
-    page.goto(f"{airflow.base}/plugin/tenant-migrations", wait_until="networkidle")
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Tenant migrations").click()
+    page.wait_for_url(re.compile(r".*/plugin/tenant-migrations"), timeout=30_000)
     frame = page.frame_locator("iframe")
     title = frame.locator("#title")
     title.wait_for(timeout=60_000)
@@ -166,8 +169,9 @@ def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, ti
 
     # How long the page takes to load and draw a finished demo-sized run, without the UI around it.
     started = time.monotonic()
-    page.goto(f"{airflow.base}/tenant-migration/?run={key}", wait_until="load")
-    page.wait_for_selector("body[data-loaded='1']")
+    page.goto(f"{airflow.base}/tenant-migration/?run={quote(key, safe='')}", wait_until="load")
+    page.wait_for_selector("#title")
+    assert page.inner_text("#error") == "" and run_id in page.inner_text("#title")
     load_s = time.monotonic() - started
     detail = httpx.get(f"{airflow.base}/tenant-migration/api/run", params={"dag_id": DAG, "run": key},
                        headers={"Authorization": f"Bearer {airflow.token}"}, timeout=30)
