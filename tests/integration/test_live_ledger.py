@@ -63,3 +63,35 @@ def test_a_rehearsal_in_its_window_and_a_rollback_on_the_page(target_admin, runs
     assert (pg["chunks"], pg["chunks_done"], pg["planned"], pg["done"], pg["rows_done"]) == (2, 1, 41.0, 40.0, 40)
     assert pg["rate"] == round(40 / live.RATE_WINDOW_S, 3) and pg["eta_s"] == round(1 / pg["rate"], 1)
     assert way_back["copy_series"]["postgres"][-1][1] > 0 and way_back["suspension"] is None
+
+
+def test_dns_mid_shift_shows_each_records_answers_and_weights(topo, endpoints, tiny_dataset) -> None:
+    """Route53 (moto) half-way through a weighted shift: the page says both answers with their
+    weights and 50 % to the dedicated deployment; at the end, one answer, 100 %."""
+    from types import SimpleNamespace
+
+    from tenant_migration.cutover import dns
+    from tenant_migration.flows.common import dns_plans, profile_of
+    from tenant_migration.sample import data
+
+    slug = data.TENANT_SLUGS[1]
+    spec = {"platform": "sample", "dns_zone": "iot.example.test.", "target_endpoint_prefix": "vpc"}
+    run = {"slug": slug, "tenant_id": 2}
+    view = SimpleNamespace(**spec, tenant_id=2)
+    plans = dns_plans(view, slug, profile_of(view))
+    r53 = endpoints.aws.client("route53")
+    zid = dns.zone_id(r53, spec["dns_zone"])
+    try:
+        dns.shift_records(r53, zid, plans, 50, ttl=30)
+        shown = live.dns_now(endpoints, run, spec)
+        assert isinstance(shown, list) and {r["name"] for r in shown} == {p.name for p in plans}
+        for r in shown:
+            assert r["to_dedicated_pct"] == 50
+            assert sorted((a["value"], a["weight"]) for a in r["answers"]) == sorted(
+                [(r["shared"], 50), (r["dedicated"], 50)])
+        dns.point_records(r53, zid, plans, to_tenant=True, ttl=30)
+        assert {(r["to_dedicated_pct"], len(r["answers"])) for r in live.dns_now(endpoints, run, spec)} == {(100, 1)}
+    finally:
+        dns.point_records(r53, zid, plans, to_tenant=False, ttl=300)
+    assert live.dns_now(endpoints, {"slug": None, "tenant_id": 2}, spec) == \
+        "the preflight has not found the tenant's slug yet"
