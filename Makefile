@@ -12,6 +12,7 @@ DEMO_TENANT_sample := 3
 DEMO_TENANT_meterhub := 2
 DEMO_TENANT ?= $(DEMO_TENANT_$(PLATFORM))
 PRESET ?= demo
+WORKERS ?= 0
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
         test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow bench-airflow-standalone airflow-standalone
@@ -45,8 +46,9 @@ $(BYTECODE): $(STAMP)
 
 venv: $(STAMP) $(BYTECODE)
 
+# WORKERS=N: the CeleryExecutor with Redis and N Celery workers on this machine (0: LocalExecutor).
 stack-up: system-deps venv
-	$(STACK) up
+	$(STACK) up --workers $(WORKERS)
 
 stack-down:
 	@if [ -x $(PY) ]; then $(STACK) down; fi

@@ -2,7 +2,8 @@
 # Installs the machine packages the local stack needs, only when something is missing:
 # PostgreSQL 15 server (+ contrib for pg_prewarm), Java 17, Maven, util-linux (setpriv), a C
 # compiler (the chunk copier's checksum tool, include/tenant_migration/postgres/rowsum.c), Chromium
-# (the browser test of the UI page drives it headless through playwright).
+# (the browser test of the UI page drives it headless through playwright), Redis (the Celery
+# broker of `make stack-up WORKERS=N`).
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,7 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
 
 if ((${#missing[@]} == 0)); then
   exit 0

@@ -91,9 +91,35 @@ def _log(api: AirflowRest, run_id: str, task_id: str, map_index: int = -1) -> st
     return "\n".join(e.get("event", "") if isinstance(e, dict) else str(e) for e in content)
 
 
-def test_the_operator_sees_the_tenant_the_evidence_and_gets_paged(airflow, receiver, broken_gate, topo) -> None:
-    slug = data.TENANT_SLUGS[TENANT - 1]
+def _give_up(api: AirflowRest, endpoints, topo, run_id: str) -> None:
+    """The runbook's *Abort*: mark the ledger run aborted, clear the held teardowns; they release the
+    replica and drop the run's slot (a failed run keeps both for a resume, ADR 7)."""
+    from tenant_migration.abort import abort_run
+    from tenant_migration.postgres.cdc import slot_name_for
+
+    abort_run(endpoints, f"{DAG}/{run_id}")
+    api.call("POST", f"/dags/{DAG}/clearTaskInstances", {
+        "dry_run": False, "dag_run_id": run_id, "task_ids": ["ready.reattach_replica", "drop_cdc_slot"],
+        "only_failed": True, "reset_dag_runs": True})
+    api.wait_run(DAG, run_id)
+    with admin(topo, "primary") as p, admin(topo, "standby") as s:
+        slots = p.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                          (slot_name_for(f"{DAG}/{run_id}"),)).fetchone()[0]
+        replay = s.execute("SELECT pg_get_wal_replay_pause_state()").fetchone()[0]
+    assert (slots, replay) == (0, "not paused"), (slots, replay)
+
+
+def test_the_operator_sees_the_tenant_the_evidence_and_gets_paged(airflow, receiver, broken_gate, topo,
+                                                                  endpoints) -> None:
     run_id = airflow.trigger(DAG, airflow.form_conf(DAG, **FORM))
+    try:
+        _the_operator_sees(airflow, receiver, broken_gate, topo, run_id)
+    finally:
+        _give_up(airflow, endpoints, topo, run_id)
+
+
+def _the_operator_sees(airflow: AirflowRest, receiver: WebhookReceiver, broken_gate: int, topo, run_id: str) -> None:
+    slug = data.TENANT_SLUGS[TENANT - 1]
     _spend_the_budget(topo, f"{DAG}/{run_id}")
     assert airflow.wait_run(DAG, run_id) == "failed"
     states = {(ti["task_id"], ti["map_index"]): ti["state"] for ti in airflow.task_instances(DAG, run_id)}

@@ -1,6 +1,7 @@
 """``python -m tenant_migration.stack``: bring the local stack up, down, report status, load data.
 
-    up            start every server (idempotent), bootstrap schemas/roles, Airflow home
+    up [--workers N]  start every server (idempotent), bootstrap schemas/roles, Airflow home;
+                  with N > 0 also Redis and N Celery workers (the CeleryExecutor)
     down          stop every server (state is kept)
     status        one line per server
     reset         down, then delete the state folder except the download cache
@@ -20,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tenant_migration.stack import airflow_env, cassandra, moto, postgres
+from tenant_migration.stack import airflow_env, cassandra, moto, postgres, redis, workers
 from tenant_migration.stack.common import StackError
 from tenant_migration.stack.platforms import hosted_platform, hosted_platforms
 from tenant_migration.stack.topology import Topology, default_topology
@@ -58,6 +59,15 @@ def cmd_up(topo: Topology) -> dict[str, float]:
     t = time.monotonic()
     _airflow_db(topo)
     timings["airflow_db"] = time.monotonic() - t
+    n = workers.wanted(topo)
+    if n:
+        t = time.monotonic()
+        redis.up(topo)
+        pids = workers.start(topo, n, {**os.environ, **airflow_env.environment(topo)})
+        timings["celery"] = time.monotonic() - t
+        _say(f"CeleryExecutor: redis on {redis.url(topo)}, {n} workers (pids {', '.join(map(str, pids))})")
+    else:
+        workers.stop(topo)  # a stack brought up with workers before, now without
     timings["total"] = time.monotonic() - started
     (topo.state_dir / "last_up.json").write_text(json.dumps(timings, indent=2))
     _say("up in " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
@@ -85,6 +95,8 @@ def _airflow_db(topo: Topology) -> None:
 
 
 def cmd_down(topo: Topology) -> None:
+    workers.stop(topo)
+    redis.down(topo)
     for hosted in hosted_platforms():
         if hasattr(hosted, "down"):
             hosted.down(topo)
@@ -96,6 +108,8 @@ def cmd_down(topo: Topology) -> None:
 
 def cmd_status(topo: Topology) -> int:
     rows = postgres.status(topo) + cassandra.status(topo) + moto.status(topo)
+    if workers.wanted(topo):
+        rows += redis.status(topo) + workers.status(topo)
     for hosted in hosted_platforms():
         if hasattr(hosted, "status"):
             rows += hosted.status(topo)
@@ -121,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenant_migration.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("up", "down", "status", "reset"):
+    up = sub.add_parser("up")
+    up.add_argument("--workers", type=int, default=None,
+                    help="Celery workers (CeleryExecutor + Redis); 0: LocalExecutor; default: as the stack was")
+    for name in ("down", "status", "reset"):
         sub.add_parser(name)
     reset = sub.add_parser("demo-reset")
     reset.add_argument("--platform", default=None, help="a hosted platform's name (default: the first)")
@@ -135,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     topo = default_topology()
     try:
         if args.cmd == "up":
+            if args.workers is not None:
+                workers.set_wanted(topo, args.workers)
             cmd_up(topo)
         elif args.cmd == "down":
             cmd_down(topo)

@@ -26,7 +26,7 @@ from tenant_migration.connections import (
     CONN_SOURCE_REPLICA,
     CONN_TARGET,
 )
-from tenant_migration.stack import prewarm
+from tenant_migration.stack import prewarm, workers
 from tenant_migration.stack.topology import REPO_ROOT, Topology
 
 ROLES = ("migration_reader", "migration_writer", "migration_operator", "platform_app")
@@ -149,6 +149,8 @@ def environment(topo: Topology) -> dict[str, str]:
     }
     for conn_id, conn in {**connections(topo), **platform_connections(topo)}.items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    if workers.wanted(topo):  # ``stack up --workers N``: the CeleryExecutor, Redis, N workers
+        env.update(workers.celery_environment(topo, sql_alchemy_conn(topo)))
     return env
 
 

@@ -86,11 +86,28 @@ def _token(base: str, password: str) -> str:
 def start_standalone(topo: Topology, log_path: Path, timeout: float = 300,
                      env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], AirflowRest]:
     """Start ``airflow standalone`` in its own process group (stopped with ``stop``) and log in.
-    ``env``: more environment for it (an ``AIRFLOW_CONN_*`` a test adds, for instance)."""
+    ``env``: more environment for it (an ``AIRFLOW_CONN_*`` a test adds, for instance).
+    Standalone always runs the LocalExecutor; ``start_components`` runs another."""
+    return _start(topo, log_path, [str(Path(sys.executable).with_name("airflow")), "standalone"], timeout, env)
+
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def start_components(topo: Topology, log_path: Path, timeout: float = 300,
+                     env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], AirflowRest]:
+    """Airflow's components one by one (what standalone does, with the executor the stack's
+    environment names: the CeleryExecutor under ``--workers N``), in one process group."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    script = " ".join(f"{airflow} {c} &" for c in COMPONENTS) + " wait"
+    return _start(topo, log_path, ["bash", "-c", script], timeout, env)
+
+
+def _start(topo: Topology, log_path: Path, command: list[str], timeout: float,
+           env: dict[str, str] | None) -> tuple[subprocess.Popen[bytes], AirflowRest]:
     log = log_path.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tenant_migration.stack", "run", "--", str(Path(sys.executable).with_name("airflow")),
-         "standalone"],
+        [sys.executable, "-m", "tenant_migration.stack", "run", "--", *command],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     base = f"http://127.0.0.1:{topo.airflow_api_port}"
     password = json.loads((topo.airflow_home / "simple_auth_manager_passwords.json").read_text())["admin"]
@@ -98,7 +115,7 @@ def start_standalone(topo: Topology, log_path: Path, timeout: float = 300,
     while True:
         if proc.poll() is not None:
             stop(proc)  # what it started may still run
-            raise AssertionError(f"airflow standalone exited ({proc.returncode}); see {log_path}")
+            raise AssertionError(f"airflow exited ({proc.returncode}); see {log_path}")
         try:
             health = httpx.get(f"{base}/api/v2/monitor/health", timeout=5).json()
             if health.get("scheduler", {}).get("status") == "healthy":
@@ -107,7 +124,7 @@ def start_standalone(topo: Topology, log_path: Path, timeout: float = 300,
             pass
         if time.monotonic() > deadline:
             stop(proc)
-            raise AssertionError(f"airflow standalone not healthy within {timeout}s; see {log_path}")
+            raise AssertionError(f"airflow not healthy within {timeout}s; see {log_path}")
         time.sleep(2)
 
 

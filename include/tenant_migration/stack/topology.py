@@ -48,6 +48,8 @@ class Topology:
     moto_host: str = "127.0.0.1"
     moto_port: int = 15500
     airflow_api_port: int = 18080
+    # The Celery broker of the distributed executor (``stack up WORKERS=N``; unused by LocalExecutor).
+    redis_port: int = 16379
     pg_dbname: str = "platform"
     airflow_dbname: str = "airflow"
     airflow_db_user: str = "airflow"
@@ -111,6 +113,7 @@ def slotted_topology(state_dir: Path, slot: int) -> Topology:
         cassandra_source=replace(base.cassandra_source, host=f"127.0.{slot}.2", jmx_port=base.cassandra_source.jmx_port + 1000 * slot),
         cassandra_target=replace(base.cassandra_target, host=f"127.0.{slot}.3", jmx_port=base.cassandra_target.jmx_port + 1000 * slot),
         moto_port=base.moto_port + shift,
+        redis_port=base.redis_port + shift,
         airflow_api_port=base.airflow_api_port + shift,
         pg_superpassword=admin_password(state_dir),
     )
