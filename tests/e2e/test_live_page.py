@@ -103,9 +103,17 @@ def test_an_operator_follows_a_migration_on_the_page(airflow, chromium, topo, ti
     key = f"{DAG}/{run_id}"
     password = json.loads((topo.airflow_home / "simple_auth_manager_passwords.json").read_text())["admin"]
 
+    try:
+        _follow(airflow, chromium, topo, shots, slug, run_id, key, password)
+    finally:  # whatever failed, the run ends here: no live run holds the target for the next test
+        airflow.wait_run(DAG, run_id)
+
+
+def _follow(airflow: AirflowRest, chromium, topo, shots: Path, slug: str, run_id: str, key: str,
+            password: str) -> None:
     page = chromium.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(f"{airflow.base}/", wait_until="networkidle")
-    assert "/auth/login" in page.url
+    page.wait_for_url(re.compile(r".*/auth/login.*"), timeout=60_000)  # the UI sends it there (client side)
     page.fill("input[name=username]", "admin")
     page.fill("input[name=password]", password)
     page.click("button:has-text('Sign in')")
