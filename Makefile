@@ -15,7 +15,7 @@ PRESET ?= demo
 WORKERS ?= 0
 
 .PHONY: help system-deps venv stack-up stack-down stack-status stack-reset data demo test test-unit \
-        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow bench-airflow-standalone airflow-standalone
+        test-integration lint lock clean bench-postgres bench-cassandra bench-load bench-gates bench-airflow bench-airflow-standalone bench-workers airflow-standalone
 
 help:
 	@echo "make demo    - set up everything and migrate tenant $(DEMO_TENANT) of the demo dataset (PLATFORM=sample|meterhub)"
@@ -23,7 +23,7 @@ help:
 	@echo "make stack-up | stack-down | stack-status | stack-reset"
 	@echo "make data PRESET=tiny|demo|bench [PLATFORM=meterhub]"
 	@echo "make airflow-standalone - Airflow UI on http://127.0.0.1:18080 (user admin, password in .stack/airflow/simple_auth_manager_passwords.json)"
-	@echo "make bench-postgres | bench-cassandra | bench-load | bench-gates | bench-airflow | bench-airflow-standalone - benchmarks"
+	@echo "make bench-postgres | bench-cassandra | bench-load | bench-gates | bench-airflow | bench-airflow-standalone | bench-workers - benchmarks"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -104,6 +104,11 @@ bench-airflow: stack-up
 # migration through the REST API with the form's conf RUNS times (default 2), measures each run.
 bench-airflow-standalone: stack-up
 	$(PY) bench/bench_airflow_overhead.py --standalone --tenant $(DEMO_TENANT) --runs $${RUNS:-2}
+
+# The same under the CeleryExecutor with 1, then 2 workers (Redis and the workers started and
+# stopped by the bench): the copy phase's and the DAG's wall with each, on the same data.
+bench-workers: stack-up
+	$(PY) bench/bench_airflow_overhead.py --celery $${COUNTS:-1,2} --tenant $(DEMO_TENANT) --runs $${RUNS:-1}
 
 airflow-standalone: stack-up
 	$(STACK) run -- $(VENV)/bin/airflow standalone

@@ -9,6 +9,9 @@ Two ways to run it:
     # run the demo migration under a real ``airflow standalone`` and measure it (make bench-airflow-standalone)
     .venv/bin/python bench/bench_airflow_overhead.py --standalone [--tenant 3] [--runs 2] [--set PARAM=JSON]
 
+    # the same under the CeleryExecutor with 1, then 2 workers, on the same data (make bench-workers)
+    .venv/bin/python bench/bench_airflow_overhead.py --celery 1,2 [--tenant 3] [--runs 1] [--set PARAM=JSON]
+
 ``--standalone`` loads the demo dataset (a no-op when loaded), resets the demo target
 (``platform.demo_reset``), starts ``airflow standalone`` on the stack, then for each run triggers
 ``tenant_migration`` through the REST API with the conf the UI form sends (every param at its
@@ -33,6 +36,12 @@ Definitions (all from recorded timestamps, nothing re-run):
   instance was running (the scheduler between dependent tasks, task runner start-up). The whole
   DAG also spends time on work that is not copying (gates, catch-up, TTL wait, drain), so
   ``chunk work / DAG wall`` is printed but is not an overhead figure; ``idle / DAG wall`` is.
+
+``--celery 1,2`` starts Redis, the workers and Airflow's components (``stack up --workers N`` does
+the same) for each count in turn, triggers the same migration on the same data, and prints each
+count's copy phase and DAG wall, then ``celery_copy_speedup=`` (copy wall with the first count ÷
+with the last) and ``celery_dag_speedup=``. On one 2-core machine every worker shares the same two
+cores with the servers, so this measures the executor's spreading, not what more machines add.
 
 Prints the numbers, and last ``airflow_copy_overhead=<ratio>`` (target: under 0.10; with several
 runs, the median, the spread printed above it).
@@ -164,20 +173,36 @@ def measure(topo: Topology, run_id: str | None) -> dict[str, Any] | None:
     overhead = 1 - chunk_work / slot_time
     print(f"airflow_dag_idle_ratio={(dag_wall - busy) / dag_wall:.3f}")
     return {"run_id": run.run_id, "copy_tasks": len(copies), "slot_time": slot_time, "chunk_work": chunk_work,
+            "copy_wall": copy_wall,
             "overhead": overhead, "dag_wall": dag_wall, "idle": dag_wall - busy,
             "fixed_per_task": {k: v / n for k, v in fixed_total.items()}}
 
 
-def run_standalone(topo: Topology, tenant: int, runs: int, overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """Trigger the demo migration ``runs`` times through a real ``airflow standalone`` and measure each."""
+def run_standalone(topo: Topology, tenant: int, runs: int, overrides: dict[str, Any],
+                   workers_n: int = 0) -> list[dict[str, Any]]:
+    """Trigger the demo migration ``runs`` times through a real Airflow and measure each:
+    ``airflow standalone`` (LocalExecutor), or with ``workers_n`` the CeleryExecutor's components
+    with that many workers."""
     from tenant_migration.demo import demo_params
     from tenant_migration.sample import platform
-    from tenant_migration.stack.airflow_rest import start_standalone, stop
+    from tenant_migration.stack import redis, workers
+    from tenant_migration.stack.airflow_rest import start_components, start_standalone, stop
 
     platform.load_data(topo, "demo", 7)
-    log = topo.logs_dir / "bench-airflow-standalone.log"
-    print(f"[bench] starting airflow standalone (log: {log})", flush=True)
-    proc, api = start_standalone(topo, log)
+    what = f"celery-{workers_n}" if workers_n else "standalone"
+    log = topo.logs_dir / f"bench-airflow-{what}.log"
+    if workers_n:
+        os.environ["TM_WORKERS"] = str(workers_n)
+        redis.up(topo)
+        workers.start(topo, workers_n, {**os.environ, **airflow_env.environment(topo)})
+    print(f"[bench] starting airflow ({what}; log: {log})", flush=True)
+    try:
+        proc, api = (start_components if workers_n else start_standalone)(
+            topo, log, env={"TM_WORKERS": str(workers_n)} if workers_n else None)
+    except BaseException:
+        if workers_n:
+            workers.stop(topo)
+        raise
     results: list[dict[str, Any]] = []
     try:
         api.wait_for_dag(DAG_ID)
@@ -199,7 +224,29 @@ def run_standalone(topo: Topology, tenant: int, runs: int, overrides: dict[str, 
             results.append(result)
     finally:
         stop(proc)
+        if workers_n:
+            workers.stop(topo)
+            redis.down(topo)
+            os.environ.pop("TM_WORKERS", None)
     return results
+
+
+def run_celery(topo: Topology, tenant: int, runs: int, overrides: dict[str, Any], counts: list[int]) -> int:
+    """The same migration on the same data under 1, 2, ... Celery workers; the walls side by side."""
+    by_count = {n: run_standalone(topo, tenant, runs, overrides, workers_n=n) for n in counts}
+    print("\nworkers  runs  copy wall  DAG wall  copy tasks  slot time  chunk work")
+    med: dict[int, tuple[float, float]] = {}
+    for n, results in by_count.items():
+        copy_wall = statistics.median(r["copy_wall"] for r in results)
+        dag_wall = statistics.median(r["dag_wall"] for r in results)
+        med[n] = (copy_wall, dag_wall)
+        print(f"{n:>7}{len(results):>6}{copy_wall:>9.1f} s{dag_wall:>8.1f} s{results[0]['copy_tasks']:>12}"
+              f"{statistics.median(r['slot_time'] for r in results):>9.1f} s"
+              f"{statistics.median(r['chunk_work'] for r in results):>10.1f} s")
+    first, last = counts[0], counts[-1]
+    print(f"celery_copy_speedup={med[first][0] / med[last][0]:.3f}  ({first} -> {last} workers, copy phase wall)")
+    print(f"celery_dag_speedup={med[first][1] / med[last][1]:.3f}  ({first} -> {last} workers, DAG wall)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="with --standalone: migrations to run and measure")
     parser.add_argument("--set", action="append", default=[], metavar="PARAM=JSON",
                         help="with --standalone: override one param of the form's conf")
+    parser.add_argument("--celery", metavar="N,N", help="run under the CeleryExecutor with each worker count in turn")
     args = parser.parse_args(argv)
     topo = default_topology()
+    if args.celery:
+        counts = [int(n) for n in args.celery.split(",")]
+        if not counts or min(counts) < 1 or max(counts) > 16:
+            parser.error("--celery takes worker counts 1..16, as in 1,2")
+        os.environ["TM_WORKERS"] = str(counts[0])  # the executor Airflow reads at import
+        os.environ.update(airflow_env.environment(topo))
+        overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+        return run_celery(topo, args.tenant, args.runs, overrides, counts)
     os.environ.update(airflow_env.environment(topo))  # Airflow reads its configuration at import
     if not args.standalone:
         result = measure(topo, args.run_id)

@@ -244,13 +244,15 @@ def alert_receiver(monkeypatch: Any, secret: str) -> Any:
     return receiving()
 
 
-def unpaused_standalone(topo: Topology, log_path: Any, dag_id: str, env: dict[str, str] | None = None) -> Any:
+def unpaused_standalone(topo: Topology, log_path: Any, dag_id: str, env: dict[str, str] | None = None,
+                        start: Any = None) -> Any:
     """For a module fixture (``yield from``): ``airflow standalone`` on the test stack with
     ``dag_id`` parsed and unpaused, stopped at the end. A run an earlier, interrupted session left
-    running would hold the DAG (``max_active_runs=1``): it is marked failed first."""
+    running would hold the DAG (``max_active_runs=1``): it is marked failed first. ``start``: how
+    Airflow starts (``airflow_rest.start_components`` for the CeleryExecutor; standalone by default)."""
     from tenant_migration.stack.airflow_rest import start_standalone, stop
 
-    proc, api = start_standalone(topo, log_path, env=env)
+    proc, api = (start or start_standalone)(topo, log_path, env=env)
     try:
         api.wait_for_dag(dag_id)
         for run in api.call("GET", f"/dags/{dag_id}/dagRuns?state=running&state=queued")["dag_runs"]:

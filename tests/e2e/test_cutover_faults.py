@@ -17,22 +17,14 @@ Before the fix both runs succeeded too, with acknowledged writes missing on the 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from fleet_run import FleetRun, check_nothing_lost, fleet_config, prepare
 from helpers import admin, unpaused_standalone
 
-from tenant_migration.cutover import dns
-from tenant_migration.sample import aws, data, dns_records
-from tenant_migration.sample.fleet import report as zd_report
-from tenant_migration.sample.fleet.__main__ import build
-from tenant_migration.sample.fleet.journal import Journal
-from tenant_migration.sample.fleet.simulator import FleetConfig, FleetStats
-from tenant_migration.sample.fleet.verify import verify
-from tenant_migration.spec import MigrationSpec
+from tenant_migration.sample import aws, data
 from tenant_migration.stack import moto
 from tenant_migration.stack.airflow_rest import AirflowRest
 
@@ -51,55 +43,6 @@ FORM = {"tenant_id": TENANT, "require_approval": False, "lowered_ttl": 2, "max_t
 @pytest.fixture(scope="module")
 def airflow(topo, tmp_path_factory) -> Iterator[AirflowRest]:
     yield from unpaused_standalone(topo, tmp_path_factory.mktemp("airflow") / "standalone.log", DAG)
-
-
-class FleetRun:
-    """The fleet writing through DNS in a thread, its journal, and what it found afterwards."""
-
-    def __init__(self, endpoints, cfg: FleetConfig, journal_file) -> None:
-        self.journal_file = journal_file
-        self.journal = Journal(journal_file)
-        self.fleet = build(endpoints, cfg, self.journal)
-        self.fleet.connect_all()
-        self.outcome: dict[str, Any] = {}
-        self.thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.outcome["stats"] = self.fleet.run()
-        except BaseException as exc:
-            self.outcome["error"] = exc
-
-    def __enter__(self) -> FleetRun:
-        self.thread.start()
-        time.sleep(3)  # the fleet writes to the shared platform before the run starts
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        time.sleep(3)  # and keeps writing, now to the target, after the run
-        self.fleet.stop()
-        self.thread.join(timeout=120)
-        self.journal.close()
-
-
-def _fleet_config(slug: str, **over: Any) -> FleetConfig:
-    return FleetConfig(**{"tenant_id": TENANT, "slug": slug, "devices": 40, "active_fraction": 0.25,
-                          "active_per_second": 2.0, "background_per_hour": 60.0, "app_updates_per_second": 1.0,
-                          "registrations_per_minute": 10.0, "device_registrations_per_minute": 0.0,
-                          "registration_retry_s": 2.0, "duration_s": 3600.0, "dns_clients": 8, "app_clients": 2,
-                          **over})
-
-
-def _prepare(topo, endpoints) -> str:
-    """An emptied target, DNS on the shared platform at the normal TTL; returns the tenant's slug."""
-    from tenant_migration.sample import platform
-
-    platform.demo_reset(topo)
-    slug = data.TENANT_SLUGS[TENANT - 1]
-    r53 = endpoints.aws.client("route53")
-    zid = dns.zone_id(r53, MigrationSpec.dns_zone)
-    dns.lower_ttl(r53, zid, dns.tenant_records(dns_records(), MigrationSpec.dns_zone, slug), NORMAL_TTL)
-    return slug
 
 
 def _states(api: AirflowRest, run_id: str) -> dict[str, str]:
@@ -125,23 +68,10 @@ def _ledger(topo, run_id: str) -> tuple[str, list[tuple[str, str, dict]]]:
     return str(status), events
 
 
-def _check_nothing_lost(run: FleetRun, endpoints, topo, run_id: str, tmp_path) -> tuple[Any, Any]:
-    assert "error" not in run.outcome, run.outcome.get("error")
-    stats = run.outcome["stats"]
-    assert isinstance(stats, FleetStats)
-    result = verify(run.journal_file, endpoints.target, endpoints.cassandra_target)
-    rep = zd_report.build_report(run.journal_file, endpoints.target, f"{DAG}/{run_id}", tmp_path / "zd")
-    print(rep.summary())
-    print("fleet journal:", result.to_dict())
-    assert result.datapoints_acked > 0 and result.app_updates_checked > 0
-    assert result.ok, result.to_dict()  # every acknowledged write is on the target, in its final state
-    return result, rep
-
-
 def test_a_control_plane_outage_during_the_flip_loses_no_write(airflow, topo, endpoints, tiny_dataset,
                                                               tmp_path) -> None:
-    slug = _prepare(topo, endpoints)
-    with FleetRun(endpoints, _fleet_config(slug), tmp_path / "journal.jsonl") as fleet:
+    slug = prepare(topo, endpoints, TENANT, NORMAL_TTL)
+    with FleetRun(endpoints, fleet_config(TENANT, slug), tmp_path / "journal.jsonl") as fleet:
         run_id = airflow.trigger(DAG, airflow.form_conf(DAG, **FORM))
         _wait_task(airflow, run_id, "go.lower_dns_ttl", {"running"})
         time.sleep(1)  # the TTL is lowered; the task waits out the old one
@@ -178,13 +108,13 @@ def test_a_control_plane_outage_during_the_flip_loses_no_write(airflow, topo, en
     print("drain:", {k: drain[k] for k in ("seconds", "quiet_seconds", "passes", "late_cells", "changes",
                                             "newest_write")})
     assert drain["quiet_seconds"] >= FORM["drain_quiet_s"]
-    _, rep = _check_nothing_lost(fleet, endpoints, topo, run_id, tmp_path)
+    _, rep = check_nothing_lost(fleet, endpoints, f"{DAG}/{run_id}", tmp_path)
     assert rep.stragglers["after_drain"] == 0, rep.stragglers
 
 
 def test_clients_that_ignore_ttls_are_waited_for(airflow, topo, endpoints, tiny_dataset, tmp_path) -> None:
-    slug = _prepare(topo, endpoints)
-    cfg = _fleet_config(slug, pin_seconds=3600)
+    slug = prepare(topo, endpoints, TENANT, NORMAL_TTL)
+    cfg = fleet_config(TENANT, slug, pin_seconds=3600)
     fleet_run = FleetRun(endpoints, cfg, tmp_path / "journal.jsonl")
     # The DNS caches of two active devices (writing twice a second each) ignore TTLs: they never
     # re-resolve by themselves. (A straggler writing a few times an hour needs a quiet window
@@ -205,5 +135,5 @@ def test_clients_that_ignore_ttls_are_waited_for(airflow, topo, endpoints, tiny_
                                             "newest_write")})
     assert drain["late_cells"] > 0, "the pinned clients wrote to the shared platform after the flip"
     assert drain["seconds"] >= PINNED_INTO_DRAIN + FORM["drain_quiet_s"], "the drain waited for the pinned clients"
-    _, rep = _check_nothing_lost(fleet, endpoints, topo, run_id, tmp_path)
+    _, rep = check_nothing_lost(fleet, endpoints, f"{DAG}/{run_id}", tmp_path)
     assert rep.stragglers["after_drain"] == 0, rep.stragglers

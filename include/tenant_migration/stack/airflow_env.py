@@ -125,6 +125,21 @@ def connections(topo: Topology) -> dict[str, dict[str, Any]]:
     }
 
 
+# A task whose worker died with it (the machine lost, the worker's whole process tree killed) stays
+# ``running`` until its heartbeats are missed this long; then the scheduler fails it into its retry.
+# Airflow's 300 s is five minutes of a copy batch nobody runs; a task's supervisor heartbeats every
+# 5 s ([workers] min_heartbeat_interval), so 60 s is twelve missed beats, not a slow API server.
+HEARTBEAT_TIMEOUT_S = 60
+HEARTBEAT_DETECTION_S = 5
+# A task a Celery worker had taken from the broker but not started when it died is stranded: the
+# broker hands it out again only after its visibility timeout (hours), and Airflow sees it
+# ``queued`` until this timeout (600 s by default) re-queues it. Under the migration's pools a
+# queued task waits only for a free worker slot (seconds), so 120 s is a lost worker, not a busy
+# one -- provided the workers have at least as many slots as the pools (README, Celery workers).
+QUEUED_TIMEOUT_S = 120
+QUEUED_CHECK_S = 15
+
+
 def environment(topo: Topology) -> dict[str, str]:
     """Environment for every Airflow command of the local stack (``make demo``, tests, standalone)."""
     home = topo.airflow_home
@@ -143,6 +158,10 @@ def environment(topo: Topology) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": str(HEARTBEAT_DETECTION_S),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(QUEUED_TIMEOUT_S),
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": str(QUEUED_CHECK_S),
         "GX_ANALYTICS_ENABLED": "false",
         "TM_STATE_DIR": str(topo.state_dir),
         "TM_REPORTS_DIR": str(topo.state_dir / "reports"),

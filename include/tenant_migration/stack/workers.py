@@ -84,13 +84,19 @@ def worker_name(i: int) -> str:
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs. A killed worker this process started stays a zombie until it is
+    reaped, and a zombie still answers ``kill(pid, 0)``: reap it here, and take any zombie for dead."""
     if pid is None:
         return False
+    with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def start(topo: Topology, n: int, env: dict[str, str], concurrency: int = CONCURRENCY) -> list[int]:
@@ -116,17 +122,43 @@ def start(topo: Topology, n: int, env: dict[str, str], concurrency: int = CONCUR
     return pids
 
 
-def kill(topo: Topology, i: int, sig: int = signal.SIGKILL) -> int | None:
-    """Signal worker ``i``'s whole process group (the worker, its pool, the task processes)."""
+def _session_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return None if fields[0] == "Z" else int(fields[3])  # state, ppid, pgrp, session
+
+
+def processes(topo: Topology, i: int) -> list[int]:
+    """Every live process of worker ``i``: the worker, its pool, and the task processes with their
+    children. Airflow's supervisor puts each task process in a process group of its own (so a
+    signal to the worker's group does not reach it), and a task process whose supervisor died is
+    re-parented away from the worker; all of them stay in the session the worker was started in,
+    which is how they are found. (Their environment is no guide: Celery's process titles overwrite
+    what ``/proc/<pid>/environ`` shows.)"""
+    leader = read_pid(_pidfile(topo, i))
+    if leader is None:
+        return []
+    return sorted(int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _session_of(int(e.name)) == leader)
+
+
+def kill(topo: Topology, i: int, sig: int = signal.SIGKILL, whole_tree: bool = True) -> list[int]:
+    """Signal worker ``i``'s process group (the worker and its pool); with ``whole_tree`` every
+    other process of the worker too (the task processes and what they started): what losing the
+    worker's machine does. The pids signalled; [] when the worker was not running."""
     pid = read_pid(_pidfile(topo, i))
     if not _alive(pid):
-        return None
+        return []
     assert pid is not None
-    try:
+    hit = processes(topo, i) if whole_tree else []
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        return None
-    return pid
+    for other in hit:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(other, sig)
+    return sorted({pid, *hit})
 
 
 def stop(topo: Topology, grace_s: float = 30.0) -> None:

@@ -33,6 +33,11 @@ def test_compose_has_the_same_topology(tmp_path: Path) -> None:
         assert svc in services
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    stack_env = airflow_env.environment(topo)
+    for key in ("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",  # a dead worker's tasks retried as locally
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL",
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL"):
+        assert env[key] == stack_env[key], key
     # ADR 8: Airflow's metadata lives in a PostgreSQL of its own there too, not on a platform server.
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert "@airflow-db/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
