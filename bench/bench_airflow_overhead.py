@@ -82,6 +82,9 @@ def union_seconds(spans: list[tuple[datetime, datetime]]) -> float:
     return total
 
 
+hosts: dict[str, dict[tuple[str, int], str]] = {}  # run -> (task, map index) -> the host Airflow recorded
+
+
 def _airflow_run(run_id: str | None) -> tuple[Any, list[tuple[str, int, Any, Any, Any]], dict[str, list]] | None:
     """The run, its task instance timings, and each copy task's planned batches (the plan's XCom)."""
     from airflow.models import DagRun, TaskInstance
@@ -100,6 +103,7 @@ def _airflow_run(run_id: str | None) -> tuple[Any, list[tuple[str, int, Any, Any
                                                          TaskInstance.run_id == run.run_id)).all()
         timings = [(ti.task_id, ti.map_index, ti.queued_dttm, ti.start_date, ti.end_date) for ti in tis
                    if ti.start_date and ti.end_date]
+        hosts[run.run_id] = {(ti.task_id, ti.map_index): ti.hostname or "" for ti in tis}
         plans: dict[str, list] = {}
         for plan_task, _ in COPY_TASKS.values():
             row = session.scalars(select(XComModel).where(
@@ -144,7 +148,7 @@ def measure(topo: Topology, run_id: str | None) -> dict[str, Any] | None:
     print(f"run {run.run_id} ({len(timings)} task instances, {len(copies)} copy tasks)")
     for engine, n, nrows, secs in rows:
         print(f"  chunk work {engine:<10} {n:5d} chunks {nrows:>10} rows {secs:9.2f} s")
-    print("  per copy task (s):        chunks   queued   before  between    after    fixed     work")
+    print("  per copy task (s):        chunks   queued   before  between    after    fixed     work  host")
     fixed_total: dict[str, float] = {"queued": 0.0, "before": 0.0, "between": 0.0, "after": 0.0}
     for task_id, map_index, queued, start, end in copies:
         batches = plans.get(COPY_TASKS[task_id][0]) or []
@@ -162,8 +166,9 @@ def measure(topo: Topology, run_id: str | None) -> dict[str, Any] | None:
                  "after": (end - spans[-1][1]).total_seconds()}
         for k, v in parts.items():
             fixed_total[k] += v
+        host = hosts.get(run.run_id, {}).get((task_id, map_index), "")
         print(f"  {task_id.split('.')[-1]:<21}[{map_index}] {len(spans):6d} " + " ".join(
-            f"{v:8.2f}" for v in parts.values()) + f" {sum(parts.values()):8.2f} {work:8.2f}")
+            f"{v:8.2f}" for v in parts.values()) + f" {sum(parts.values()):8.2f} {work:8.2f}  {host}")
     n = max(1, len(copies))
     print("  mean fixed cost per copy task: " + ", ".join(f"{k} {v / n:.2f} s" for k, v in fixed_total.items())
           + f" (total {sum(fixed_total.values()) / n:.2f} s)")
