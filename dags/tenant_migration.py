@@ -12,6 +12,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import TaskGroup, dag, get_current_context, task
 
+from tenant_migration import deferral
 from tenant_migration.alerts import WebhookNotifier
 from tenant_migration.evidence import attach as evidence_links
 from tenant_migration.lazy import lazy_module, runbook
@@ -93,7 +94,8 @@ def tenant_migration() -> None:
         p = ctx["params"]
         return "go.approve_flip" if p.get("require_approval", True) and not p.get("dry_run") else "go.skip_approval"
     @task(**RETRY, trigger_rule="none_failed_min_one_success")
-    def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call(go.lower_dns_ttl, ctx, pre["slug"])
+    def lower_dns_ttl(pre: dict, **ctx) -> dict:  # the wait is deferred: it holds no worker slot
+        return deferral.until(_call(go.lower_dns_ttl, ctx, pre["slug"], False))
     @task(**CUTOVER)
     def flip_dns(pre: dict, **ctx) -> dict: return _call(go.flip_dns, ctx, pre["slug"])
     @task(**RETRY)
@@ -133,7 +135,7 @@ def tenant_migration() -> None:
                                    defaults="Reject", response_timeout=timedelta(hours=1), fail_on_reject=True,
                                    execution_timeout=timedelta(hours=2))
         skip_approval = EmptyOperator(task_id="skip_approval")
-        ttl = lower_dns_ttl(pre)
+        ttl = deferral.resumable(lower_dns_ttl(pre))  # its wait is deferred to the triggerer
         flipped = flip_dns(pre)
         drained = drain_stragglers()
         post_flip = gate_post_flip(pre, drained)

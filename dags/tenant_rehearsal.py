@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import Param, TaskGroup, dag, task
 
+from tenant_migration import deferral
 from tenant_migration.alerts import WebhookNotifier
 from tenant_migration.evidence import attach as evidence_links
 from tenant_migration.lazy import lazy_module, runbook
@@ -95,7 +96,8 @@ def tenant_rehearsal() -> None:
     @task(**CUTOVER)
     def gate_pre_flip(**ctx) -> dict: return _call(go.gate_pre_flip, ctx)
     @task(**RETRY)
-    def lower_dns_ttl(pre: dict, **ctx) -> dict: return _call(go.lower_dns_ttl, ctx, pre["slug"])
+    def lower_dns_ttl(pre: dict, **ctx) -> dict:  # the wait is deferred: it holds no worker slot
+        return deferral.until(_call(go.lower_dns_ttl, ctx, pre["slug"], False))
     @task(**CUTOVER)
     def flip_dns(pre: dict, **ctx) -> dict: return _call(go.flip_dns, ctx, pre["slug"])
     @task(**RETRY)
@@ -149,7 +151,7 @@ def tenant_rehearsal() -> None:
         drained = drain_stragglers()
         post_flip = gate_post_flip(pre, drained)
         resumed = resume_registrations().as_teardown(setups=suspended)
-        set_gate >> suspended >> final_catch_up() >> gate_pre_flip() >> lower_dns_ttl(pre) >> flipped
+        set_gate >> suspended >> final_catch_up() >> gate_pre_flip() >> deferral.resumable(lower_dns_ttl(pre)) >> flipped
         flipped >> drained >> post_flip >> resumed
     dropped = drop_cdc_slot().as_teardown(setups=slot)
     migrated = report_migration(flipped)

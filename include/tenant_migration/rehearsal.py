@@ -386,8 +386,11 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
     with ep.target.connect(autocommit=True) as tconn:
         measured = _tasks(tconn, rid)
         chunks = ledger.chunk_rows(tconn, rid)
-        events = {r[0]: r[1] for r in tconn.execute(
-            "SELECT step, detail FROM tm_control.events WHERE run_id = %s AND step = 'lower_dns_ttl'", (rid,)).fetchall()}
+        # The longest wait any try recorded: a deferred wait's resumed try finds nothing left to wait.
+        row = tconn.execute(
+            "SELECT COALESCE(max((detail->>'waited_s')::float8), 0) FROM tm_control.events WHERE run_id = %s "
+            "AND step = 'lower_dns_ttl'", (rid,)).fetchone()
+        ttl_waited = row[0] if row else 0.0
         gate_rows = tconn.execute(
             "SELECT run_id, gate, attempt, passed, summary FROM tm_control.gates WHERE run_id IN (%s, %s) "
             "ORDER BY evaluated_at", (rid, back)).fetchall()
@@ -395,7 +398,7 @@ def write_report(ep: Endpoints, spec: RehearsalSpec, rid: str, tmap: TenantMap |
         steps_back = tconn.execute("SELECT step, detail FROM tm_control.events WHERE run_id = %s AND kind = 'info'",
                                    (back,)).fetchall()
     drained = measured.get("go.drain_stragglers", 0.0) and float(spec.drain_seconds)
-    waited = {"go.lower_dns_ttl": float((events.get("lower_dns_ttl") or {}).get("waited_s", 0)),
+    waited = {"go.lower_dns_ttl": float(ttl_waited),
               "go.drain_stragglers": float(drained)}
     with ep.replica.connect(autocommit=True) as rconn, ep.cassandra_source.session() as src:
         ttls = {n: default_ttl(src, tmap.keyspace, n) for n in tmap.cassandra_tables}

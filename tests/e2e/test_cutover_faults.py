@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 from fleet_run import FleetRun, check_nothing_lost, fleet_config, prepare
@@ -137,3 +138,35 @@ def test_clients_that_ignore_ttls_are_waited_for(airflow, topo, endpoints, tiny_
     assert drain["seconds"] >= PINNED_INTO_DRAIN + FORM["drain_quiet_s"], "the drain waited for the pinned clients"
     _, rep = check_nothing_lost(fleet, endpoints, f"{DAG}/{run_id}", tmp_path)
     assert rep.stragglers["after_drain"] == 0, rep.stragglers
+
+
+DEFERRED_TTL = 20  # the records' TTL before the run: the TTL wait is that long, in the triggerer
+
+
+def test_the_ttl_wait_is_deferred_and_holds_no_slot(airflow, topo, endpoints, tiny_dataset, tmp_path) -> None:
+    """Waiting out the old TTL hands the wait to the triggerer: the task is ``deferred``, its pool
+    slot free, and it ends at the deadline the ledger recorded when the TTL was lowered."""
+    slug = prepare(topo, endpoints, TENANT, DEFERRED_TTL)
+    with FleetRun(endpoints, fleet_config(TENANT, slug), tmp_path / "journal.jsonl") as fleet:
+        run_id = airflow.trigger(DAG, airflow.form_conf(DAG, **{**FORM, "max_ttl_wait_s": DEFERRED_TTL}))
+        assert _wait_task(airflow, run_id, "go.lower_dns_ttl", {"deferred", "success", "failed"}) == "deferred"
+        pool = airflow.call("GET", "/pools/default_pool")
+        running = sorted(k for k, v in _states(airflow, run_id).items() if v == "running")
+        assert _states(airflow, run_id)["go.lower_dns_ttl"] == "deferred"
+        assert airflow.wait_run(DAG, run_id) == "success", {k: v for k, v in _states(airflow, run_id).items()
+                                                            if v != "success"}
+    print(f"during the TTL wait: default_pool {pool}; running: {running}")
+    assert pool["deferred_slots"] >= 1 and not pool["include_deferred"]
+    assert pool["occupied_slots"] == pool["running_slots"] + pool["queued_slots"], pool  # the wait holds no slot
+    ti = airflow.call("GET", f"/dags/{DAG}/dagRuns/{run_id}/taskInstances/go.lower_dns_ttl")
+    with admin(topo, "target") as t:
+        lowered = t.execute("SELECT at, detail FROM tm_control.events WHERE run_id = %s AND step = 'dns_ttl_lowered' "
+                            "ORDER BY event_id", (f"{DAG}/{run_id}",)).fetchall()
+    assert len(lowered) == 1, lowered  # lowered once; the flip found it done and waited nothing more
+    at, detail = lowered[0]
+    deadline = at + timedelta(seconds=float(detail["wait_s"]))
+    ended = datetime.fromisoformat(ti["end_date"])
+    assert float(detail["wait_s"]) == DEFERRED_TTL and ended >= deadline, (ended, deadline)
+    print(f"TTL lowered at {at.isoformat()}, deadline {deadline.isoformat()}, the deferred task ended "
+          f"{(ended - deadline).total_seconds():.2f} s after it (try {ti['try_number']})")
+    check_nothing_lost(fleet, endpoints, f"{DAG}/{run_id}", tmp_path)

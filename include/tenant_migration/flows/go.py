@@ -262,22 +262,25 @@ def gate_pre_flip(ep: Endpoints, spec: MigrationSpec, run_id: str, tmap: TenantM
     return out
 
 
-def lower_dns_ttl(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str) -> dict[str, Any]:
+def lower_dns_ttl(ep: Endpoints, spec: MigrationSpec, run_id: str, slug: str, wait: bool = True) -> dict[str, Any]:
     """Lower the records' TTL, then wait out the old TTL: at the flip no client holds an older answer.
-    A retry (or a clear) waits only what is left of the wait begun by an earlier try."""
+    A retry (or a clear) waits only what is left of the wait begun by an earlier try. With
+    ``wait=False`` it does not sleep: the caller waits until ``wait_until`` (the DAG defers the task
+    to the triggerer, freeing its worker slot) -- the deadline is the ledger's, so a resumed or
+    cleared wait keeps the one the first try set."""
     if spec.dry_run:
         return {"skipped": "dry run"}
     r53 = ep.aws.client("route53")
     zid = dns.zone_id(r53, spec.dns_zone)
     plans = dns_plans(spec, slug)
     with ep.target.connect(autocommit=True) as tconn:
-        out = ensure_dns_ready(spec, run_id, tconn, r53, zid, plans, "lower_dns_ttl")
+        out = ensure_dns_ready(spec, run_id, tconn, r53, zid, plans, "lower_dns_ttl", sleep=wait)
         ledger.record_event(tconn, run_id, "lower_dns_ttl", "info", out)
     return out
 
 
 def ensure_dns_ready(spec: MigrationSpec, run_id: str, tconn: psycopg.Connection, r53: Any, zid: str,
-                     plans: list[dns.RecordPlan], by: str) -> dict[str, Any]:
+                     plans: list[dns.RecordPlan], by: str, sleep: bool = True) -> dict[str, Any]:
     """The flip's DNS precondition, checked NOW (not taken from an earlier try): every record of the
     tenant has at most the lowered TTL, and the old TTL has passed since it was lowered (at most
     ``max_ttl_wait_s``: the operator's cap). Where it does not hold -- a control plane that came back
@@ -299,19 +302,21 @@ def ensure_dns_ready(spec: MigrationSpec, run_id: str, tconn: psycopg.Connection
         detail: dict[str, Any] = {"old_ttl": old, "new_ttl": spec.lowered_ttl, "wait_s": wait, "found_above": high, "by": by}
         ledger.record_event(tconn, run_id, "dns_ttl_lowered", "info", detail)
         remaining = wait
+        until = datetime.now(UTC) + timedelta(seconds=wait)
         if wait < old:
             log.warning("the records' old TTL is %ss; waiting %ss (max_ttl_wait_s): clients may keep the old "
                         "answer up to %ss after the flip, the drain waits for their writes", old, wait, old - wait)
     else:
-        _, detail, since = last
+        lowered_at, detail, since = last
         remaining = max(0.0, float(detail.get("wait_s", 0)) - since)
-    if remaining > 0:
+        until = lowered_at + timedelta(seconds=float(detail.get("wait_s", 0)))  # the first try's deadline
+    if remaining > 0 and sleep:
         time.sleep(remaining)
     if relowered:
         log.warning("the tenant's records were back at a TTL above %ss (%s): lowered again, waited %.0fs",
                     spec.lowered_ttl, ", ".join(f"{n} {t}s" for n, t in high.items()), remaining)
     return {"old_ttl": detail["old_ttl"], "new_ttl": spec.lowered_ttl, "waited_s": round(remaining, 3),
-            "found_above": high, "lowered_again": relowered}
+            "wait_until": until.isoformat(), "found_above": high, "lowered_again": relowered}
 
 
 def ensure_registrations_suspended(ep: Endpoints, spec: MigrationSpec, run_id: str, tconn: psycopg.Connection,

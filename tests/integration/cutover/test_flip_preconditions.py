@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import types
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from helpers import admin
@@ -88,6 +89,26 @@ def test_a_retried_ttl_wait_waits_only_what_is_left(endpoints, run, target_admin
     again = steps.lower_dns_ttl(endpoints, run.spec, run.run_id, run.slug)
     assert again["waited_s"] == 0 and again["found_above"] == {}
     assert len(_events(target_admin, run.run_id, "dns_ttl_lowered")) == 1
+
+
+def test_a_deferred_ttl_wait_keeps_the_deadline_its_first_try_set(endpoints, run, target_admin) -> None:
+    """``wait=False`` (the DAG hands the wait to the triggerer): nothing sleeps, and every try --
+    the first, a resumed one, a cleared one -- names the same moment, the first lowering's."""
+    started = time.monotonic()
+    first = go.lower_dns_ttl(endpoints, run.spec, run.run_id, run.slug, wait=False)
+    assert time.monotonic() - started < WAIT, "it did not sleep"
+    assert first["waited_s"] == WAIT
+    time.sleep(1)
+    again = go.lower_dns_ttl(endpoints, run.spec, run.run_id, run.slug, wait=False)
+    assert 0 < again["waited_s"] < WAIT
+    deadlines = [datetime.fromisoformat(o["wait_until"]) for o in (first, again)]
+    assert abs((deadlines[1] - deadlines[0]).total_seconds()) < 0.2, deadlines
+    lowered_at = target_admin.execute("SELECT at FROM tm_control.events WHERE run_id = %s AND step = "
+                                      "'dns_ttl_lowered'", (run.run_id,)).fetchone()[0]
+    assert abs((deadlines[0] - lowered_at).total_seconds() - WAIT) < 0.2
+    time.sleep(WAIT)
+    late = go.lower_dns_ttl(endpoints, run.spec, run.run_id, run.slug, wait=False)
+    assert late["waited_s"] == 0 and datetime.fromisoformat(late["wait_until"]) <= datetime.now(UTC)
 
 
 def test_each_step_of_a_shift_checks_the_ttl_again(endpoints, run, target_admin, primary_admin, monkeypatch) -> None:
