@@ -16,6 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tenant_migration.lazy import same_named_subclass
+
 log = logging.getLogger(__name__)
 
 MIN_DEFER_S = 5.0  # a shorter wait sleeps: handing it to the triggerer and back costs about as much
@@ -57,6 +59,5 @@ def resumable(output: Any) -> Any:
     op = output.operator
     base = type(op)
     if not hasattr(base, RESUME):
-        op.__class__ = type(base.__name__, (base,), {"__module__": base.__module__, "__qualname__": base.__qualname__,
-                                                     RESUME: _resume})
+        op.__class__ = same_named_subclass(base, **{RESUME: _resume})
     return output

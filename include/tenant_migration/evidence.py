@@ -26,6 +26,8 @@ from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink
 
+from tenant_migration.lazy import same_named_subclass
+
 PREFIX = "/tenant-migration"
 GATE_TASKS = ("preflight", "flip_dns", "verify_shared_unchanged")
 BATCH_TASKS = {"copy_postgres_batch": "postgres", "copy_cassandra_batch": "cassandra"}
@@ -110,9 +112,8 @@ def attach(dag: Any) -> Any:
         if isinstance(task, MappedOperator) and isinstance(base, type):
             # A mapped task runs as a fresh instance of its operator class (``unmap``), which knows
             # only the class's links: the worker would store none. The same class, with the links.
-            task.operator_class = type(base.__name__, (base,), {
-                "__module__": base.__module__, "__qualname__": base.__qualname__,
-                "operator_extra_links": (*getattr(base, "operator_extra_links", ()), *links)})
+            task.operator_class = same_named_subclass(
+                base, operator_extra_links=(*getattr(base, "operator_extra_links", ()), *links))
     return dag
 
 

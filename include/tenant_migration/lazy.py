@@ -39,3 +39,9 @@ def lazy_module(name: str) -> Any:
 def runbook(dag_id: str) -> str:
     """The DAG's Docs tab: its runbook, ``runbooks/<dag_id>.md`` (the one copy; README and docs/ link to it)."""
     return (resources.files("tenant_migration") / "runbooks" / f"{dag_id}.md").read_text()
+
+
+def same_named_subclass(base: type, **attrs: Any) -> type:
+    """``base`` with ``attrs`` added, under ``base``'s own names: an operator class given one more
+    link or method (Airflow shows and serializes the class by its name)."""
+    return type(base.__name__, (base,), {"__module__": base.__module__, "__qualname__": base.__qualname__, **attrs})

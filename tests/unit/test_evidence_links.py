@@ -39,6 +39,10 @@ def test_every_gate_task_and_copy_batch_of_every_dag_has_its_link() -> None:
                 assert "Gate evidence" in names, (dag_id, t.task_id)
             elif short in evidence.BATCH_TASKS:
                 assert names == ["Chunks of this batch"], (dag_id, t.task_id)
+                cls = getattr(t, "operator_class", None)  # what a mapped instance runs as carries it too
+                if isinstance(cls, type):
+                    assert [link.name for link in cls.operator_extra_links] == names, (dag_id, t.task_id)
+                    assert cls.__name__ == cls.__mro__[1].__name__, "the class keeps its operator's name"
             else:
                 assert not names, (dag_id, t.task_id, names)
 
