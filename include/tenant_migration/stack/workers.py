@@ -3,8 +3,8 @@ Airflow with the CeleryExecutor, Redis as its broker and the stack's Airflow met
 the result backend, and N ``airflow celery worker`` processes on this machine. ``--workers 0`` (the
 default) keeps the LocalExecutor.
 
-Each worker runs in a process group of its own (so that a test can SIGKILL one, task processes
-included) and names itself: ``tm-worker-<i>`` as its Celery hostname and in the host name Airflow
+Each worker runs in a session of its own (so that a test can SIGKILL all of it, the task processes
+Airflow puts in process groups of their own included: ``kill``) and names itself: ``tm-worker-<i>`` as its Celery hostname and in the host name Airflow
 records on every task instance it runs (``hostname``), so that the UI and the tests tell which
 worker ran a batch even when all of them share one machine.
 """
